@@ -1,0 +1,210 @@
+"""The `facecluster` console script."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facecluster.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from facecluster.engine import Face
+
+log = logging.getLogger("facecluster")
+
+
+def emit(obj: Any) -> None:
+    """One JSON object on its own stdout line."""
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _existing_path(value: str) -> Path:
+    path = Path(value)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{value} does not exist")
+    return path
+
+
+def _batch_sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError("batch sizes must be positive integers")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facecluster", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = commands.add_parser("config", help="show the effective settings")
+    config.add_subparsers(dest="action", required=True).add_parser("show", help="settings as JSON, secrets masked")
+
+    models = commands.add_parser("models", help="list, pull and verify the ONNX models")
+    model_actions = models.add_subparsers(dest="action", required=True)
+    model_actions.add_parser("list", help="the registry, one JSON object per model")
+    pull = model_actions.add_parser("pull", help="download from upstream into the models directory, checking sha256")
+    pull.add_argument("names", nargs="*", help="models to pull (default: every model with an upstream source)")
+    model_actions.add_parser("verify", help="check the files in the models directory against the registry")
+
+    detect = commands.add_parser("detect", help="faces of images or folders, one JSON line per image")
+    detect.add_argument("paths", nargs="+", type=_existing_path, metavar="PATH")
+    detect.add_argument("--min-confidence", type=float, default=None)
+    detect.add_argument("--min-face-size", type=float, default=None)
+
+    evaluate = commands.add_parser("eval", help="accuracy harnesses")
+    eval_actions = evaluate.add_subparsers(dest="action", required=True)
+    verify = eval_actions.add_parser("verify", help="LFW-style pair verification, cross-validated threshold")
+    verify.add_argument("--images", type=_existing_path, required=True, help="DIR/Name/Name_NNNN.jpg")
+    verify.add_argument("--pairs", type=_existing_path, required=True, help="LFW pairs file")
+
+    bench = commands.add_parser("bench", help="speed and memory benchmarks")
+    bench_actions = bench.add_subparsers(dest="action", required=True)
+    engine = bench_actions.add_parser("engine", help="detector ms/image and embedder ms/face by batch size")
+    engine.add_argument("--images", type=_existing_path, default=None, help="folder of photos (default: synthetic)")
+    engine.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 8, 32])
+    engine.add_argument("--repeats", type=int, default=3)
+    return parser
+
+
+def iter_image_files(paths: Sequence[Path]) -> Iterator[Path]:
+    """Files as given, and the image files under folders, in sorted order."""
+    from facecluster.imagedecode import IMAGE_SUFFIXES
+
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path
+
+
+def _chunks(items: Iterator[Path], size: int) -> Iterator[list[Path]]:
+    chunk: list[Path] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def face_json(face: Face) -> dict[str, Any]:
+    """A detected face as the CLI and the API print it."""
+    return {
+        "bbox": [round(v, 1) for v in face.detection.xywh],
+        "score": round(face.detection.score, 4),
+        "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.detection.landmarks],
+        "quality": face.quality.to_dict(),
+    }
+
+
+def cmd_detect(settings: Settings, args: argparse.Namespace) -> int:
+    from facecluster.engine import FaceEngine
+    from facecluster.imagedecode import ImageDecodeError, decode_image
+
+    engine = FaceEngine.from_settings(settings)
+    for chunk in _chunks(iter_image_files(args.paths), settings.detect_batch_size * 4):
+        results: list[dict[str, Any]] = []
+        decoded: list[tuple[dict[str, Any], NDArray[np.uint8]]] = []
+        for path in chunk:
+            result: dict[str, Any] = {"path": str(path)}
+            results.append(result)
+            try:
+                pixels = decode_image(
+                    path.read_bytes(), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+                ).pixels
+            except (OSError, ImageDecodeError) as exc:
+                result["error"] = str(exc)
+                continue
+            result.update(width=int(pixels.shape[1]), height=int(pixels.shape[0]))
+            decoded.append((result, pixels))
+        found = engine.detect(
+            [pixels for _, pixels in decoded], min_confidence=args.min_confidence, min_size=args.min_face_size
+        )
+        for (result, _), faces in zip(decoded, found, strict=True):
+            result["faces"] = [face_json(face) for face in faces]
+        for result in results:
+            emit(result)
+    return 0
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    from facecluster.modelstore import ModelFetchError, pull_model, verify_models
+    from facecluster.registry import ModelSpec, load_registry
+
+    registry = load_registry()
+    models_dir = settings.resolved_models_dir
+    if args.action == "list":
+        for spec in registry.all():
+            emit({"kind": "detector" if spec.name in registry.detectors else "embedder", **spec.model_dump()})
+        return 0
+    if args.action == "verify":
+        statuses = verify_models(models_dir)
+        for status in statuses:
+            emit(status.to_dict())
+        return 0 if all(s.status in {"ok", "missing"} for s in statuses) else 1
+    names = args.names or [spec.name for spec in registry.all() if spec.upstream is not None]
+    failed = 0
+    for name in names:
+        found: ModelSpec | None = registry.detectors.get(name) or registry.embedders.get(name)
+        if found is None:
+            log.error("unknown model %r", name)
+            failed += 1
+            continue
+        try:
+            emit(pull_model(found, models_dir, settings.model_base_url).to_dict())
+        except ModelFetchError as exc:
+            log.error("%s", exc)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
+    from facecluster.engine import FaceEngine
+    from facecluster.verification import verify
+
+    report = verify(FaceEngine.from_settings(settings), args.images, args.pairs)
+    emit(report.to_dict())
+    return 0
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from facecluster.bench import bench_engine
+
+    emit(bench_engine(settings, images=args.images, batch_sizes=args.batch_sizes, repeats=args.repeats))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "config":
+        emit(settings.masked())
+        return 0
+    handlers = {"models": cmd_models, "detect": cmd_detect, "eval": cmd_eval, "bench": cmd_bench}
+    from facecluster.engine import ModelFileMissing
+
+    try:
+        return handlers[args.command](settings, args)
+    except ModelFileMissing as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The one settings object, read from the environment and `.env`.
+
+Every field has a `FACECLUSTER_*` variable; where the seed documents named a variable
+(`MONGO_URI`, `QDRANT_URL`, `FACE_PERSON_MATCH_THRESHOLD`, …) that name works too.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Provider = Literal["cuda", "cpu"]
+
+
+def _env(name: str, *seed_names: str) -> Any:
+    """A field whose value comes from FACECLUSTER_<NAME> or any of the seeds' names."""
+    return AliasChoices(f"FACECLUSTER_{name}", *seed_names)
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "facecluster"
+
+
+class Settings(BaseSettings):
+    """Effective configuration of every facecluster process (CLI, jobs, Serve replicas)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True)
+
+    # Where things live.
+    data_dir: Path = Field(default_factory=_default_data_dir, validation_alias=_env("DATA_DIR"))
+    models_dir: Path | None = Field(
+        default=None,
+        validation_alias=_env("MODELS_DIR", "DEEPFACE_HOME"),
+        description="Folder holding the ONNX files; default <data_dir>/models.",
+    )
+    log_level: str = Field(default="INFO", validation_alias=_env("LOG_LEVEL", "LOG_LEVEL"))
+
+    # Models.
+    detector: str = Field(default="yolov5n-0.5-face", validation_alias=_env("DETECTOR"))
+    embedder: str = Field(default="mobilefacenet", validation_alias=_env("EMBEDDER", "EMBED_MODEL_NAME"))
+    embedder_path: Path | None = Field(
+        default=None,
+        validation_alias=_env("EMBEDDER_PATH", "EMBED_MODEL_PATH"),
+        description="A user's own FaceNet-style ONNX; overrides the registry file of `embedder`.",
+    )
+    providers: Annotated[list[Provider] | None, NoDecode] = Field(
+        default=None,
+        validation_alias=_env("PROVIDERS"),
+        description="Execution providers in order of preference; default: CUDA when a GPU is usable, then CPU.",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, validation_alias=_env("INTRA_OP_THREADS"))
+    inter_op_threads: int = Field(default=0, ge=0, validation_alias=_env("INTER_OP_THREADS"))
+    model_base_url: str = Field(
+        default="https://raw.githubusercontent.com",
+        validation_alias=_env("MODEL_BASE_URL"),
+        description="Where `models pull` fetches `<repo>/<commit>/<path>` from.",
+    )
+
+    # Image decoding limits.
+    max_image_bytes: int = Field(
+        default=50_000_000, gt=0, validation_alias=_env("MAX_IMAGE_BYTES", "MAX_IMAGE_SIZE_BYTES")
+    )
+    max_image_pixels: int = Field(
+        default=80_000_000, gt=0, validation_alias=_env("MAX_IMAGE_PIXELS", "MAX_IMAGE_PIXELS")
+    )
+
+    # Detection. The detector runs at a low floor; the thresholds below are applied after it.
+    detect_batch_size: int = Field(default=8, gt=0, validation_alias=_env("DETECT_BATCH_SIZE"))
+    embed_batch_size: int = Field(default=64, gt=0, validation_alias=_env("EMBED_BATCH_SIZE"))
+    min_confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        validation_alias=_env("MIN_CONFIDENCE", "MIN_CONFIDENCE"),
+        description="Faces scoring below are dropped; default: the detector's calibrated threshold.",
+    )
+    min_face_size: int = Field(default=20, ge=0, validation_alias=_env("MIN_FACE_SIZE", "MIN_FACE_SIZE"))
+
+    # Profile (enrolment) quality checks of the second seed; looser values really loosen.
+    profile_min_face_size: int = Field(default=30, ge=0, validation_alias=_env("PROFILE_MIN_FACE_SIZE"))
+    profile_min_confidence: float = Field(default=0.4, ge=0.0, le=1.0, validation_alias=_env("PROFILE_MIN_CONFIDENCE"))
+    profile_blur_threshold: float = Field(
+        default=50.0, ge=0.0, validation_alias=_env("PROFILE_BLUR_THRESHOLD", "BLUR_THRESHOLD")
+    )
+
+    # Quality score weights (normalised when combined).
+    quality_weight_confidence: float = Field(default=0.3, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_CONFIDENCE"))
+    quality_weight_size: float = Field(default=0.25, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_SIZE"))
+    quality_weight_blur: float = Field(default=0.25, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_BLUR"))
+    quality_weight_pose: float = Field(default=0.2, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_POSE"))
+
+    # Matching and clustering (the first seed's names); default: the embedder's calibrated values.
+    person_match_threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, validation_alias=_env("PERSON_MATCH_THRESHOLD", "FACE_PERSON_MATCH_THRESHOLD")
+    )
+    unknown_clustering_method: Literal["hdbscan", "dbscan", "agglomerative", "graph"] = Field(
+        default="hdbscan", validation_alias=_env("UNKNOWN_CLUSTERING_METHOD", "FACE_UNKNOWN_CLUSTERING_METHOD")
+    )
+    unknown_min_cluster_size: int = Field(
+        default=3, ge=2, validation_alias=_env("UNKNOWN_MIN_CLUSTER_SIZE", "FACE_UNKNOWN_MIN_CLUSTER_SIZE")
+    )
+    unknown_eps: float | None = Field(default=None, gt=0.0, validation_alias=_env("UNKNOWN_EPS", "FACE_UNKNOWN_EPS"))
+    triplet_margin: float = Field(default=0.2, gt=0.0, validation_alias=_env("TRIPLET_MARGIN", "FACE_TRIPLET_MARGIN"))
+    training_epochs: int = Field(default=20, gt=0, validation_alias=_env("TRAINING_EPOCHS", "FACE_TRAINING_EPOCHS"))
+
+    # Backing services; unset means the embedded default under data_dir.
+    mongo_uri: SecretStr | None = Field(default=None, validation_alias=_env("MONGO_URI", "MONGO_URI", "MONGODB_URL"))
+    mongo_db: str = Field(default="facecluster", validation_alias=_env("MONGO_DB", "MONGO_DB", "MONGO_DB_NAME"))
+    qdrant_url: str | None = Field(default=None, validation_alias=_env("QDRANT_URL", "QDRANT_URL"))
+    qdrant_api_key: SecretStr | None = Field(default=None, validation_alias=_env("QDRANT_API_KEY", "QDRANT_API_KEY"))
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("CORS_ORIGINS", "CORS_ORIGINS")
+    )
+
+    @field_validator("providers", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("providers", mode="after")
+    @classmethod
+    def _no_duplicate_providers(cls, value: list[Provider] | None) -> list[Provider] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("providers must not repeat")
+        return value
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").expanduser()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as JSON-ready values, secrets and URI passwords masked."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        out["models_dir"] = str(self.resolved_models_dir)
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
