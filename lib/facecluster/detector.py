@@ -24,8 +24,9 @@ from facecluster.registry import DetectorSpec
 FloatArray = NDArray[np.float32]
 
 #: Border, as a fraction of the longer side on each side, for the retry on images where no face
-#: was found: a face that fills the whole frame is missed by the YOLO detectors (MODELS.md).
-RETRY_BORDER = 0.3
+#: reached the detector's threshold: a face that fills the whole frame scores low or is missed by
+#: the YOLO detectors (MODELS.md); with room around it, it scores as usual.
+RETRY_BORDER = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,10 @@ def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float) -> NDArray[
     return np.asarray(keep, dtype=np.intp)
 
 
+def _best_score(faces: list[Detection]) -> float:
+    return max((face.score for face in faces), default=0.0)
+
+
 def _sigmoid(x: FloatArray) -> FloatArray:
     return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=np.float32)
 
@@ -128,12 +133,13 @@ class FaceDetector(ABC):
         boxes = [self.letterbox(image) for image in images]
         found = self.detect_letterboxed(boxes, batch_size=batch_size, score_floor=score_floor)
         if retry_padded:
-            missing = [i for i, faces in enumerate(found) if not faces]
-            if missing:
-                padded = [self.letterbox(images[i], RETRY_BORDER) for i in missing]
+            weak = [i for i, faces in enumerate(found) if _best_score(faces) < self.spec.score_threshold]
+            if weak:
+                padded = [self.letterbox(images[i], RETRY_BORDER) for i in weak]
                 retried = self.detect_letterboxed(padded, batch_size=batch_size, score_floor=score_floor)
-                for i, faces in zip(missing, retried, strict=True):
-                    found[i] = faces
+                for i, faces in zip(weak, retried, strict=True):
+                    if _best_score(faces) > _best_score(found[i]):
+                        found[i] = faces
         return found
 
     def detect_letterboxed(
