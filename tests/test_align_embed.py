@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from facecluster.align import ARCFACE_TEMPLATE, crop_faces, crop_matrix, similarity_transform
 from facecluster.embedder import normalize_crops
 from facecluster.engine import FaceEngine, load_embedder
+from facecluster.evaluation import enrolment_separation
 from facecluster.registry import load_registry
 from facecluster.settings import Settings
 
@@ -55,13 +55,12 @@ def test_vectors_are_unit_length_128d(enrolment: dict[Path, np.ndarray]) -> None
         assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
 
 
-def test_enrolment_pairs_are_split_by_the_calibrated_threshold(enrolment: dict[Path, np.ndarray]) -> None:
-    threshold = load_registry().embedder("mobilefacenet").verify_threshold
-    same, different = [], []
-    for a, b in itertools.combinations(enrolment, 2):
-        (same if a.parent == b.parent else different).append(float(enrolment[a] @ enrolment[b]))
-    assert len(same) == 9 and len(different) == 57
-    assert min(same) > threshold > max(different)
+def test_enrolment_pairs_are_split_by_the_calibrated_threshold(engine: FaceEngine, photos_dir: Path) -> None:
+    report = enrolment_separation(engine, photos_dir / "enrol")
+    assert (report.people, report.photos, report.same_pairs, report.different_pairs) == (5, 12, 9, 57)
+    assert report.threshold == load_registry().embedder("mobilefacenet").verify_threshold
+    assert report.same_min > report.threshold > report.different_max
+    assert report.separated
 
 
 def test_one_person_across_group_photos(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -11,47 +9,24 @@ import pytest
 
 from facecluster.detector import Detection, letterbox, nms
 from facecluster.engine import FaceEngine, load_detector
+from facecluster.evaluation import detection_recall, read_boxes
 from facecluster.registry import load_registry
 from facecluster.settings import Settings
 
 from .conftest import load
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-@pytest.fixture(scope="module")
-def annotated(photos_dir: Path) -> dict[str, list[np.ndarray]]:
-    boxes: dict[str, list[np.ndarray]] = defaultdict(list)
-    with (photos_dir / "group" / "face_boxes.csv").open() as handle:
-        for row in csv.DictReader(handle):
-            left, top, width, height = (float(row[k]) for k in ("left", "top", "width", "height"))
-            boxes[row["path"]].append(np.array([left, top, left + width, top + height]))
-    return dict(boxes)
-
-
 @pytest.mark.parametrize("name", list(load_registry().detectors))
-def test_recall_on_annotated_group_photos(
-    settings: Settings, photos_dir: Path, annotated: dict[str, list[np.ndarray]], name: str
-) -> None:
-    detector = load_detector(settings, name)
-    paths = sorted(annotated)
-    found = detector.detect([load(photos_dir / p) for p in paths], batch_size=4)
-    matched = total = extra = 0
-    for path, faces in zip(paths, found, strict=True):
-        faces = [f for f in faces if f.score >= detector.spec.score_threshold]
-        truth = annotated[path]
-        total += len(truth)
-        matched += sum(max((iou(t, f.box) for f in faces), default=0.0) >= 0.4 for t in truth)
-        extra += max(0, len(faces) - len(truth))
-        assert len(faces) >= len(truth) - 1, f"{name} found {len(faces)} faces in {path}, {len(truth)} annotated"
-    assert total == 43
-    assert matched / total >= 0.97, f"{name}: recall {matched}/{total} at IoU 0.4"
-    assert extra <= 12, f"{name}: {extra} detections beyond the annotated faces"
+def test_recall_on_annotated_group_photos(settings: Settings, photos_dir: Path, name: str) -> None:
+    engine = FaceEngine(settings, load_detector(settings, name), FaceEngine.from_settings(settings).embedder)
+    boxes = photos_dir / "group" / "face_boxes.csv"
+    report = detection_recall(engine, photos_dir, boxes, iou=0.4)
+    assert (report.images, report.annotated) == (9, 43)
+    assert report.recall >= 0.97, f"{name}: {report.matched}/{report.annotated} faces found at IoU 0.4"
+    assert report.detections <= report.annotated + 12, f"{name}: {report.detections} detections"
+    for path, truth in read_boxes(boxes).items():
+        found = engine.detect([load(photos_dir / path)])[0]
+        assert len(found) >= len(truth) - 1, f"{name} found {len(found)} faces in {path}, {len(truth)} annotated"
 
 
 def test_batched_equals_one_at_a_time(engine: FaceEngine, photos_dir: Path) -> None:

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = eval_actions.add_parser("verify", help="LFW-style pair verification, cross-validated threshold")
     verify.add_argument("--images", type=_existing_path, required=True, help="DIR/Name/Name_NNNN.jpg")
     verify.add_argument("--pairs", type=_existing_path, required=True, help="LFW pairs file")
+    recall = eval_actions.add_parser("detect", help="face recall against annotated boxes")
+    recall.add_argument("--images", type=_existing_path, required=True, help="folder the CSV's paths are under")
+    recall.add_argument("--boxes", type=_existing_path, required=True, help="CSV: path,left,top,width,height")
+    recall.add_argument("--iou", type=float, default=0.4)
+    enrol = eval_actions.add_parser("enrol", help="same- vs different-person cosine on DIR/<person>/ photos")
+    enrol.add_argument("--images", type=_existing_path, required=True)
 
     bench = commands.add_parser("bench", help="speed and memory benchmarks")
     bench_actions = bench.add_subparsers(dest="action", required=True)
@@ -173,10 +179,16 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.engine import FaceEngine
+    from facecluster.evaluation import detection_recall, enrolment_separation, report_dict
     from facecluster.verification import verify
 
-    report = verify(FaceEngine.from_settings(settings), args.images, args.pairs)
-    emit(report.to_dict())
+    engine = FaceEngine.from_settings(settings)
+    if args.action == "verify":
+        emit(verify(engine, args.images, args.pairs).to_dict())
+    elif args.action == "detect":
+        emit(report_dict(detection_recall(engine, args.images, args.boxes, iou=args.iou)))
+    else:
+        emit(report_dict(enrolment_separation(engine, args.images)))
     return 0
 
 

@@ -1,0 +1,61 @@
+# facecluster: everything here calls the `facecluster` console script or pytest.
+# `make run` sets up and runs the main job on the embedded default; `make test` sets up and runs every check.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+SOURCE ?= $(SHARED)/data/photos/group
+
+# Tests and the demo read the real models from ../shared when it is there; users run `facecluster models pull`.
+ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
+export FACECLUSTER_MODELS_DIR ?= $(abspath $(SHARED)/models)
+endif
+
+.PHONY: help setup run detect test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/.installed ## create .venv and install the project with its test tools
+
+run: detect ## the main job on the embedded default
+
+detect: setup ## detect every face under SOURCE, one JSON line per image
+	$(BIN)/facecluster detect $(SOURCE)
+
+test: lint typecheck pytest ## every check: ruff, mypy (strict on lib/), pytest on real models and photos
+
+lint: setup
+	$(BIN)/ruff check lib tests jobs
+	$(BIN)/ruff format --check lib tests jobs
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest
+
+models-verify: setup ## check the model files against the registry
+	$(BIN)/facecluster models verify
+
+eval-verify: setup ## LFW DevTrain pair verification
+	$(BIN)/facecluster eval verify --images $(SHARED)/data/lfw/images --pairs $(SHARED)/data/lfw/pairsDevTrain.txt
+
+eval-detect: setup ## face recall on the annotated group photos
+	$(BIN)/facecluster eval detect --images $(SHARED)/data/photos --boxes $(SHARED)/data/photos/group/face_boxes.csv
+
+eval-enrol: setup ## same- vs different-person cosine on the enrolment photos
+	$(BIN)/facecluster eval enrol --images $(SHARED)/data/photos/enrol
+
+bench-engine: setup ## detector and embedder speed by batch size
+	$(BIN)/facecluster bench engine --images $(SHARED)/data/photos/group
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

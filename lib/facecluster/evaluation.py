@@ -1,0 +1,114 @@
+"""Accuracy harnesses for detection (recall against annotated boxes) and enrolment photos."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from facecluster.engine import FaceEngine
+from facecluster.imagedecode import IMAGE_SUFFIXES, decode_image
+
+
+def box_iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    w = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
+    h = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+    inter = w * h
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecallReport:
+    images: int
+    annotated: int
+    matched: int
+    recall: float
+    detections: int
+    iou: float
+
+
+def read_boxes(boxes_csv: Path) -> dict[str, list[NDArray[np.float64]]]:
+    """`path,left,top,width,height[,…]` rows to (x1, y1, x2, y2) boxes per image path."""
+    boxes: dict[str, list[NDArray[np.float64]]] = defaultdict(list)
+    with boxes_csv.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            left, top, width, height = (float(row[key]) for key in ("left", "top", "width", "height"))
+            boxes[row["path"]].append(np.array([left, top, left + width, top + height]))
+    return dict(boxes)
+
+
+def detection_recall(engine: FaceEngine, images: Path, boxes_csv: Path, *, iou: float = 0.4) -> RecallReport:
+    """Share of annotated faces that a reported detection overlaps by at least `iou`."""
+    truth = read_boxes(boxes_csv)
+    paths = sorted(truth)
+    pixels = [
+        decode_image(
+            (images / p).read_bytes(),
+            max_bytes=engine.settings.max_image_bytes,
+            max_pixels=engine.settings.max_image_pixels,
+        ).pixels
+        for p in paths
+    ]
+    found = engine.detect(pixels)
+    matched = detections = 0
+    for path, faces in zip(paths, found, strict=True):
+        detections += len(faces)
+        matched += sum(max((box_iou(t, f.detection.box) for f in faces), default=0.0) >= iou for t in truth[path])
+    annotated = sum(len(boxes) for boxes in truth.values())
+    return RecallReport(len(paths), annotated, matched, matched / annotated if annotated else 0.0, detections, iou)
+
+
+@dataclass(frozen=True, slots=True)
+class SeparationReport:
+    people: int
+    photos: int
+    same_pairs: int
+    different_pairs: int
+    same_min: float
+    different_max: float
+    threshold: float
+    separated: bool
+
+
+def enrolment_separation(engine: FaceEngine, folder: Path) -> SeparationReport:
+    """Cosine of the largest face of every photo in `folder/<person>/`, pairwise, against the
+    embedder's calibrated verification threshold: do all same-person pairs score above it and all
+    different-person pairs below?"""
+    vectors: list[tuple[str, NDArray[np.float32]]] = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        image = decode_image(
+            path.read_bytes(), max_bytes=engine.settings.max_image_bytes, max_pixels=engine.settings.max_image_pixels
+        ).pixels
+        faces = engine.analyze([image])[0]
+        if faces:
+            largest = max(faces, key=lambda f: f.detection.size)
+            assert largest.embedding is not None
+            vectors.append((path.parent.name, largest.embedding))
+    same: list[float] = []
+    different: list[float] = []
+    for (who_a, a), (who_b, b) in itertools.combinations(vectors, 2):
+        (same if who_a == who_b else different).append(float(a @ b))
+    threshold = engine.embedder.spec.verify_threshold
+    same_min = min(same, default=float("nan"))
+    different_max = max(different, default=float("nan"))
+    return SeparationReport(
+        people=len({who for who, _ in vectors}),
+        photos=len(vectors),
+        same_pairs=len(same),
+        different_pairs=len(different),
+        same_min=round(same_min, 4),
+        different_max=round(different_max, 4),
+        threshold=threshold,
+        separated=bool(same and different and same_min > threshold > different_max),
+    )
+
+
+def report_dict(report: RecallReport | SeparationReport) -> dict[str, object]:
+    return {key: round(value, 5) if isinstance(value, float) else value for key, value in asdict(report).items()}
