@@ -63,6 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--min-confidence", type=float, default=None)
     detect.add_argument("--min-face-size", type=float, default=None)
 
+    for name, text in (
+        ("ingest", "detect, embed and store every face of a folder, s3://bucket/prefix or manifest"),
+        ("pipeline", "the whole job on SOURCE: ingest (then clustering, as it arrives)"),
+    ):
+        job = commands.add_parser(name, help=text)
+        job.add_argument(
+            "source", metavar="SOURCE", help="a folder, s3://bucket/prefix, or a .parquet/.csv/.txt manifest"
+        )
+        job.add_argument("--library", default=None, help="library name (default: from the folder or bucket/prefix)")
+        job.add_argument("--limit", type=int, default=None, help="at most N photos")
+        job.add_argument("--force", action="store_true", help="redo photos already stored with the same models")
+
+    check = commands.add_parser("check", help="MongoDB faces against Qdrant points")
+    check.add_argument("--library", default=None)
+    check.add_argument("--repair", action="store_true", help="delete orphan points, re-embed faces missing a vector")
+
+    export = commands.add_parser("export", help="export stored data as JSON lines")
+    export.add_subparsers(dest="action", required=True).add_parser("faces", help="one face a line").add_argument(
+        "--library", required=True
+    )
+
     evaluate = commands.add_parser("eval", help="accuracy harnesses")
     eval_actions = evaluate.add_subparsers(dest="action", required=True)
     verify = eval_actions.add_parser("verify", help="LFW-style pair verification, cross-validated threshold")
@@ -177,6 +198,54 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from facecluster.pipeline import run_ingest
+
+    summary = run_ingest(settings, args.source, library=args.library, limit=args.limit, force=args.force)
+    ray.shutdown()  # flush worker logs before the summary, so it is the last line
+    emit(summary.to_dict())
+    return 0
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from facecluster.maintenance import check_stores, repair_stores
+    from facecluster.metastore import MetaStore
+    from facecluster.pipeline import init_ray, open_stores, open_vectors
+
+    stores, embedder, _ = open_stores(settings)
+    meta = MetaStore(stores.mongo_uri, stores.mongo_db, attempts=settings.store_retries)
+    if stores.qdrant.local:
+        init_ray(settings)
+    vectors = open_vectors(stores.qdrant, settings.store_retries)
+    vectors.ensure_collection()
+    report = check_stores(meta, vectors, args.library)
+    if args.repair and not report.consistent:
+        repair_stores(report, meta, vectors, embedder, settings)
+        after = check_stores(meta, vectors, args.library)
+        emit({**report.to_dict(), "after": after.to_dict()})
+        report = after
+    else:
+        emit(report.to_dict())
+    ray.shutdown()
+    return 0 if report.consistent else 1
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from facecluster.embedded import ensure_mongo
+    from facecluster.maintenance import export_faces
+    from facecluster.metastore import MetaStore
+    from facecluster.sources import validate_library
+
+    uri = settings.mongo_uri.get_secret_value() if settings.mongo_uri else ensure_mongo(settings.data_dir)
+    for record in export_faces(MetaStore(uri, settings.mongo_db), validate_library(args.library)):
+        emit(record)
+    return 0
+
+
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.engine import FaceEngine
     from facecluster.evaluation import detection_recall, enrolment_separation, report_dict
@@ -208,12 +277,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         emit(settings.masked())
         return 0
-    handlers = {"models": cmd_models, "detect": cmd_detect, "eval": cmd_eval, "bench": cmd_bench}
+    handlers = {
+        "models": cmd_models,
+        "detect": cmd_detect,
+        "ingest": cmd_ingest,
+        "pipeline": cmd_ingest,
+        "check": cmd_check,
+        "export": cmd_export,
+        "eval": cmd_eval,
+        "bench": cmd_bench,
+    }
+    from facecluster.backoff import BackendUnavailable
     from facecluster.engine import ModelFileMissing
+    from facecluster.sources import SourceError
 
     try:
         return handlers[args.command](settings, args)
-    except ModelFileMissing as exc:
+    except (ModelFileMissing, SourceError, BackendUnavailable) as exc:
         log.error("%s", exc)
         return 2
 

@@ -133,13 +133,26 @@ class FaceDetector(ABC):
         boxes = [self.letterbox(image) for image in images]
         found = self.detect_letterboxed(boxes, batch_size=batch_size, score_floor=score_floor)
         if retry_padded:
-            weak = [i for i, faces in enumerate(found) if _best_score(faces) < self.spec.score_threshold]
-            if weak:
-                padded = [self.letterbox(images[i], RETRY_BORDER) for i in weak]
-                retried = self.detect_letterboxed(padded, batch_size=batch_size, score_floor=score_floor)
-                for i, faces in zip(weak, retried, strict=True):
-                    if _best_score(faces) > _best_score(found[i]):
-                        found[i] = faces
+            found = self.retry_weak(found, images, batch_size=batch_size, score_floor=score_floor)
+        return found
+
+    def retry_weak(
+        self,
+        found: list[list[Detection]],
+        images: Sequence[NDArray[np.uint8]],
+        *,
+        batch_size: int = 8,
+        score_floor: float | None = None,
+    ) -> list[list[Detection]]:
+        """Images where no face reached the threshold run again with a border; the better pass wins."""
+        found = list(found)
+        weak = [i for i, faces in enumerate(found) if _best_score(faces) < self.spec.score_threshold]
+        if weak:
+            padded = [self.letterbox(images[i], RETRY_BORDER) for i in weak]
+            retried = self.detect_letterboxed(padded, batch_size=batch_size, score_floor=score_floor)
+            for i, faces in zip(weak, retried, strict=True):
+                if _best_score(faces) > _best_score(found[i]):
+                    found[i] = faces
         return found
 
     def detect_letterboxed(

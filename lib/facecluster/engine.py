@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,39 @@ def model_path(settings: Settings, spec: ModelSpec) -> Path:
     return path
 
 
+def quality_weights(settings: Settings) -> QualityWeights:
+    return QualityWeights(
+        confidence=settings.quality_weight_confidence,
+        size=settings.quality_weight_size,
+        blur=settings.quality_weight_blur,
+        pose=settings.quality_weight_pose,
+    )
+
+
+def keep_faces(
+    detections: list[Detection], *, min_confidence: float, min_face_size: float, scale: float = 1.0
+) -> list[Detection]:
+    """Detections that are faces: at least `min_confidence`, and `min_face_size` original pixels
+    across (`scale` is the detection image's size relative to the original photo)."""
+    return [d for d in detections if d.score >= min_confidence and d.size / scale >= min_face_size]
+
+
+def assess_faces(
+    image: NDArray[np.uint8], detections: list[Detection], weights: QualityWeights, *, scale: float = 1.0
+) -> list[Face]:
+    """Quality of each detection of one image, measured on its 112 x 112 ArcFace-aligned crop."""
+    crops = crop_faces(image, detections, 112, "arcface")
+    return [
+        Face(d, assess(d, crop, crop_matrix(d, 112, "arcface"), weights, scale=scale))
+        for d, crop in zip(detections, crops, strict=True)
+    ]
+
+
+def model_version(settings: Settings, spec: ModelSpec) -> str:
+    """`<name>@<first 12 hex of the file's sha256>`: what every stored vector records."""
+    return f"{spec.name}@{hashlib.sha256(model_path(settings, spec).read_bytes()).hexdigest()[:12]}"
+
+
 def _session_for(settings: Settings, spec: ModelSpec) -> ort.InferenceSession:
     return cached_session(
         model_path(settings, spec),
@@ -72,12 +106,7 @@ class FaceEngine:
         self.settings = settings
         self.detector = detector
         self.embedder = embedder
-        self.weights = QualityWeights(
-            confidence=settings.quality_weight_confidence,
-            size=settings.quality_weight_size,
-            blur=settings.quality_weight_blur,
-            pose=settings.quality_weight_pose,
-        )
+        self.weights = quality_weights(settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FaceEngine:
@@ -100,17 +129,17 @@ class FaceEngine:
             images, batch_size=self.settings.detect_batch_size, score_floor=min(floor, self.detector.spec.score_floor)
         )
         return [
-            self.assess(image, [d for d in detections if d.score >= floor and d.size >= smallest])
+            self.assess(image, keep_faces(detections, min_confidence=floor, min_face_size=smallest))
             for image, detections in zip(images, found, strict=True)
         ]
 
-    def assess(self, image: NDArray[np.uint8], detections: list[Detection]) -> list[Face]:
-        """Quality of each detection of one image, measured on its 112 x 112 ArcFace-aligned crop."""
-        crops = crop_faces(image, detections, 112, "arcface")
-        return [
-            Face(d, assess(d, crop, crop_matrix(d, 112, "arcface"), self.weights))
-            for d, crop in zip(detections, crops, strict=True)
-        ]
+    def assess(self, image: NDArray[np.uint8], detections: list[Detection], *, scale: float = 1.0) -> list[Face]:
+        return assess_faces(image, detections, self.weights, scale=scale)
+
+    def keep(self, detections: list[Detection], *, scale: float = 1.0) -> list[Detection]:
+        return keep_faces(
+            detections, min_confidence=self.min_confidence, min_face_size=self.settings.min_face_size, scale=scale
+        )
 
     def embed(self, images: Sequence[NDArray[np.uint8]], faces: Sequence[list[Face]]) -> list[list[Face]]:
         """The same faces with their embeddings, all faces of all images in shared model batches."""

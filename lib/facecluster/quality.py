@@ -32,6 +32,9 @@ class QualityWeights:
     pose: float = 0.2
 
 
+QUALITY_FIELDS: Final = ("score", "confidence", "size", "blur", "pose", "face_size", "blur_variance")
+
+
 @dataclass(frozen=True, slots=True)
 class Quality:
     """The score and its parts (each 0–1), plus the raw measures behind them."""
@@ -71,20 +74,26 @@ def assess(
     aligned: NDArray[np.uint8],
     align_matrix: NDArray[np.floating],
     weights: QualityWeights = QualityWeights(),
+    *,
+    scale: float = 1.0,
 ) -> Quality:
-    """Quality of `face`, given its aligned crop and the matrix that produced it."""
+    """Quality of `face`, given its aligned crop and the matrix that produced it.
+
+    `scale` is the size of the detection's image relative to the original photo (below 1 when a
+    pipeline works on a downscaled copy), so face_size is always in original pixels.
+    """
     variance = blur_variance(aligned)
     aligned_landmarks = face.landmarks @ np.asarray(align_matrix)[:, :2].T + np.asarray(align_matrix)[:, 2]
     parts = {
         "confidence": float(np.clip(face.score, 0.0, 1.0)),
-        "size": float(min(1.0, face.size / FULL_SIZE_PX)),
+        "size": float(min(1.0, face.size / scale / FULL_SIZE_PX)),
         "blur": variance / (variance + BLUR_HALF_POINT),
         "pose": pose_symmetry(aligned_landmarks),
     }
     weight = {"confidence": weights.confidence, "size": weights.size, "blur": weights.blur, "pose": weights.pose}
     total = sum(weight.values())
     score = sum(parts[k] * weight[k] for k in parts) / total if total > 0 else 0.0
-    return Quality(score=score, face_size=face.size, blur_variance=variance, **parts)
+    return Quality(score=score, face_size=face.size / scale, blur_variance=variance, **parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,6 +112,35 @@ class Settings(BaseSettings):
     mongo_db: str = Field(default="facecluster", validation_alias=_env("MONGO_DB", "MONGO_DB", "MONGO_DB_NAME"))
     qdrant_url: str | None = Field(default=None, validation_alias=_env("QDRANT_URL", "QDRANT_URL"))
     qdrant_api_key: SecretStr | None = Field(default=None, validation_alias=_env("QDRANT_API_KEY", "QDRANT_API_KEY"))
+    # S3-compatible sources (AWS, Wasabi, …); unset values fall back to boto3's own chain.
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=_env("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "WASABI_ENDPOINT"),
+    )
+    s3_region: str | None = Field(
+        default=None, validation_alias=_env("S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "WASABI_REGION")
+    )
+    s3_access_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "WASABI_ACCESS_KEY")
+    )
+    s3_secret_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "WASABI_SECRET_KEY")
+    )
+
+    # Ingest pipeline (Ray Data). GPU fractions apply when the cluster has GPUs, CPU fractions otherwise.
+    read_batch_size: int = Field(default=16, gt=0, validation_alias=_env("READ_BATCH_SIZE"))
+    write_batch_size: int = Field(default=64, gt=0, validation_alias=_env("WRITE_BATCH_SIZE"))
+    detector_actors: int = Field(default=0, ge=0, validation_alias=_env("DETECTOR_ACTORS"))
+    embedder_actors: int = Field(default=0, ge=0, validation_alias=_env("EMBEDDER_ACTORS"))
+    detector_gpus: float = Field(default=0.5, gt=0.0, le=1.0, validation_alias=_env("DETECTOR_GPUS"))
+    embedder_gpus: float = Field(default=0.25, gt=0.0, le=1.0, validation_alias=_env("EMBEDDER_GPUS"))
+    actor_cpus: float = Field(default=0.5, gt=0.0, validation_alias=_env("ACTOR_CPUS"))
+    task_cpus: float = Field(default=0.5, gt=0.0, validation_alias=_env("TASK_CPUS"))
+    write_streams: int = Field(default=4, gt=0, validation_alias=_env("WRITE_STREAMS"))
+    align_max_side: int = Field(default=2048, ge=256, validation_alias=_env("ALIGN_MAX_SIDE"))
+    store_retries: int = Field(default=5, ge=1, validation_alias=_env("STORE_RETRIES"))
+    progress_interval_s: float = Field(default=10.0, gt=0.0, validation_alias=_env("PROGRESS_INTERVAL_S"))
+
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("CORS_ORIGINS", "CORS_ORIGINS")
     )

@@ -1,0 +1,121 @@
+"""Metadata in MongoDB: `images`, `faces` and `jobs`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
+
+from facecluster.backoff import with_retries
+
+T = TypeVar("T")
+Doc = dict[str, Any]
+
+#: Image states after ingest; `done` and `no_face` are final for an unchanged image and models.
+FINAL_STATES = ("done", "no_face")
+_TRANSIENT = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class MetaStore:
+    """The three collections of one database, every call retried on connection errors."""
+
+    def __init__(self, uri: str, database: str, *, attempts: int = 5, timeout_ms: int = 5000) -> None:
+        self.uri = uri
+        self.client: MongoClient[Doc] = MongoClient(
+            uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, tz_aware=True
+        )
+        self.db: Database[Doc] = self.client[database]
+        self.attempts = attempts
+
+    def _call(self, call: Callable[[], T]) -> T:
+        return with_retries(call, backend=f"MongoDB at {self._host()}", attempts=self.attempts, retry_on=_TRANSIENT)
+
+    def _host(self) -> str:
+        return self.uri.split("@")[-1].split("/")[2] if "://" in self.uri else self.uri
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ensure_indexes(self) -> None:
+        def create() -> None:
+            self.db.images.create_index([("library", ASCENDING), ("key", ASCENDING)], unique=True)
+            self.db.images.create_index([("library", ASCENDING), ("status", ASCENDING)])
+            self.db.faces.create_index([("library", ASCENDING), ("image", ASCENDING)])
+            self.db.faces.create_index([("library", ASCENDING), ("person_id", ASCENDING)])
+            self.db.faces.create_index([("library", ASCENDING), ("cluster_id", ASCENDING)])
+            self.db.jobs.create_index([("library", ASCENDING), ("started_at", ASCENDING)])
+
+        self._call(create)
+
+    # Images.
+    def images_by_key(self, library: str, keys: Sequence[str]) -> dict[str, Doc]:
+        query = {"library": library, "key": {"$in": list(keys)}}
+        return {doc["key"]: doc for doc in self._call(lambda: list(self.db.images.find(query)))}
+
+    def write_images(self, docs: Iterable[Doc]) -> None:
+        operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
+        if operations:
+            self._call(lambda: self.db.images.bulk_write(operations, ordered=False))
+
+    def image_counts(self, library: str) -> dict[str, int]:
+        pipeline: list[Doc] = [{"$match": {"library": library}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        return {row["_id"]: row["n"] for row in self._call(lambda: list(self.db.images.aggregate(pipeline)))}
+
+    # Faces.
+    def faces_of_images(self, library: str, keys: Sequence[str]) -> list[Doc]:
+        query = {"library": library, "image": {"$in": list(keys)}}
+        projection = {"_id": 1, "image": 1, "person_id": 1, "cluster_id": 1}
+        return self._call(lambda: list(self.db.faces.find(query, projection)))
+
+    def write_faces(self, docs: Iterable[Doc]) -> None:
+        """Upsert faces; person and cluster ids of faces already stored are left as they are."""
+        operations = [
+            UpdateOne(
+                {"_id": doc["_id"]},
+                {"$set": doc, "$setOnInsert": {"person_id": None, "cluster_id": None, "created_at": now()}},
+                upsert=True,
+            )
+            for doc in docs
+        ]
+        if operations:
+            self._call(lambda: self.db.faces.bulk_write(operations, ordered=False))
+
+    def delete_faces(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return self._call(lambda: self.db.faces.delete_many({"_id": {"$in": list(ids)}}).deleted_count)
+
+    def face_ids(self, library: str | None = None) -> set[str]:
+        query = {} if library is None else {"library": library}
+        return {doc["_id"] for doc in self._call(lambda: list(self.db.faces.find(query, {"_id": 1})))}
+
+    def iter_faces(self, library: str) -> Iterator[Doc]:
+        yield from self._call(lambda: list(self.db.faces.find({"library": library}).sort("_id", ASCENDING)))
+
+    def faces_by_id(self, ids: Sequence[str]) -> list[Doc]:
+        return self._call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}})))
+
+    # Jobs.
+    def start_job(self, job_id: str, kind: str, library: str, source: str, options: Doc) -> None:
+        doc = {
+            "_id": job_id,
+            "kind": kind,
+            "library": library,
+            "source": source,
+            "options": options,
+            "status": "running",
+            "started_at": now(),
+        }
+        self._call(lambda: self.db.jobs.replace_one({"_id": job_id}, doc, upsert=True))
+
+    def finish_job(self, job_id: str, status: str, result: Doc) -> None:
+        update = {"$set": {"status": status, "finished_at": now(), "result": result}}
+        self._call(lambda: self.db.jobs.update_one({"_id": job_id}, update))

@@ -1,0 +1,319 @@
+"""The ingest job on Ray Data.
+
+keys → skip what is done → read + decode + letterbox (CPU tasks) → detect (actor pool, GPU when
+there is one) → align + quality (CPU tasks) → embed (actor pool) → write to Qdrant and MongoDB
+(writer actors) → per-image summaries back to the driver, which counts and reports progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import ray
+from ray.data import ActorPoolStrategy, Dataset
+
+from facecluster.embedded import ensure_mongo
+from facecluster.embedder import FaceEmbedder
+from facecluster.engine import load_detector, load_embedder, model_version
+from facecluster.metastore import MetaStore
+from facecluster.settings import Settings
+from facecluster.sources import S3Options, Source, parse_source, validate_library
+from facecluster.stages import Batch, DetectStage, EmbedStage, IngestContext, align_batch, decode_batch, skip_done
+from facecluster.stages import write_batch as store_batch
+from facecluster.vectorstore import QdrantConfig, QdrantVectors, Vectors, collection_name
+
+log = logging.getLogger(__name__)
+NAMESPACE = "facecluster"
+
+
+def init_ray(settings: Settings) -> None:
+    """Attach to `RAY_ADDRESS` when set, else start a local Ray; once per process."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    ray.init(address=address, namespace=NAMESPACE, logging_level=level, log_to_driver=True)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    mongo_uri: str
+    mongo_db: str
+    qdrant: QdrantConfig
+
+
+def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreConfig:
+    """The configured MongoDB and Qdrant, or the embedded ones under the data directory."""
+    mongo_uri = settings.mongo_uri.get_secret_value() if settings.mongo_uri else ensure_mongo(settings.data_dir)
+    qdrant = QdrantConfig(
+        url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        path=None if settings.qdrant_url else str(settings.data_dir / "qdrant"),
+        collection=collection,
+        dim=dim,
+    )
+    return StoreConfig(mongo_uri, settings.mongo_db, qdrant)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
+class LocalQdrantOwner:
+    """The one process that opens Qdrant's local storage; jobs and the API call it by name."""
+
+    def __init__(self, path: str) -> None:
+        from qdrant_client import QdrantClient
+
+        self.client = QdrantClient(path=path)
+        self.stores: dict[str, QdrantVectors] = {}
+
+    def call(self, config: QdrantConfig, method: str, *args: Any) -> Any:
+        store = self.stores.get(config.collection)
+        if store is None:
+            store = self.stores[config.collection] = QdrantVectors(config, client=self.client)
+        return getattr(store, method)(*args)
+
+
+class OwnedVectors:
+    """`Vectors` whose calls run in the `LocalQdrantOwner` actor of the storage folder."""
+
+    def __init__(self, config: QdrantConfig) -> None:
+        assert config.path is not None
+        name = "facecluster-qdrant-" + hashlib.sha1(config.path.encode(), usedforsecurity=False).hexdigest()[:12]
+        self.config = config
+        self.owner = LocalQdrantOwner.options(  # type: ignore[attr-defined]
+            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        ).remote(config.path)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return ray.get(self.owner.call.remote(self.config, method, *args))
+
+    def ensure_collection(self) -> None:
+        self._call("ensure_collection")
+
+    def upsert(self, ids: Any, vectors: Any, payloads: Any) -> None:
+        self._call("upsert", ids, vectors, payloads)
+
+    def delete(self, ids: Any) -> None:
+        self._call("delete", ids)
+
+    def ids(self, library: str | None = None) -> set[str]:
+        return set(self._call("ids", library))
+
+    def count(self) -> int:
+        return int(self._call("count"))
+
+
+def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
+    """A server client of its own, or the single owner of the local storage (Ray must be up)."""
+    return OwnedVectors(config) if config.local else QdrantVectors(config, attempts=attempts)
+
+
+@lru_cache(maxsize=4)
+def _meta(uri: str, database: str, attempts: int) -> MetaStore:
+    return MetaStore(uri, database, attempts=attempts)
+
+
+def _skip_done(batch: Batch, ctx: IngestContext) -> Batch:
+    return skip_done(batch, ctx, _meta(ctx.mongo_uri, ctx.settings.mongo_db, ctx.settings.store_retries))
+
+
+class _Writer:
+    def __init__(self, ctx: IngestContext, qdrant: QdrantConfig) -> None:
+        self.ctx = ctx
+        self.meta = MetaStore(ctx.mongo_uri, ctx.settings.mongo_db, attempts=ctx.settings.store_retries)
+        self.vectors = open_vectors(qdrant, ctx.settings.store_retries)
+
+    def __call__(self, batch: Batch) -> Batch:
+        return store_batch(batch, self.ctx, self.meta, self.vectors)
+
+
+@dataclass
+class IngestSummary:
+    library: str
+    images: int = 0
+    faces: int = 0
+    no_face: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[Dataset, int]:
+    """The source's photos as rows (key, uri, size, etag), and how many there are."""
+    if source.kind == "manifest":
+        ds = _manifest_dataset(source.location)
+        if limit is not None:
+            ds = ds.limit(limit)
+        return ds, ds.count()
+    items: list[dict[str, Any]] = []
+    for item in source.items(s3):
+        if limit is not None and len(items) >= limit:
+            break
+        items.append(asdict(item))
+    blocks = max(1, min(200, len(items) // 16))
+    return ray.data.from_items(items, override_num_blocks=blocks), len(items)
+
+
+def _manifest_dataset(path: str) -> Dataset:
+    """Parquet or CSV with a `key` (or `uri`) column and optional `size` and `etag`, or plain text."""
+    if path.endswith(".parquet"):
+        ds = ray.data.read_parquet(path)
+    elif path.endswith(".csv"):
+        ds = ray.data.read_csv(path)
+    else:
+        ds = ray.data.read_text(path).filter(lambda row: bool(row["text"].strip()))
+    return ds.map_batches(_normalise_manifest, batch_format="numpy")
+
+
+def _normalise_manifest(batch: Batch) -> Batch:
+    column = next((batch[name] for name in ("uri", "key", "text") if name in batch), None)
+    if column is None:
+        raise ValueError("a manifest needs a 'key' or 'uri' column (or one key per line in a .txt file)")
+    uris = np.array([str(value).strip() for value in column], dtype=object)
+    size = batch.get("size", np.zeros(len(uris), dtype=np.int64))
+    etag = batch.get("etag", np.array([""] * len(uris), dtype=object))
+    return {"key": uris, "uri": uris, "size": np.asarray(size, dtype=np.int64), "etag": etag.astype(object)}
+
+
+def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
+    """Store settings for the configured embedder's vectors, the embedder and its version."""
+    embedder = load_embedder(settings)
+    version = model_version(settings, embedder.spec)
+    return (
+        resolve_stores(settings, collection=collection_name(version, embedder.dim), dim=embedder.dim),
+        embedder,
+        version,
+    )
+
+
+def run_ingest(
+    settings: Settings, source_spec: str, *, library: str | None = None, limit: int | None = None, force: bool = False
+) -> IngestSummary:
+    """Ingest every photo of `source_spec` into `library`; resumable, idempotent."""
+    source = parse_source(source_spec)
+    library = validate_library(library or source.default_library)
+    started = time.monotonic()
+    init_ray(settings)
+    detector = load_detector(settings)
+    stores, embedder, embedder_version = open_stores(settings)
+    meta = MetaStore(stores.mongo_uri, stores.mongo_db, attempts=settings.store_retries)
+    meta.ensure_indexes()
+    open_vectors(stores.qdrant, settings.store_retries).ensure_collection()
+    s3 = S3Options.from_settings(settings)
+    ctx = IngestContext(
+        settings=settings,
+        library=library,
+        job_id=uuid.uuid4().hex,
+        s3=s3,
+        mongo_uri=stores.mongo_uri,
+        detector_version=model_version(settings, detector.spec),
+        embedder_version=embedder_version,
+        collection=stores.qdrant.collection,
+        min_confidence=settings.min_confidence or detector.spec.score_threshold,
+        canvas_size=detector.size,
+        pad_value=detector.spec.pad_value,
+        crop_size=embedder.size,
+        alignment=embedder.alignment,
+        force=force,
+    )
+    options = {"limit": limit, "force": force, "detector": ctx.detector_version, "embedder": embedder_version}
+    meta.start_job(ctx.job_id, "ingest", library, source_spec, options)
+    summary = IngestSummary(library=library)
+    try:
+        ds, total = _source_dataset(source, s3, limit)
+        log.info("ingest %s into library %r: %d photos (job %s)", source_spec, library, total, ctx.job_id)
+        processed = _execute(_build(ds, ctx, stores.qdrant, settings), summary, settings, started)
+        summary.images = total
+        summary.skipped = total - processed
+    except BaseException as exc:
+        meta.finish_job(ctx.job_id, "failed", {"error": str(exc), **summary.to_dict()})
+        raise
+    summary.seconds = round(time.monotonic() - started, 2)
+    summary.images_per_s = round((summary.images - summary.skipped) / summary.seconds, 2) if summary.seconds else 0.0
+    meta.finish_job(ctx.job_id, "succeeded", summary.to_dict())
+    return summary
+
+
+def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, settings: Settings) -> Dataset:
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    gpus, cpus = float(resources.get("GPU", 0.0)), float(resources.get("CPU", 1.0))
+
+    def pool(count: int, gpu_share: float) -> tuple[ActorPoolStrategy, float, float]:
+        """An actor pool and each actor's (CPUs, GPUs): a GPU share when there are GPUs, else a CPU share."""
+        if gpus > 0:
+            return ActorPoolStrategy(min_size=1, max_size=count or max(1, int(gpus / gpu_share))), 1.0, gpu_share
+        return ActorPoolStrategy(min_size=1, max_size=count or max(1, int(cpus // 4))), settings.actor_cpus, 0.0
+
+    detect_pool, detect_cpus, detect_gpus = pool(settings.detector_actors, settings.detector_gpus)
+    embed_pool, embed_cpus, embed_gpus = pool(settings.embedder_actors, settings.embedder_gpus)
+    writers = 1 if qdrant.local else settings.write_streams
+
+    def skip(batch: Batch) -> Batch:
+        return _skip_done(batch, ctx)
+
+    def decode(batch: Batch) -> Batch:
+        return decode_batch(batch, ctx)
+
+    def align(batch: Batch) -> Batch:
+        return align_batch(batch, ctx)
+
+    return (
+        ds.map_batches(skip, batch_size=256, num_cpus=0.1)
+        .map_batches(decode, batch_size=settings.read_batch_size, num_cpus=settings.task_cpus)
+        .map_batches(
+            DetectStage,
+            fn_constructor_kwargs={"ctx": ctx},
+            batch_size=settings.detect_batch_size * 2,
+            compute=detect_pool,
+            num_cpus=detect_cpus,
+            num_gpus=detect_gpus,
+        )
+        .map_batches(align, batch_size=settings.read_batch_size, num_cpus=settings.task_cpus)
+        .map_batches(
+            EmbedStage,
+            fn_constructor_kwargs={"ctx": ctx},
+            batch_size=settings.read_batch_size * 2,
+            compute=embed_pool,
+            num_cpus=embed_cpus,
+            num_gpus=embed_gpus,
+        )
+        .map_batches(
+            _Writer,
+            fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant},
+            batch_size=settings.write_batch_size,
+            compute=ActorPoolStrategy(size=writers),
+            num_cpus=0.25,
+        )
+    )
+
+
+def _execute(ds: Dataset, summary: IngestSummary, settings: Settings, started: float) -> int:
+    """Consume the per-image summaries, counting and logging progress; returns images processed."""
+    processed = 0
+    last_report = time.monotonic()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        status = batch["status"]
+        processed += len(status)
+        summary.faces += int(batch["faces"].sum())
+        summary.no_face += int((status == "no_face").sum())
+        summary.failed += int((status == "error").sum())
+        if time.monotonic() - last_report >= settings.progress_interval_s:
+            last_report = time.monotonic()
+            rate = processed / max(1e-9, last_report - started)
+            log.info(
+                "progress: %d images (%.1f/s), %d faces, %d without a face, %d failed",
+                processed, rate, summary.faces, summary.no_face, summary.failed,
+            )  # fmt: skip
+    return processed

@@ -1,0 +1,157 @@
+"""Face vectors in Qdrant: one collection per embedding model version, typed payloads."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from facecluster.backoff import with_retries
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Payload fields with an index (on a Qdrant server; the local mode has none).
+PAYLOAD_INDEXES: dict[str, models.PayloadSchemaType] = {
+    "library": models.PayloadSchemaType.KEYWORD,
+    "image": models.PayloadSchemaType.KEYWORD,
+    "person_id": models.PayloadSchemaType.KEYWORD,
+    "cluster_id": models.PayloadSchemaType.KEYWORD,
+    "quality": models.PayloadSchemaType.FLOAT,
+}
+_TRANSIENT = (ResponseHandlingException, httpx.TransportError, ConnectionError, TimeoutError)
+
+
+def face_payload(face: dict[str, Any]) -> dict[str, Any]:
+    """The Qdrant payload of a stored face document: typed fields, the indexed ones included."""
+    return {
+        "library": face["library"],
+        "image": face["image"],
+        "face_index": face["face_index"],
+        "score": face["score"],
+        "quality": face["quality"]["score"],
+        "face_size": face["quality"]["face_size"],
+        "person_id": face.get("person_id"),
+        "cluster_id": face.get("cluster_id"),
+        "detector": face["detector"],
+        "embedder": face["embedder"],
+    }
+
+
+def collection_name(model_id: str, dim: int) -> str:
+    """The collection for one embedding model version: `faces_<model>_<dim>d`."""
+    slug = re.sub(r"[^a-z0-9]+", "_", model_id.lower()).strip("_")
+    return f"faces_{slug}_{dim}d"
+
+
+@dataclass(frozen=True, slots=True)
+class QdrantConfig:
+    """Where the vectors live: a server URL, or a folder for the local (embedded) mode."""
+
+    url: str | None
+    api_key: str | None
+    path: str | None
+    collection: str
+    dim: int
+
+    @property
+    def local(self) -> bool:
+        return self.url is None
+
+
+class Vectors(Protocol):
+    """What the pipeline and `check` need from the vector store."""
+
+    def ensure_collection(self) -> None: ...
+    def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[dict[str, Any]]) -> None: ...
+    def delete(self, ids: Sequence[str]) -> None: ...
+    def ids(self, library: str | None = None) -> set[str]: ...
+    def count(self) -> int: ...
+
+
+class QdrantVectors:
+    """`Vectors` on a Qdrant client; calls to a server are retried with backoff."""
+
+    def __init__(
+        self, config: QdrantConfig, *, attempts: int = 5, batch: int = 256, client: QdrantClient | None = None
+    ) -> None:
+        self.config = config
+        self.attempts = attempts
+        self.batch = batch
+        if client is not None:
+            self.client = client
+        elif config.local:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # local mode's advice to use a server for large sets
+                self.client = QdrantClient(path=config.path)
+        else:
+            self.client = QdrantClient(url=config.url, api_key=config.api_key, timeout=30)
+
+    def _call(self, call: Callable[[], T]) -> T:
+        where = "local storage" if self.config.local else self.config.url
+        return with_retries(call, backend=f"Qdrant at {where}", attempts=self.attempts, retry_on=_TRANSIENT)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ensure_collection(self) -> None:
+        name = self.config.collection
+        if self._call(lambda: self.client.collection_exists(name)):
+            return
+        vectors = models.VectorParams(size=self.config.dim, distance=models.Distance.COSINE)
+        try:
+            self._call(lambda: self.client.create_collection(name, vectors_config=vectors))
+        except (UnexpectedResponse, ValueError) as exc:  # created meanwhile by another writer
+            if not self.client.collection_exists(name):
+                raise exc
+        if not self.config.local:
+            for field, schema in PAYLOAD_INDEXES.items():
+                self._call(partial(self.client.create_payload_index, name, field, schema, wait=True))
+
+    def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(ids), self.batch):
+            end = start + self.batch
+            points = models.Batch(
+                ids=list(ids[start:end]), vectors=vectors[start:end].tolist(), payloads=list(payloads[start:end])
+            )
+            self._call(partial(self.client.upsert, self.config.collection, points=points, wait=True))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            selector = models.PointIdsList(points=list(ids))
+            self._call(lambda: self.client.delete(self.config.collection, points_selector=selector, wait=True))
+
+    def ids(self, library: str | None = None) -> set[str]:
+        """Every point id, of one library or of all, by paginated scroll."""
+        query = None
+        if library is not None:
+            query = models.Filter(must=[models.FieldCondition(key="library", match=models.MatchValue(value=library))])
+        found: set[str] = set()
+        offset: Any = None
+        while True:
+            page, offset = self._call(
+                partial(
+                    self.client.scroll,
+                    self.config.collection,
+                    scroll_filter=query,
+                    limit=1024,
+                    offset=offset,
+                    with_payload=False,
+                )
+            )
+            found.update(str(point.id) for point in page)
+            if offset is None:
+                return found
+
+    def count(self) -> int:
+        return int(self._call(lambda: self.client.count(self.config.collection, exact=True).count))
