@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,37 @@ def engine(settings: Settings) -> FaceEngine:
 def load(path: Path) -> NDArray[np.uint8]:
     """A photo from disk as RGB pixels."""
     return decode_image(path.read_bytes(), max_bytes=10**9, max_pixels=10**9).pixels
+
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests talk to their own loopback clusters only
+os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "120")  # a deadlock fails, not hangs
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray for the whole session; never a cluster `ray start`ed on the machine."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=4,  # logical: keeps actor pools from starving the read tasks on 2 cores
+        include_dashboard=False,
+        object_store_memory=512 * 1024**2,
+        namespace="facecluster",
+        log_to_driver=os.environ.get("TEST_RAY_LOGS") == "1",
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def store_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """Settings on a fresh data directory: embedded MongoDB-wire server and local Qdrant of its own."""
+    from facecluster.embedded import stop_mongo
+
+    data = tmp_path / "data"
+    yield settings.model_copy(update={"data_dir": data, "write_batch_size": 4, "progress_interval_s": 0.5})
+    stop_mongo(data)
