@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
 export FACECLUSTER_MODELS_DIR ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: help setup run detect test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine clean
+.PHONY: help setup run ingest check detect test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,7 +25,17 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed ## create .venv and install the project with its test tools
 
-run: detect ## the main job on the embedded default
+run: setup ## the main job on the embedded default: the pipeline over SOURCE
+	$(BIN)/facecluster pipeline $(SOURCE)
+
+ingest: setup ## ingest SOURCE (LIBRARY=, LIMIT=, FORCE=1)
+	$(BIN)/facecluster ingest $(SOURCE) $(if $(LIBRARY),--library $(LIBRARY)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(FORCE),--force)
+
+check: setup ## MongoDB faces against Qdrant points (REPAIR=1 to repair)
+	$(BIN)/facecluster check $(if $(LIBRARY),--library $(LIBRARY)) $(if $(REPAIR),--repair)
+
+bench-ingest: setup ## model-only bound vs naive loop vs the Ray pipeline on LFW
+	$(BIN)/facecluster bench ingest $(SHARED)/data/lfw/images
 
 detect: setup ## detect every face under SOURCE, one JSON line per image
 	$(BIN)/facecluster detect $(SOURCE)

@@ -223,6 +223,17 @@ def test_unreachable_mongodb_is_named(store_settings: Settings, photos_dir: Path
         run_ingest(settings, str(photos_dir / "enrol" / "biden"))
 
 
+def test_unreachable_qdrant_is_named(store_settings: Settings, photos_dir: Path) -> None:
+    from facecluster.backoff import BackendUnavailable
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = store_settings.model_copy(update={"qdrant_url": f"http://127.0.0.1:{port}", "store_retries": 2})
+    with pytest.raises(BackendUnavailable, match=rf"Qdrant at http://127\.0\.0\.1:{port} is unreachable after 2"):
+        run_ingest(settings, str(photos_dir / "enrol" / "biden"))
+
+
 def test_summary_fields() -> None:
     assert list(IngestSummary(library="x").to_dict()) == [
         "library",

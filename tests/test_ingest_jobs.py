@@ -160,6 +160,9 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
         str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
         "--port", str(_free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
         "--num-cpus", "4", "--object-store-memory", str(512 * 1024**2),
+        # Agents get free ports too: the defaults clash with any other Ray on the machine.
+        "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+        "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
     ]  # fmt: skip
     head = subprocess.Popen(
         command,
@@ -197,7 +200,7 @@ def test_ray_job_submit_runs_the_ingest_and_lists_it(
         "--", "python", "jobs/ingest.py", str(photos_dir / "group"), "--library", "submitted",
     ]  # fmt: skip
     try:
-        for _ in range(20):  # the dashboard answers a few seconds before its job agent does
+        for _ in range(10):  # the dashboard answers a few seconds before its job agent does
             submitted = subprocess.run(
                 command, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=600
             )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import platform
 import resource
 import statistics
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -13,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from numpy.typing import NDArray
 
+from facecluster.align import crop_faces
+from facecluster.detector import Detection
 from facecluster.engine import load_detector, load_embedder
-from facecluster.imagedecode import IMAGE_SUFFIXES, decode_image
+from facecluster.imagedecode import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from facecluster.settings import Settings
 
 
@@ -84,4 +91,127 @@ def bench_engine(
         "machine": platform.machine(),
         "rows": rows,
         "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
+
+
+class _PeakMemory:
+    """Peak summed RSS of this process and all its descendants (Ray workers, the embedded stores)."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> float:
+        me = psutil.Process()
+        total = 0
+        for process in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> _PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _rates(images: int, faces: int, seconds: float, peak_mib: float) -> dict[str, float]:
+    return {
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 2),
+        "faces_per_s": round(faces / seconds, 2),
+        "peak_rss_mib": round(peak_mib, 1),
+    }
+
+
+def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = None) -> dict[str, Any]:
+    """(a) the models on pre-decoded images in one process, (b) a naive per-image, per-face loop as
+    the seed's original ran, (c) the Ray pipeline end to end into throw-away embedded stores."""
+    from facecluster.embedded import stop_mongo
+    from facecluster.engine import FaceEngine, keep_faces
+    from facecluster.pipeline import run_ingest
+    from facecluster.sources import S3Options, parse_source, read_uri
+
+    source = parse_source(source_spec)
+    s3 = S3Options.from_settings(settings)
+    items = list(itertools.islice(source.items(s3), limit))
+    engine = FaceEngine.from_settings(settings)
+    limits = {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
+
+    def faces_of(found: list[Detection]) -> list[Detection]:
+        return keep_faces(found, min_confidence=engine.min_confidence, min_face_size=settings.min_face_size)
+
+    def decoded() -> list[NDArray[np.uint8]]:
+        out = []
+        for item in items:
+            with contextlib.suppress(ImageDecodeError):
+                out.append(decode_image(read_uri(item.uri, s3), **limits).pixels)
+        return out
+
+    # (a) Model-only bound: decoding is done beforehand and not timed.
+    pixels = decoded()
+    batch = settings.detect_batch_size
+    with _PeakMemory() as memory:
+        start = time.perf_counter()
+        faces_a = 0
+        for first in range(0, len(pixels), batch):
+            chunk = pixels[first : first + batch]
+            found = engine.detector.detect(chunk, batch_size=batch)
+            crops = [
+                crop_faces(image, faces_of(f), engine.embedder.size, engine.embedder.alignment)
+                for image, f in zip(chunk, found, strict=True)
+            ]
+            flat = np.concatenate(crops)
+            faces_a += len(flat)
+            engine.embedder.embed(flat, batch_size=settings.embed_batch_size)
+        a = _rates(len(pixels), faces_a, time.perf_counter() - start, memory.peak)
+    del pixels
+
+    # (b) Naive loop: read, decode, detect one image, embed one face at a time.
+    with _PeakMemory() as memory:
+        start = time.perf_counter()
+        faces_b = images_b = 0
+        for item in items:
+            try:
+                image = decode_image(read_uri(item.uri, s3), **limits).pixels
+            except ImageDecodeError:
+                continue
+            images_b += 1
+            for face in faces_of(engine.detector.detect([image], batch_size=1)[0]):
+                crop = crop_faces(image, [face], engine.embedder.size, engine.embedder.alignment)
+                engine.embedder.embed(crop, batch_size=1)
+                faces_b += 1
+        b = _rates(images_b, faces_b, time.perf_counter() - start, memory.peak)
+
+    # (c) The Ray pipeline, with store writes, into a throw-away data directory.
+    with tempfile.TemporaryDirectory(prefix="facecluster-bench-") as scratch:
+        data_dir = Path(scratch)
+        try:
+            with _PeakMemory() as memory:
+                start = time.perf_counter()
+                summary = run_ingest(settings.model_copy(update={"data_dir": data_dir}), source_spec, limit=limit)
+                c = _rates(summary.images - summary.failed, summary.faces, time.perf_counter() - start, memory.peak)
+        finally:
+            stop_mongo(data_dir)
+    return {
+        "source": source_spec,
+        "images": len(items),
+        "faces": summary.faces,
+        "provider": engine.detector.session.get_providers()[0],
+        "cpus": os.cpu_count(),
+        "a_model_only": a,
+        "b_naive_loop": b,
+        "c_ray_pipeline": c,
+        "c_over_a": round(c["images_per_s"] / a["images_per_s"], 3),
+        "c_over_b": round(c["images_per_s"] / b["images_per_s"], 3),
     }

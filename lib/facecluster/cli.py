@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--images", type=_existing_path, default=None, help="folder of photos (default: synthetic)")
     engine.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 8, 32])
     engine.add_argument("--repeats", type=int, default=3)
+    ingest = bench_actions.add_parser("ingest", help="model-only bound vs naive loop vs the Ray pipeline")
+    ingest.add_argument("source", metavar="SOURCE", help="a folder or s3://bucket/prefix")
+    ingest.add_argument("--limit", type=int, default=None)
     return parser
 
 
@@ -262,9 +265,16 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from facecluster.bench import bench_engine
+    from facecluster.bench import bench_engine, bench_ingest
 
-    emit(bench_engine(settings, images=args.images, batch_sizes=args.batch_sizes, repeats=args.repeats))
+    if args.action == "engine":
+        emit(bench_engine(settings, images=args.images, batch_sizes=args.batch_sizes, repeats=args.repeats))
+        return 0
+    import ray
+
+    report = bench_ingest(settings, args.source, limit=args.limit)
+    ray.shutdown()
+    emit(report)
     return 0
 
 

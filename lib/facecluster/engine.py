@@ -86,6 +86,7 @@ def _session_for(settings: Settings, spec: ModelSpec) -> ort.InferenceSession:
         tuple(select_providers(settings.providers)),
         settings.intra_op_threads,
         settings.inter_op_threads,
+        settings.ort_spinning,
     )
 
 

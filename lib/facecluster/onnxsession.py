@@ -60,10 +60,19 @@ def select_providers(
 
 
 def create_session(
-    path: Path, providers: Sequence[str], *, intra_op_threads: int = 0, inter_op_threads: int = 0
+    path: Path,
+    providers: Sequence[str],
+    *,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
-    """A new session on `path`; thread counts of 0 keep ONNX Runtime's defaults."""
+    """A new session on `path`; thread counts of 0 keep ONNX Runtime's defaults. Without
+    `spinning`, idle threads sleep instead of busy-waiting, which several model processes
+    sharing a few cores need."""
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3  # errors only: no provider warnings on CPU-only machines
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
@@ -82,10 +91,12 @@ def create_session(
 
 @lru_cache(maxsize=16)
 def cached_session(
-    path: Path, providers: tuple[str, ...], intra_op_threads: int, inter_op_threads: int
+    path: Path, providers: tuple[str, ...], intra_op_threads: int, inter_op_threads: int, spinning: bool = True
 ) -> ort.InferenceSession:
     """One session per model file, providers and thread settings in this process, reused."""
-    return create_session(path, providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)
+    return create_session(
+        path, providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, spinning=spinning
+    )
 
 
 @lru_cache(maxsize=1)

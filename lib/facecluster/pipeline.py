@@ -162,7 +162,7 @@ def _source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[D
         if limit is not None and len(items) >= limit:
             break
         items.append(asdict(item))
-    blocks = max(1, min(200, len(items) // 16))
+    blocks = max(1, len(items) // 16)
     return ray.data.from_items(items, override_num_blocks=blocks), len(items)
 
 
@@ -213,7 +213,8 @@ def run_ingest(
     open_vectors(stores.qdrant, settings.store_retries).ensure_collection()
     s3 = S3Options.from_settings(settings)
     ctx = IngestContext(
-        settings=settings,
+        # Several model processes share the CPUs here: their ONNX threads sleep rather than spin.
+        settings=settings.model_copy(update={"ort_spinning": False}),
         library=library,
         job_id=uuid.uuid4().hex,
         s3=s3,
@@ -270,7 +271,7 @@ def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, settings: Sett
         return align_batch(batch, ctx)
 
     return (
-        ds.map_batches(skip, batch_size=256, num_cpus=0.1)
+        ds.map_batches(skip, batch_size=settings.read_batch_size, num_cpus=0.1)
         .map_batches(decode, batch_size=settings.read_batch_size, num_cpus=settings.task_cpus)
         .map_batches(
             DetectStage,

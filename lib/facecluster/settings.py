@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(default=0, ge=0, validation_alias=_env("INTRA_OP_THREADS"))
     inter_op_threads: int = Field(default=0, ge=0, validation_alias=_env("INTER_OP_THREADS"))
+    ort_spinning: bool = Field(
+        default=True,
+        validation_alias=_env("ORT_SPINNING"),
+        description="Let ONNX Runtime's threads spin while waiting: fastest for one model process per machine.",
+    )
     model_base_url: str = Field(
         default="https://raw.githubusercontent.com",
         validation_alias=_env("MODEL_BASE_URL"),
