@@ -44,6 +44,23 @@ def _batch_sizes(value: str) -> list[int]:
     return sizes
 
 
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    methods = ["dual", "graph", "hdbscan", "dbscan", "agglomerative"]
+    parser.add_argument("--method", choices=methods, default=None, help="default: FACECLUSTER_CLUSTER_METHOD (dual)")
+    parser.add_argument("--person-threshold", type=float, default=None, help="dual: match to known persons (cosine)")
+    parser.add_argument("--unknown-method", choices=methods[1:], default=None, help="dual: method for the rest")
+    parser.add_argument("--min-cluster-size", type=int, default=None)
+    parser.add_argument("--eps", type=float, default=None, help="cosine distance radius (1 - similarity)")
+    parser.add_argument("--threshold", type=float, default=None, help="cosine similarity threshold")
+    parser.add_argument("--max-faces", type=int, default=None)
+    parser.add_argument("--min-quality", type=float, default=None, help="quality gate: faces below are not clustered")
+
+
+def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("method", "person_threshold", "unknown_method", "min_cluster_size", "eps", "threshold", "max_faces")
+    return {name: getattr(args, name) for name in (*names, "min_quality")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facecluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -74,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("--library", default=None, help="library name (default: from the folder or bucket/prefix)")
         job.add_argument("--limit", type=int, default=None, help="at most N photos")
         job.add_argument("--force", action="store_true", help="redo photos already stored with the same models")
+        if name == "pipeline":
+            _cluster_arguments(job)
+
+    clustering = commands.add_parser("cluster", help="cluster a library's faces into persons and unknown clusters")
+    clustering.add_argument("--library", required=True)
+    _cluster_arguments(clustering)
+
+    stats = commands.add_parser("stats", help="persons, clusters, unclustered faces, multi-person photos")
+    stats.add_argument("--library", default=None)
 
     check = commands.add_parser("check", help="MongoDB faces against Qdrant points")
     check.add_argument("--library", default=None)
@@ -95,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--iou", type=float, default=0.4)
     enrol = eval_actions.add_parser("enrol", help="same- vs different-person cosine on DIR/<person>/ photos")
     enrol.add_argument("--images", type=_existing_path, required=True)
+    scored = eval_actions.add_parser("cluster", help="every clustering method scored on an LFW-layout folder")
+    scored.add_argument("--images", type=_existing_path, required=True, help="DIR/Name/Name_NNNN.jpg")
+    scored.add_argument("--limit", type=int, default=None)
 
     bench = commands.add_parser("bench", help="speed and memory benchmarks")
     bench_actions = bench.add_subparsers(dest="action", required=True)
@@ -204,11 +233,40 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.pipeline import run_ingest
+    from facecluster.pipeline import run_cluster, run_ingest
 
     summary = run_ingest(settings, args.source, library=args.library, limit=args.limit, force=args.force)
+    result: dict[str, Any] = summary.to_dict()
+    if args.command == "pipeline":
+        clustered = run_cluster(settings, summary.library, **_cluster_overrides(args))
+        result = {"ingest": result, "cluster": clustered.to_dict(), "stats": _stats(settings, summary.library)}
     ray.shutdown()  # flush worker logs before the summary, so it is the last line
+    emit(result)
+    return 0
+
+
+def _stats(settings: Settings, library: str | None) -> dict[str, Any]:
+    from facecluster.embedded import ensure_mongo
+    from facecluster.metastore import MetaStore
+    from facecluster.stats import library_stats
+
+    uri = settings.mongo_uri.get_secret_value() if settings.mongo_uri else ensure_mongo(settings.data_dir)
+    return library_stats(MetaStore(uri, settings.mongo_db), library)
+
+
+def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from facecluster.pipeline import run_cluster
+
+    summary = run_cluster(settings, args.library, **_cluster_overrides(args))
+    ray.shutdown()
     emit(summary.to_dict())
+    return 0
+
+
+def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    emit(_stats(settings, args.library))
     return 0
 
 
@@ -254,6 +312,16 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.evaluation import detection_recall, enrolment_separation, report_dict
     from facecluster.verification import verify
 
+    if args.action == "cluster":
+        import ray
+
+        from facecluster.evaluation import evaluate_clustering
+
+        reports = list(evaluate_clustering(settings, args.images, limit=args.limit))
+        ray.shutdown()
+        for report in reports:
+            emit(report)
+        return 0
     engine = FaceEngine.from_settings(settings)
     if args.action == "verify":
         emit(verify(engine, args.images, args.pairs).to_dict())
@@ -292,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "detect": cmd_detect,
         "ingest": cmd_ingest,
         "pipeline": cmd_ingest,
+        "cluster": cmd_cluster,
+        "stats": cmd_stats,
         "check": cmd_check,
         "export": cmd_export,
         "eval": cmd_eval,

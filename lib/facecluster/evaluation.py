@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import csv
 import itertools
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from facecluster.engine import FaceEngine
 from facecluster.imagedecode import IMAGE_SUFFIXES, decode_image
+from facecluster.metastore import MetaStore
+from facecluster.metrics import score_clustering
+from facecluster.settings import Settings
 
 
 def box_iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
@@ -112,3 +118,52 @@ def enrolment_separation(engine: FaceEngine, folder: Path) -> SeparationReport:
 
 def report_dict(report: RecallReport | SeparationReport) -> dict[str, object]:
     return {key: round(value, 5) if isinstance(value, float) else value for key, value in asdict(report).items()}
+
+
+CLUSTER_METHODS = ("dual", "graph", "hdbscan", "dbscan", "agglomerative")
+
+
+def labelled_faces(meta: MetaStore, library: str) -> dict[str, str]:
+    """LFW layout: the face nearest the centre of `Name/Name_NNNN.jpg` is Name's; others are left out."""
+    images = {doc["key"]: doc for doc in meta.db.images.find({"library": library, "status": "done"})}
+    best: dict[str, tuple[float, str]] = {}
+    for face in meta.db.faces.find({"library": library}, {"image": 1, "bbox": 1}):
+        image = images.get(face["image"])
+        if image is None:
+            continue
+        x, y, w, h = face["bbox"]
+        offset = float(np.hypot(x + w / 2 - image["width"] / 2, y + h / 2 - image["height"] / 2))
+        if face["image"] not in best or offset < best[face["image"]][0]:
+            best[face["image"]] = (offset, face["_id"])
+    return {face_id: Path(key).parent.name for key, (_, face_id) in best.items()}
+
+
+def evaluate_clustering(
+    settings: Settings, images: Path, *, limit: int | None = None, methods: Sequence[str] = CLUSTER_METHODS
+) -> Iterator[dict[str, Any]]:
+    """Ingest `images` into a throw-away library, then run and score every method in turn."""
+    from facecluster.embedded import stop_mongo
+    from facecluster.pipeline import open_stores, run_cluster, run_ingest
+
+    with tempfile.TemporaryDirectory(prefix="facecluster-eval-") as scratch:
+        scoped = settings.model_copy(update={"data_dir": Path(scratch)})
+        try:
+            ingest = run_ingest(scoped, str(images), library="eval", limit=limit)
+            stores, _, _ = open_stores(scoped)
+            meta = MetaStore(stores.mongo_uri, stores.mongo_db)
+            truth = labelled_faces(meta, "eval")
+            yield {"ingest": ingest.to_dict(), "labelled_faces": len(truth), "identities": len(set(truth.values()))}
+            for method in methods:
+                summary = run_cluster(scoped, "eval", method=method)
+                run = meta.db.runs.find_one({"_id": summary.run_id}) or {}
+                state = {
+                    f["_id"]: f.get("person_id") or f.get("cluster_id")
+                    for f in meta.db.faces.find({"library": "eval"}, {"person_id": 1, "cluster_id": 1})
+                }
+                names = sorted({str(state[f]) for f in truth if state.get(f)})
+                code = {name: i for i, name in enumerate(names)}
+                predicted = [code[str(state[f])] if state.get(f) else -1 for f in truth]
+                scores = score_clustering(list(truth.values()), predicted)
+                yield {"method": method, "params": run.get("params"), "seconds": summary.seconds, **scores.to_dict()}
+        finally:
+            stop_mongo(Path(scratch))

@@ -52,6 +52,8 @@ class MetaStore:
             self.db.faces.create_index([("library", ASCENDING), ("person_id", ASCENDING)])
             self.db.faces.create_index([("library", ASCENDING), ("cluster_id", ASCENDING)])
             self.db.jobs.create_index([("library", ASCENDING), ("started_at", ASCENDING)])
+            self.db.clusters.create_index([("library", ASCENDING), ("size", ASCENDING)])
+            self.db.runs.create_index([("library", ASCENDING), ("started_at", ASCENDING)])
 
         self._call(create)
 
@@ -102,6 +104,30 @@ class MetaStore:
 
     def faces_by_id(self, ids: Sequence[str]) -> list[Doc]:
         return self._call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}})))
+
+    def clustering_faces(self, library: str) -> list[Doc]:
+        projection = {
+            "_id": 1, "image": 1, "quality.score": 1, "person_id": 1, "label_source": 1,
+            "rejected_persons": 1, "cluster_id": 1,
+        }  # fmt: skip
+        return self._call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING)))
+
+    def update_faces(self, updates: Sequence[tuple[str, Doc]]) -> None:
+        """`$set` fields on faces: [(face id, fields), …] in one bulk write."""
+        operations = [UpdateOne({"_id": face}, {"$set": fields}) for face, fields in updates]
+        if operations:
+            self._call(lambda: self.db.faces.bulk_write(operations, ordered=False))
+
+    def replace_clusters(self, library: str, docs: Sequence[Doc]) -> None:
+        """The library's clusters become exactly `docs`."""
+        keep = [doc["_id"] for doc in docs]
+        operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
+        if operations:
+            self._call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
+        self._call(lambda: self.db.clusters.delete_many({"library": library, "_id": {"$nin": keep}}))
+
+    def record_run(self, doc: Doc) -> None:
+        self._call(lambda: self.db.runs.insert_one(doc))
 
     # Jobs.
     def start_job(self, job_id: str, kind: str, library: str, source: str, options: Doc) -> None:

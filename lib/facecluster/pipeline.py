@@ -20,6 +20,7 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
+from facecluster.clusterrun import RunSummary, run_clustering, run_options
 from facecluster.embedded import ensure_mongo
 from facecluster.embedder import FaceEmbedder
 from facecluster.engine import load_detector, load_embedder, model_version
@@ -110,6 +111,12 @@ class OwnedVectors:
     def count(self) -> int:
         return int(self._call("count"))
 
+    def fetch(self, ids: Any) -> Any:
+        return self._call("fetch", ids)
+
+    def set_payloads(self, updates: Any) -> None:
+        self._call("set_payloads", updates)
+
 
 def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
     """A server client of its own, or the single owner of the local storage (Ray must be up)."""
@@ -196,6 +203,20 @@ def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
         embedder,
         version,
     )
+
+
+def run_cluster(settings: Settings, library: str, **overrides: Any) -> RunSummary:
+    """Cluster a library's stored faces (`facecluster cluster`); overrides as `run_options` takes."""
+    library = validate_library(library)
+    stores, embedder, version = open_stores(settings)
+    meta = MetaStore(stores.mongo_uri, stores.mongo_db, attempts=settings.store_retries)
+    meta.ensure_indexes()
+    if stores.qdrant.local:
+        init_ray(settings)
+    vectors = open_vectors(stores.qdrant, settings.store_retries)
+    vectors.ensure_collection()
+    options = run_options(settings, embedder.spec, version, **overrides)
+    return run_clustering(meta, vectors, library, options)
 
 
 def run_ingest(

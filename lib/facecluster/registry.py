@@ -56,6 +56,9 @@ class EmbedderSpec(ModelSpec):
     alignment: Alignment
     verify_threshold: float
     person_match_threshold: float
+    unknown_method: Literal["graph", "hdbscan", "dbscan", "agglomerative"]
+    cluster_thresholds: dict[Literal["graph", "hdbscan", "dbscan", "agglomerative"], float]
+    cluster_merge_threshold: float = Field(description="cosine: graph clusters whose centroids merge")
 
 
 class Registry(BaseModel):

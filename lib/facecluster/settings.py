@@ -102,12 +102,19 @@ class Settings(BaseSettings):
     person_match_threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, validation_alias=_env("PERSON_MATCH_THRESHOLD", "FACE_PERSON_MATCH_THRESHOLD")
     )
-    unknown_clustering_method: Literal["hdbscan", "dbscan", "agglomerative", "graph"] = Field(
-        default="hdbscan", validation_alias=_env("UNKNOWN_CLUSTERING_METHOD", "FACE_UNKNOWN_CLUSTERING_METHOD")
+    unknown_clustering_method: Literal["hdbscan", "dbscan", "agglomerative", "graph"] | None = Field(
+        default=None,
+        validation_alias=_env("UNKNOWN_CLUSTERING_METHOD", "FACE_UNKNOWN_CLUSTERING_METHOD"),
+        description="Dual mode's method for unknown faces; default: the embedder's calibrated one.",
     )
     unknown_min_cluster_size: int = Field(
         default=3, ge=2, validation_alias=_env("UNKNOWN_MIN_CLUSTER_SIZE", "FACE_UNKNOWN_MIN_CLUSTER_SIZE")
     )
+    cluster_method: Literal["dual", "graph", "hdbscan", "dbscan", "agglomerative"] = Field(
+        default="dual", validation_alias=_env("CLUSTER_METHOD")
+    )
+    cluster_min_quality: float = Field(default=0.0, ge=0.0, le=1.0, validation_alias=_env("CLUSTER_MIN_QUALITY"))
+    cluster_max_faces: int | None = Field(default=None, gt=0, validation_alias=_env("CLUSTER_MAX_FACES", "MAX_FACES"))
     unknown_eps: float | None = Field(default=None, gt=0.0, validation_alias=_env("UNKNOWN_EPS", "FACE_UNKNOWN_EPS"))
     triplet_margin: float = Field(default=0.2, gt=0.0, validation_alias=_env("TRIPLET_MARGIN", "FACE_TRIPLET_MARGIN"))
     training_epochs: int = Field(default=20, gt=0, validation_alias=_env("TRAINING_EPOCHS", "FACE_TRAINING_EPOCHS"))

@@ -77,6 +77,8 @@ class Vectors(Protocol):
     def delete(self, ids: Sequence[str]) -> None: ...
     def ids(self, library: str | None = None) -> set[str]: ...
     def count(self) -> int: ...
+    def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]: ...
+    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None: ...
 
 
 class QdrantVectors:
@@ -155,3 +157,30 @@ class QdrantVectors:
 
     def count(self) -> int:
         return int(self._call(lambda: self.client.count(self.config.collection, exact=True).count))
+
+    def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]:
+        """The vectors of `ids`, in order; a missing one is an error that names it."""
+        found: dict[str, list[float]] = {}
+        for start in range(0, len(ids), 1024):
+            chunk = list(ids[start : start + 1024])
+            points = self._call(
+                partial(self.client.retrieve, self.config.collection, chunk, with_payload=False, with_vectors=True)
+            )
+            found.update({str(p.id): p.vector for p in points})  # type: ignore[misc]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} faces have no vector (first: {missing[0]}); run `facecluster check --repair`"
+            )
+        return np.array([found[i] for i in ids], dtype=np.float32).reshape(len(ids), self.config.dim)
+
+    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
+        """Set payload fields on groups of points: [(fields, point ids), …], in batched requests."""
+        operations = [
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=list(points)))
+            for fields, points in updates
+            if points
+        ]
+        for start in range(0, len(operations), 256):
+            chunk = operations[start : start + 256]
+            self._call(partial(self.client.batch_update_points, self.config.collection, chunk, wait=True))
