@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
 export FACECLUSTER_MODELS_DIR ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: help setup run ingest check detect test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
+.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-stats faces-pipeline-dual eval-cluster bench-cluster test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,31 @@ ingest: setup ## ingest SOURCE (LIBRARY=, LIMIT=, FORCE=1)
 
 check: setup ## MongoDB faces against Qdrant points (REPAIR=1 to repair)
 	$(BIN)/facecluster check $(if $(LIBRARY),--library $(LIBRARY)) $(if $(REPAIR),--repair)
+
+# The first seed's face targets. LIBRARY defaults to the folder name of SOURCE.
+LIBRARY ?= $(notdir $(abspath $(SOURCE)))
+CLUSTER_OPTIONS = $(if $(PERSON_THRESHOLD),--person-threshold $(PERSON_THRESHOLD)) $(if $(UNKNOWN_METHOD),--unknown-method $(UNKNOWN_METHOD)) $(if $(UNKNOWN_MIN_SIZE),--min-cluster-size $(UNKNOWN_MIN_SIZE)) $(if $(MAX_FACES),--max-faces $(MAX_FACES))
+
+faces-backfill: setup ## detect and embed every face of SOURCE (LIMIT=)
+	$(BIN)/facecluster ingest $(SOURCE) --library $(LIBRARY) $(if $(LIMIT),--limit $(LIMIT))
+
+faces-cluster: setup ## cluster LIBRARY's unknown faces (MAX_FACES=, UNKNOWN_METHOD=hdbscan)
+	$(BIN)/facecluster cluster --library $(LIBRARY) --method $(or $(UNKNOWN_METHOD),hdbscan) $(if $(MAX_FACES),--max-faces $(MAX_FACES))
+
+faces-cluster-dual: setup ## dual mode: known persons first, then unknown clusters (PERSON_THRESHOLD=, UNKNOWN_METHOD=, MAX_FACES=)
+	$(BIN)/facecluster cluster --library $(LIBRARY) --method dual $(CLUSTER_OPTIONS)
+
+faces-stats: setup ## persons, clusters, unclustered faces of LIBRARY
+	$(BIN)/facecluster stats --library $(LIBRARY)
+
+faces-pipeline-dual: setup ## ingest SOURCE, cluster (dual), stats (LIMIT=, PERSON_THRESHOLD=, UNKNOWN_METHOD=)
+	$(BIN)/facecluster pipeline $(SOURCE) --library $(LIBRARY) $(if $(LIMIT),--limit $(LIMIT)) $(CLUSTER_OPTIONS)
+
+eval-cluster: setup ## every clustering method scored on LFW
+	$(BIN)/facecluster eval cluster --images $(SHARED)/data/lfw/images
+
+bench-cluster: setup ## clustering time and memory at 10k, 30k and 100k faces
+	$(BIN)/facecluster bench cluster --images $(SHARED)/data/lfw/images
 
 bench-ingest: setup ## model-only bound vs naive loop vs the Ray pipeline on LFW
 	$(BIN)/facecluster bench ingest $(SHARED)/data/lfw/images

@@ -216,3 +216,37 @@ def test_ray_job_submit_runs_the_ingest_and_lists_it(
         assert summary["library"] == "submitted" and summary["images"] == 18 and summary["faces"] > 100
     finally:
         stop_mongo(data_dir)
+
+
+def test_pipeline_cluster_stats_and_export_from_the_command_line(
+    photos_dir: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    env = job_env(models_dir, tmp_path / "data")
+    folder = tmp_path / "enrol"
+    shutil.copytree(photos_dir / "enrol", folder)
+    try:
+        done = subprocess.run(
+            [str(BIN / "facecluster"), "pipeline", str(folder), "--min-cluster-size", "2"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["ingest"]["images"] == 12 and result["ingest"]["failed"] == 0
+        # Five people with 2-3 photos each: one cluster each at a minimum size of 2.
+        assert result["cluster"]["method"] == "dual" and result["cluster"]["clusters"] == 5
+        assert result["stats"]["clusters"] == 5 and result["stats"]["faces_per_person"]["2"] >= 1
+
+        run = [str(BIN / "facecluster")]
+        stats = json.loads(subprocess.run([*run, "stats", "--library", "enrol"], env=env, capture_output=True,
+                                          text=True, timeout=120).stdout.splitlines()[-1])  # fmt: skip
+        assert stats == result["stats"]
+        exported = subprocess.run(
+            [*run, "export", "faces", "--library", "enrol"], env=env, capture_output=True, text=True, timeout=120
+        ).stdout.splitlines()
+        faces = [json.loads(line) for line in exported]
+        clustered = [f for f in faces if f["cluster_id"]]
+        assert len({f["cluster_id"] for f in clustered}) == 5 and all(
+            f["cluster_id"].startswith("clu_") for f in clustered
+        )
+    finally:
+        stop_mongo(tmp_path / "data")

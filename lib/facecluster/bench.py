@@ -21,6 +21,7 @@ import psutil
 from numpy.typing import NDArray
 
 from facecluster.align import crop_faces
+from facecluster.clustering import Method
 from facecluster.detector import Detection
 from facecluster.engine import load_detector, load_embedder
 from facecluster.imagedecode import IMAGE_SUFFIXES, ImageDecodeError, decode_image
@@ -214,4 +215,61 @@ def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = No
         "c_ray_pipeline": c,
         "c_over_a": round(c["images_per_s"] / a["images_per_s"], 3),
         "c_over_b": round(c["images_per_s"] / b["images_per_s"], 3),
+    }
+
+
+def _cluster_once(vectors: NDArray[np.float32], method: Method, threshold: float, k: int) -> dict[str, float]:
+    """One timed clustering in a fresh process, so its peak memory is its own."""
+    from facecluster.clustering import ClusterParams, cluster
+    from facecluster.knn import knn_graph
+
+    start = time.perf_counter()
+    graph = knn_graph(vectors, k)
+    knn_seconds = time.perf_counter() - start
+    params = ClusterParams(method=method, threshold=threshold, merge_threshold=threshold, k=k)
+    labels = cluster(vectors, [str(i) for i in range(len(vectors))], params, knn=graph)
+    total = time.perf_counter() - start
+    return {
+        "faces": len(vectors),
+        "seconds": round(total, 2),
+        "knn_seconds": round(knn_seconds, 2),
+        "cluster_seconds": round(total - knn_seconds, 2),
+        "clusters": int(labels.max(initial=-1) + 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
+
+
+def bench_cluster(
+    settings: Settings, images: Path, sizes: list[int], *, method: Method | None = None
+) -> dict[str, Any]:
+    """Clustering time and memory at each size, on real embeddings grown with noisy copies."""
+    import multiprocessing
+
+    from facecluster.engine import FaceEngine
+    from facecluster.registry import load_registry
+    from facecluster.verification import embed_central_faces
+
+    engine = FaceEngine.from_settings(settings)
+    spec = load_registry().embedder(settings.embedder)
+    chosen = method or spec.unknown_method
+    paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = embed_central_faces(engine, paths)
+    base = np.stack([v for v in found.values() if v is not None]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    # Copies at cosine ~0.8 to their original: like further photos of the same person.
+    sigma = np.sqrt((1 / 0.8**2 - 1) / base.shape[1])
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for size in sizes:
+        picks = np.concatenate([np.arange(len(base)), rng.integers(0, len(base), max(0, size - len(base)))])[:size]
+        grown = base[picks] + (np.arange(size) >= len(base))[:, None] * rng.normal(0, sigma, (size, base.shape[1]))
+        grown = (grown / np.linalg.norm(grown, axis=1, keepdims=True)).astype(np.float32)
+        with context.Pool(1) as pool:
+            rows.append(pool.apply(_cluster_once, (grown, chosen, spec.cluster_thresholds[chosen], 20)))
+    return {
+        "method": chosen,
+        "real_embeddings": len(base),
+        "growth": "sizes beyond the real embeddings are noisy copies of them (cosine ~0.8 to the original)",
+        "cpus": os.cpu_count(),
+        "rows": rows,
     }

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     clustering = commands.add_parser("cluster", help="cluster a library's faces into persons and unknown clusters")
     clustering.add_argument("--library", required=True)
+    clustering.add_argument("--shards", type=int, default=1, help="run the neighbour search as N Ray tasks")
     _cluster_arguments(clustering)
 
     stats = commands.add_parser("stats", help="persons, clusters, unclustered faces, multi-person photos")
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--images", type=_existing_path, default=None, help="folder of photos (default: synthetic)")
     engine.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 8, 32])
     engine.add_argument("--repeats", type=int, default=3)
+    grow = bench_actions.add_parser("cluster", help="clustering time and peak memory by number of faces")
+    grow.add_argument("--images", type=_existing_path, required=True, help="photos whose faces seed the set")
+    grow.add_argument("--sizes", type=_batch_sizes, default=[10_000, 30_000, 100_000])
+    grow.add_argument("--method", choices=["graph", "hdbscan", "dbscan", "agglomerative"], default=None)
     ingest = bench_actions.add_parser("ingest", help="model-only bound vs naive loop vs the Ray pipeline")
     ingest.add_argument("source", metavar="SOURCE", help="a folder or s3://bucket/prefix")
     ingest.add_argument("--limit", type=int, default=None)
@@ -259,7 +264,7 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
 
     from facecluster.pipeline import run_cluster
 
-    summary = run_cluster(settings, args.library, **_cluster_overrides(args))
+    summary = run_cluster(settings, args.library, shards=args.shards, **_cluster_overrides(args))
     ray.shutdown()
     emit(summary.to_dict())
     return 0
@@ -333,8 +338,11 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from facecluster.bench import bench_engine, bench_ingest
+    from facecluster.bench import bench_cluster, bench_engine, bench_ingest
 
+    if args.action == "cluster":
+        emit(bench_cluster(settings, args.images, args.sizes, method=args.method))
+        return 0
     if args.action == "engine":
         emit(bench_engine(settings, images=args.images, batch_sizes=args.batch_sizes, repeats=args.repeats))
         return 0

@@ -12,6 +12,7 @@ import datetime as dt
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facecluster.clustering import UNCLUSTERED, ClusterParams, Method, cluster, match_known, stable_ids, unit
+from facecluster.knn import KnnGraph, knn_graph
 from facecluster.metastore import MetaStore
 from facecluster.registry import EmbedderSpec
 from facecluster.settings import Settings
@@ -55,7 +57,14 @@ def _labels_of(doc: dict[str, Any]) -> tuple[str | None, str | None]:
     return doc.get("person_id"), doc.get("label_source")
 
 
-def run_clustering(meta: MetaStore, vectors: Vectors, library: str, options: RunOptions) -> RunSummary:
+def run_clustering(
+    meta: MetaStore,
+    vectors: Vectors,
+    library: str,
+    options: RunOptions,
+    neighbours: Callable[[NDArray[np.float32], int], KnnGraph] = knn_graph,
+) -> RunSummary:
+    """One run; `neighbours` builds the k-NN graph (a Ray job passes a sharded builder)."""
     started = time.monotonic()
     run_id = f"run_{uuid.uuid4().hex[:12]}"
     faces = meta.clustering_faces(library)
@@ -92,7 +101,9 @@ def run_clustering(meta: MetaStore, vectors: Vectors, library: str, options: Run
     if options.method == "dual":
         assigned, similarity = match_known(other_vectors, other_images, centroids, options.person_threshold, rejected)
     unknown = np.flatnonzero(assigned == UNCLUSTERED)
-    labels = cluster(other_vectors[unknown], [other_images[i] for i in unknown], options.unknown)
+    unknown_vectors = other_vectors[unknown]
+    graph = neighbours(unknown_vectors, options.unknown.k) if len(unknown) > 1 else None
+    labels = cluster(unknown_vectors, [other_images[i] for i in unknown], options.unknown, knn=graph)
 
     groups = [
         [others[unknown[i]]["_id"] for i in np.flatnonzero(labels == value)]

@@ -8,6 +8,7 @@ there is one) → align + quality (CPU tasks) → embed (actor pool) → write t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from facecluster.clusterrun import RunSummary, run_clustering, run_options
 from facecluster.embedded import ensure_mongo
 from facecluster.embedder import FaceEmbedder
 from facecluster.engine import load_detector, load_embedder, model_version
+from facecluster.knn import KnnGraph, knn_rows
 from facecluster.metastore import MetaStore
 from facecluster.settings import Settings
 from facecluster.sources import S3Options, Source, parse_source, validate_library
@@ -205,8 +207,22 @@ def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
     )
 
 
-def run_cluster(settings: Settings, library: str, **overrides: Any) -> RunSummary:
-    """Cluster a library's stored faces (`facecluster cluster`); overrides as `run_options` takes."""
+@ray.remote
+def _knn_shard(vectors: Any, start: int, stop: int, k: int) -> tuple[Any, Any]:
+    return knn_rows(vectors, slice(start, stop), k)
+
+
+def sharded_knn(vectors: Any, k: int, shards: int) -> KnnGraph:
+    """The k-NN graph with its rows computed by `shards` Ray tasks sharing one copy of the vectors."""
+    shared = ray.put(vectors)
+    bounds = np.linspace(0, len(vectors), shards + 1, dtype=int).tolist()
+    parts = ray.get([_knn_shard.remote(shared, a, b, k) for a, b in itertools.pairwise(bounds) if b > a])
+    return KnnGraph(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def run_cluster(settings: Settings, library: str, *, shards: int = 1, **overrides: Any) -> RunSummary:
+    """Cluster a library's stored faces (`facecluster cluster`); overrides as `run_options` takes.
+    With `shards` > 1 the neighbour search runs as that many Ray tasks across the cluster."""
     library = validate_library(library)
     stores, embedder, version = open_stores(settings)
     meta = MetaStore(stores.mongo_uri, stores.mongo_db, attempts=settings.store_retries)
@@ -216,6 +232,9 @@ def run_cluster(settings: Settings, library: str, **overrides: Any) -> RunSummar
     vectors = open_vectors(stores.qdrant, settings.store_retries)
     vectors.ensure_collection()
     options = run_options(settings, embedder.spec, version, **overrides)
+    if shards > 1:
+        init_ray(settings)
+        return run_clustering(meta, vectors, library, options, lambda v, k: sharded_knn(v, k, shards))
     return run_clustering(meta, vectors, library, options)
 
 

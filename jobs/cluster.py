@@ -1,0 +1,12 @@
+"""`ray job submit --working-dir . -- python jobs/cluster.py --library L [--shards 16] [--method dual] …`.
+
+A thin entrypoint: the same code as `facecluster cluster`; `--shards` spreads the neighbour search
+of a large library over the cluster's workers.
+"""
+
+import sys
+
+from facecluster.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["cluster", *sys.argv[1:]]))
