@@ -95,7 +95,7 @@ def test_each_method_finds_the_people(lfw_people: tuple[np.ndarray, list[str], l
 
 def test_knn_graph_matches_brute_force(lfw_people: tuple[np.ndarray, list[str], list[str]]) -> None:
     vectors = lfw_people[0]
-    graph = knn_graph(vectors, 5, block=7)
+    graph = knn_graph(vectors, 5, block_bytes=7 * 4 * len(vectors))  # blocks of 7 rows
     full = vectors @ vectors.T
     np.fill_diagonal(full, -np.inf)
     expected = np.sort(full, axis=1)[:, ::-1][:, :5]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from facecluster.embedded import stop_mongo
 
@@ -69,11 +70,16 @@ def stored(data_dir: Path) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
 
 
 def images_written(data_dir: Path) -> int:
+    """Photos the run has finished so far; 0 while its MongoDB-wire server is not up or is busy."""
     port_file = data_dir / "mongo" / "nx.port"
     if not port_file.exists():
         return 0
-    with MongoClient(f"mongodb://127.0.0.1:{port_file.read_text().strip()}/", serverSelectionTimeoutMS=500) as client:
-        return client["facecluster"].images.count_documents({"library": "people"})
+    uri = f"mongodb://127.0.0.1:{port_file.read_text().strip()}/"
+    try:
+        with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+            return client["facecluster"].images.count_documents({"library": "people"})
+    except PyMongoError:
+        return 0
 
 
 def check(env: dict[str, str]) -> dict[str, object]:
@@ -107,8 +113,8 @@ def start_and_kill(env: dict[str, str], folder: Path, data_dir: Path, *, victim:
         if victim is None:
             run.send_signal(signal.SIGKILL)
             run.wait()
-            written = images_written(data_dir)
-            assert written < PHOTOS, f"the run had finished ({written} images) before the kill"
+            written = stored(data_dir)[1]
+            assert len(written) < PHOTOS, f"the run had finished ({len(written)} images) before the kill"
             return
         worker = subprocess.run(["pgrep", "-f", victim], capture_output=True, text=True).stdout.split()
         assert worker, f"no worker process matching {victim!r}"

@@ -47,27 +47,33 @@ class KnnGraph:
 
 
 def knn_rows(
-    vectors: NDArray[np.float32], rows: slice, k: int, *, block: int = 1024
+    vectors: NDArray[np.float32], rows: slice, k: int, *, block_bytes: int = 512 * 2**20
 ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """The k nearest neighbours of `vectors[rows]` among all `vectors` (one shard of the graph)."""
+    """The k nearest neighbours of `vectors[rows]` among all `vectors` (one shard of the graph).
+
+    Rows go in blocks whose score matrix fits `block_bytes`; torch's top-k picks the neighbours
+    (numpy's argpartition was 8 times slower on 100k faces; BENCHMARKS.md)."""
+    import torch
+
     start, stop, _ = rows.indices(len(vectors))
     k = min(k, len(vectors) - 1)
     indices = np.full((stop - start, max(k, 0)), -1, dtype=np.int64)
     similarities = np.full((stop - start, max(k, 0)), -np.inf, dtype=np.float32)
     if k <= 0:
         return indices, similarities
-    for first in range(start, stop, block):
-        last = min(first + block, stop)
-        scores = vectors[first:last] @ vectors.T  # (block, N): the only large array, block-sized
-        scores[np.arange(last - first), np.arange(first, last)] = -np.inf  # not its own neighbour
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1)
-        indices[first - start : last - start] = np.take_along_axis(top, order, axis=1)
-        similarities[first - start : last - start] = np.take_along_axis(top_scores, order, axis=1)
+    everything = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    block = max(1, block_bytes // (4 * len(vectors)))
+    with torch.inference_mode():
+        for first in range(start, stop, block):
+            last = min(first + block, stop)
+            scores = everything[first:last] @ everything.T  # (block, N): the only large array
+            scores[torch.arange(last - first), torch.arange(first, last)] = float("-inf")  # not itself
+            top = torch.topk(scores, k, dim=1)  # sorted, best first
+            indices[first - start : last - start] = top.indices.numpy()
+            similarities[first - start : last - start] = top.values.numpy()
     return indices, similarities
 
 
-def knn_graph(vectors: NDArray[np.float32], k: int, *, block: int = 1024) -> KnnGraph:
-    indices, similarities = knn_rows(vectors, slice(0, len(vectors)), k, block=block)
+def knn_graph(vectors: NDArray[np.float32], k: int, *, block_bytes: int = 512 * 2**20) -> KnnGraph:
+    indices, similarities = knn_rows(vectors, slice(0, len(vectors)), k, block_bytes=block_bytes)
     return KnnGraph(indices, similarities)
