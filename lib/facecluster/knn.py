@@ -52,7 +52,7 @@ def knn_rows(
     """The k nearest neighbours of `vectors[rows]` among all `vectors` (one shard of the graph).
 
     Rows go in blocks whose score matrix fits `block_bytes`; torch's top-k picks the neighbours
-    (numpy's argpartition was 8 times slower on 100k faces; BENCHMARKS.md)."""
+    (with numpy's argpartition instead, 100k faces took 158 s rather than 34 s; BENCHMARKS.md)."""
     import torch
 
     start, stop, _ = rows.indices(len(vectors))
