@@ -251,12 +251,11 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _stats(settings: Settings, library: str | None) -> dict[str, Any]:
-    from facecluster.embedded import ensure_mongo
+    from facecluster.embedded import mongo_uri
     from facecluster.metastore import MetaStore
     from facecluster.stats import library_stats
 
-    uri = settings.mongo_uri.get_secret_value() if settings.mongo_uri else ensure_mongo(settings.data_dir)
-    return library_stats(MetaStore(uri, settings.mongo_db), library)
+    return library_stats(MetaStore(mongo_uri(settings), settings.mongo_db), library)
 
 
 def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
@@ -301,13 +300,12 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
-    from facecluster.embedded import ensure_mongo
+    from facecluster.embedded import mongo_uri
     from facecluster.maintenance import export_faces
     from facecluster.metastore import MetaStore
     from facecluster.sources import validate_library
 
-    uri = settings.mongo_uri.get_secret_value() if settings.mongo_uri else ensure_mongo(settings.data_dir)
-    for record in export_faces(MetaStore(uri, settings.mongo_db), validate_library(args.library)):
+    for record in export_faces(MetaStore(mongo_uri(settings), settings.mongo_db), validate_library(args.library)):
         emit(record)
     return 0
 

@@ -17,6 +17,8 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from facecluster.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +84,11 @@ def ensure_mongo(data_dir: Path, *, timeout: float = 30.0) -> str:
         (folder / "nx.pid").write_text(str(server.pid))
         port_file.write_text(str(port))
         return uri
+
+
+def mongo_uri(settings: Settings) -> str:
+    """The configured MongoDB (`MONGO_URI`), else the embedded server of the data directory."""
+    return settings.mongo_uri.get_secret_value() if settings.mongo_uri else ensure_mongo(settings.data_dir)
 
 
 def stop_mongo(data_dir: Path) -> bool:

@@ -22,7 +22,7 @@ import ray
 from ray.data import ActorPoolStrategy, Dataset
 
 from facecluster.clusterrun import RunSummary, run_clustering, run_options
-from facecluster.embedded import ensure_mongo
+from facecluster.embedded import mongo_uri
 from facecluster.embedder import FaceEmbedder
 from facecluster.engine import load_detector, load_embedder, model_version
 from facecluster.knn import KnnGraph, knn_rows
@@ -56,7 +56,7 @@ class StoreConfig:
 
 def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreConfig:
     """The configured MongoDB and Qdrant, or the embedded ones under the data directory."""
-    mongo_uri = settings.mongo_uri.get_secret_value() if settings.mongo_uri else ensure_mongo(settings.data_dir)
+    mongo = mongo_uri(settings)
     qdrant = QdrantConfig(
         url=settings.qdrant_url,
         api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
@@ -64,7 +64,7 @@ def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreCon
         collection=collection,
         dim=dim,
     )
-    return StoreConfig(mongo_uri, settings.mongo_db, qdrant)
+    return StoreConfig(mongo, settings.mongo_db, qdrant)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
