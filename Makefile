@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
-SOURCE ?= $(SHARED)/data/photos/group
+SOURCE ?= $(SHARED)/data/photos
 
 # Tests and the demo read the real models from ../shared when it is there; users run `facecluster models pull`.
 ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
