@@ -278,15 +278,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
     from facecluster.maintenance import check_stores, repair_stores
-    from facecluster.metastore import MetaStore
-    from facecluster.pipeline import init_ray, open_stores, open_vectors
+    from facecluster.pipeline import connect
 
-    stores, embedder, _ = open_stores(settings)
-    meta = MetaStore(stores.mongo_uri, stores.mongo_db, attempts=settings.store_retries)
-    if stores.qdrant.local:
-        init_ray(settings)
-    vectors = open_vectors(stores.qdrant, settings.store_retries)
-    vectors.ensure_collection()
+    stores = connect(settings)
+    meta, vectors, embedder = stores.meta, stores.vectors, stores.embedder
     report = check_stores(meta, vectors, args.library)
     if args.repair and not report.consistent:
         repair_stores(report, meta, vectors, embedder, settings)

@@ -53,6 +53,10 @@ class RunSummary:
         return asdict(self)
 
 
+def _quality(face: dict[str, Any]) -> float:
+    return float(face.get("quality", {}).get("score", 0.0))
+
+
 def _labels_of(doc: dict[str, Any]) -> tuple[str | None, str | None]:
     return doc.get("person_id"), doc.get("label_source")
 
@@ -72,10 +76,9 @@ def run_clustering(
     others = [
         f
         for f in faces
-        if not (f.get("label_source") == "human" and f.get("person_id"))
-        and f.get("quality", {}).get("score", 0.0) >= options.min_quality
+        if not (f.get("label_source") == "human" and f.get("person_id")) and _quality(f) >= options.min_quality
     ]
-    others.sort(key=lambda f: -float(f.get("quality", {}).get("score", 0.0)))
+    others.sort(key=lambda f: -_quality(f))
     if options.max_faces is not None:
         others = others[: max(0, options.max_faces - len(human))]
     ids = [f["_id"] for f in human + others]
@@ -208,7 +211,7 @@ def _cluster_docs(
     for cluster_id, group in zip(cluster_ids, groups, strict=True):
         images = {by_id[f]["image"] for f in group}
         multi = sum(1 for image in images if len(identities[image]) > 1)
-        owner = max(group, key=lambda f: float(by_id[f].get("quality", {}).get("score", 0.0)))
+        owner = max(group, key=lambda f: _quality(by_id[f]))
         centroid = unit(matrix[[row[f] for f in group]].sum(axis=0))
         docs.append(
             {

@@ -56,6 +56,11 @@ def quality_weights(settings: Settings) -> QualityWeights:
     )
 
 
+def min_confidence(settings: Settings, spec: DetectorSpec) -> float:
+    """Detections below this are not faces: the setting, else the detector's calibrated threshold."""
+    return settings.min_confidence if settings.min_confidence is not None else spec.score_threshold
+
+
 def keep_faces(
     detections: list[Detection], *, min_confidence: float, min_face_size: float, scale: float = 1.0
 ) -> list[Detection]:
@@ -115,10 +120,7 @@ class FaceEngine:
 
     @property
     def min_confidence(self) -> float:
-        """Detections below this are not faces: the setting, else the detector's calibrated threshold."""
-        if self.settings.min_confidence is not None:
-            return self.settings.min_confidence
-        return self.detector.spec.score_threshold
+        return min_confidence(self.settings, self.detector.spec)
 
     def detect(
         self, images: Sequence[NDArray[np.uint8]], *, min_confidence: float | None = None, min_size: float | None = None

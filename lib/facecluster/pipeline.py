@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from ray.data import ActorPoolStrategy, Dataset
 from facecluster.clusterrun import RunSummary, run_clustering, run_options
 from facecluster.embedded import mongo_uri
 from facecluster.embedder import FaceEmbedder
-from facecluster.engine import load_detector, load_embedder, model_version
+from facecluster.engine import load_detector, load_embedder, min_confidence, model_version
 from facecluster.knn import KnnGraph, knn_rows
 from facecluster.metastore import MetaStore
 from facecluster.settings import Settings
@@ -207,6 +207,30 @@ def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
     )
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Both stores of the configured embedder's vectors, ready to use."""
+
+    config: StoreConfig
+    meta: MetaStore
+    vectors: Vectors
+    embedder: FaceEmbedder
+    version: str
+
+
+def connect(settings: Settings) -> Connection:
+    """Open MongoDB and Qdrant (indexes and collection created); Ray is started when the local
+    Qdrant storage needs its owner actor."""
+    config, embedder, version = open_stores(settings)
+    meta = MetaStore(config.mongo_uri, config.mongo_db, attempts=settings.store_retries)
+    meta.ensure_indexes()
+    if config.qdrant.local:
+        init_ray(settings)
+    vectors = open_vectors(config.qdrant, settings.store_retries)
+    vectors.ensure_collection()
+    return Connection(config, meta, vectors, embedder, version)
+
+
 @ray.remote
 def _knn_shard(vectors: Any, start: int, stop: int, k: int) -> tuple[Any, Any]:
     return knn_rows(vectors, slice(start, stop), k)
@@ -224,18 +248,13 @@ def run_cluster(settings: Settings, library: str, *, shards: int = 1, **override
     """Cluster a library's stored faces (`facecluster cluster`); overrides as `run_options` takes.
     With `shards` > 1 the neighbour search runs as that many Ray tasks across the cluster."""
     library = validate_library(library)
-    stores, embedder, version = open_stores(settings)
-    meta = MetaStore(stores.mongo_uri, stores.mongo_db, attempts=settings.store_retries)
-    meta.ensure_indexes()
-    if stores.qdrant.local:
-        init_ray(settings)
-    vectors = open_vectors(stores.qdrant, settings.store_retries)
-    vectors.ensure_collection()
-    options = run_options(settings, embedder.spec, version, **overrides)
+    stores = connect(settings)
+    options = run_options(settings, stores.embedder.spec, stores.version, **overrides)
     if shards > 1:
         init_ray(settings)
-        return run_clustering(meta, vectors, library, options, lambda v, k: sharded_knn(v, k, shards))
-    return run_clustering(meta, vectors, library, options)
+        neighbours = partial(sharded_knn, shards=shards)
+        return run_clustering(stores.meta, stores.vectors, library, options, neighbours)
+    return run_clustering(stores.meta, stores.vectors, library, options)
 
 
 def run_ingest(
@@ -247,10 +266,8 @@ def run_ingest(
     started = time.monotonic()
     init_ray(settings)
     detector = load_detector(settings)
-    stores, embedder, embedder_version = open_stores(settings)
-    meta = MetaStore(stores.mongo_uri, stores.mongo_db, attempts=settings.store_retries)
-    meta.ensure_indexes()
-    open_vectors(stores.qdrant, settings.store_retries).ensure_collection()
+    stores = connect(settings)
+    meta, embedder, embedder_version = stores.meta, stores.embedder, stores.version
     s3 = S3Options.from_settings(settings)
     ctx = IngestContext(
         # Several model processes share the CPUs here: their ONNX threads sleep rather than spin.
@@ -258,11 +275,11 @@ def run_ingest(
         library=library,
         job_id=uuid.uuid4().hex,
         s3=s3,
-        mongo_uri=stores.mongo_uri,
+        mongo_uri=stores.config.mongo_uri,
         detector_version=model_version(settings, detector.spec),
         embedder_version=embedder_version,
-        collection=stores.qdrant.collection,
-        min_confidence=settings.min_confidence or detector.spec.score_threshold,
+        collection=stores.config.qdrant.collection,
+        min_confidence=min_confidence(settings, detector.spec),
         canvas_size=detector.size,
         pad_value=detector.spec.pad_value,
         crop_size=embedder.size,
@@ -275,7 +292,7 @@ def run_ingest(
     try:
         ds, total = _source_dataset(source, s3, limit)
         log.info("ingest %s into library %r: %d photos (job %s)", source_spec, library, total, ctx.job_id)
-        processed = _execute(_build(ds, ctx, stores.qdrant, settings), summary, settings, started)
+        processed = _execute(_build(ds, ctx, stores.config.qdrant, settings), summary, settings, started)
         summary.images = total
         summary.skipped = total - processed
     except BaseException as exc:
