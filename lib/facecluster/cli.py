@@ -111,6 +111,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--library", required=True
     )
 
+    match = commands.add_parser("match", help="incremental assignment: new faces to known persons and clusters")
+    match.add_argument("--library", required=True)
+    match.add_argument("--person-threshold", type=float, default=None)
+    match.add_argument("--max-faces", type=int, default=None)
+
+    assign = commands.add_parser("assign", help="assign clusters to known users (profiles)")
+    chosen = assign.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--library", action="append", help="repeat for several libraries")
+    chosen.add_argument("--all", action="store_true", help="every library")
+    assign.add_argument("--clustering-id", default=None, help="default: each library's latest run")
+    assign.add_argument("--strategy", choices=["centroid", "vote"], default=None)
+    assign.add_argument("--threshold", type=float, default=None)
+    assign.add_argument("--dry-run", action="store_true")
+    assign.add_argument("--overwrite", action="store_true")
+
+    profiles = commands.add_parser("profiles", help="profiles of known users")
+    profile_actions = profiles.add_subparsers(dest="action", required=True)
+    add = profile_actions.add_parser("add", help="create or extend USER_ID's profile from photos with one face each")
+    add.add_argument("user_id")
+    add.add_argument("images", nargs="+", type=_existing_path, metavar="IMAGE")
+    add.add_argument("--replace", action="store_true", help="drop the earlier enrolment faces")
+    profile_actions.add_parser("list", help="one JSON line per profile")
+    profile_actions.add_parser("delete", help="delete a profile and its assignments").add_argument("user_id")
+
+    serve = commands.add_parser("serve", help="the HTTP API on Ray Serve")
+    serve.add_argument("--host", default=None, help="default: FACECLUSTER_SERVE_HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="default: FACECLUSTER_SERVE_PORT (8000)")
+
     evaluate = commands.add_parser("eval", help="accuracy harnesses")
     eval_actions = evaluate.add_subparsers(dest="action", required=True)
     verify = eval_actions.add_parser("verify", help="LFW-style pair verification, cross-validated threshold")
@@ -305,6 +333,145 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_match(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from facecluster.clusterrun import run_options
+    from facecluster.curation import match_new_faces
+    from facecluster.pipeline import connect
+    from facecluster.sources import validate_library
+
+    stores = connect(settings)
+    options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=args.person_threshold)
+    summary = match_new_faces(
+        stores.meta,
+        stores.vectors,
+        validate_library(args.library),
+        person_threshold=options.person_threshold,
+        cluster_threshold=options.unknown.merge_threshold,
+        max_faces=args.max_faces,
+    )
+    ray.shutdown()
+    emit(vars(summary))
+    return 0
+
+
+def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from facecluster.assignment import ClusteringNotFound, ClusteringSuperseded, assign_clusters, assign_options
+    from facecluster.pipeline import connect
+    from facecluster.sources import validate_library
+
+    stores = connect(settings)
+    options = assign_options(settings, stores.embedder.spec, strategy=args.strategy, threshold=args.threshold)
+    names = stores.meta.libraries() if args.all else [validate_library(name) for name in args.library]
+    failed = 0
+    for library in names:
+        try:
+            report = assign_clusters(
+                stores.meta,
+                stores.vectors,
+                stores.profiles,
+                library,
+                options,
+                clustering_id=args.clustering_id,
+                dry_run=args.dry_run,
+                overwrite=args.overwrite,
+                model_version=stores.version,
+            )
+        except (ClusteringNotFound, ClusteringSuperseded) as exc:
+            log.error("library %s: %s", library, exc)
+            failed += 1
+            continue
+        emit({k: v for k, v in report.to_dict().items() if k != "decisions"})
+    ray.shutdown()
+    return 1 if failed else 0
+
+
+def _add_profile(settings: Settings, args: argparse.Namespace, store: Any) -> int:
+    from facecluster.analysis import ProfileRejected, analyze_uploads, profile_face
+    from facecluster.engine import FaceEngine
+    from facecluster.profiles import USER_ID_PATTERN, ProfileNotFound
+    from facecluster.quality import ProfileChecks
+
+    if not USER_ID_PATTERN.fullmatch(args.user_id):
+        log.error("invalid user id %r", args.user_id)
+        return 2
+    engine = FaceEngine.from_settings(settings)
+    checks = ProfileChecks(
+        settings.profile_min_face_size, settings.profile_min_confidence, settings.profile_blur_threshold
+    )
+    code, replace = 0, args.replace
+    for path in args.images:
+        data = path.read_bytes()
+        analysis = analyze_uploads(engine, [data])[0]
+        try:
+            if analysis.error_code:
+                raise ProfileRejected(f"not a usable photo: {analysis.error}", {"error": analysis.error_code})
+            face = profile_face(analysis, checks, engine.min_confidence)
+        except ProfileRejected as exc:
+            log.error("%s: %s %s", path, exc, exc.details.get("faces", ""))
+            code = 1
+            continue
+        try:
+            store.get(args.user_id)
+            exists = True
+        except ProfileNotFound:
+            exists = False
+        doc = store.enrol(args.user_id, face, data, create=not exists, replace=replace)
+        replace = False
+        emit({"user_id": args.user_id, "image": str(path), "face": face.public(), "faces": len(doc["faces"])})
+    return code
+
+
+def cmd_profiles(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from facecluster.pipeline import connect
+    from facecluster.profiles import ProfileNotFound, ProfileStore, public
+
+    stores = connect(settings)
+    store = ProfileStore(stores.meta, stores.profiles, stores.version)
+    code = 0
+    if args.action == "list":
+        for doc in store.page(0, 10**9):
+            emit(public(doc))
+    elif args.action == "delete":
+        try:
+            emit({"user_id": args.user_id, "assignments_deleted": store.delete(args.user_id)})
+        except ProfileNotFound:
+            log.error("user %s has no profile", args.user_id)
+            code = 1
+    else:
+        code = _add_profile(settings, args, store)
+    ray.shutdown()
+    return code
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from ray import serve
+
+    from facecluster.serving import run
+
+    host, port = args.host or settings.serve_host, args.port or settings.serve_port
+    try:
+        run(settings, host, port, blocking=False)
+    except PermissionError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("facecluster API on http://%s:%d (docs at /docs); Ctrl-C or SIGTERM stops it", host, port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    return 0
+
+
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.engine import FaceEngine
     from facecluster.evaluation import detection_recall, enrolment_separation, report_dict
@@ -367,6 +534,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": cmd_export,
         "eval": cmd_eval,
         "bench": cmd_bench,
+        "match": cmd_match,
+        "assign": cmd_assign,
+        "profiles": cmd_profiles,
+        "serve": cmd_serve,
     }
     from facecluster.backoff import BackendUnavailable
     from facecluster.engine import ModelFileMissing

@@ -86,16 +86,7 @@ def run_clustering(
     human_vectors, other_vectors = matrix[: len(human)], matrix[len(human) :]
     other_images = [f["image"] for f in others]
 
-    # Known persons: the normalised mean of their human-labelled faces.
-    members: dict[str, list[int]] = defaultdict(list)
-    for index, face in enumerate(human):
-        members[face["person_id"]].append(index)
-    person_ids = sorted(members)
-    centroids = (
-        unit(np.stack([human_vectors[members[p]].sum(axis=0) for p in person_ids])).astype(np.float32)
-        if person_ids
-        else np.zeros((0, matrix.shape[1] if len(matrix) else 1), np.float32)
-    )
+    person_ids, centroids = person_centroids([f["person_id"] for f in human], human_vectors)
     position = {p: i for i, p in enumerate(person_ids)}
     rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in others]
 
@@ -134,11 +125,11 @@ def run_clustering(
     for cluster_id, group in zip(cluster_ids, groups, strict=True):
         for face_id in group:
             new_state[face_id]["cluster_id"] = cluster_id
-    _write_labels(meta, vectors, faces, new_state)
+    write_labels(meta, vectors, faces, new_state)
 
     now = dt.datetime.now(dt.UTC)
-    cluster_docs = _cluster_docs(library, run_id, cluster_ids, groups, faces, ids, matrix, new_state, now)
-    meta.replace_clusters(library, cluster_docs)
+    docs = cluster_docs(library, run_id, cluster_ids, groups, faces, ids, matrix, new_state, now)
+    meta.replace_clusters(library, docs)
     persons = {s["person_id"] for s in new_state.values() if s.get("person_id")}
     considered = {f["_id"] for f in human + others}
     unclustered = sum(1 for f in considered if not new_state[f]["person_id"] and not new_state[f]["cluster_id"])
@@ -167,7 +158,18 @@ def run_clustering(
     return summary
 
 
-def _write_labels(
+def person_centroids(persons: list[str], vectors: NDArray[np.float32]) -> tuple[list[str], NDArray[np.float32]]:
+    """Known persons (sorted) and their centroids: the normalised mean of their faces' `vectors`."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, person in enumerate(persons):
+        members[person].append(index)
+    person_ids = sorted(members)
+    if not person_ids:
+        return [], np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 1), np.float32)
+    return person_ids, unit(np.stack([vectors[members[p]].sum(axis=0) for p in person_ids])).astype(np.float32)
+
+
+def write_labels(
     meta: MetaStore, vectors: Vectors, faces: list[dict[str, Any]], new_state: dict[str, dict[str, Any]]
 ) -> None:
     """Write only what changed, to MongoDB and to the Qdrant payloads."""
@@ -188,7 +190,7 @@ def _write_labels(
     )
 
 
-def _cluster_docs(
+def cluster_docs(
     library: str,
     run_id: str,
     cluster_ids: list[str],

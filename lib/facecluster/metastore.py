@@ -35,7 +35,8 @@ class MetaStore:
         self.db: Database[Doc] = self.client[database]
         self.attempts = attempts
 
-    def _call(self, call: Callable[[], T]) -> T:
+    def call(self, call: Callable[[], T]) -> T:
+        """`call()`, retried with backoff on connection errors."""
         return with_retries(call, backend=f"MongoDB at {self._host()}", attempts=self.attempts, retry_on=_TRANSIENT)
 
     def _host(self) -> str:
@@ -54,28 +55,44 @@ class MetaStore:
             self.db.jobs.create_index([("library", ASCENDING), ("started_at", ASCENDING)])
             self.db.clusters.create_index([("library", ASCENDING), ("size", ASCENDING)])
             self.db.runs.create_index([("library", ASCENDING), ("started_at", ASCENDING)])
+            self.db.persons.create_index([("library", ASCENDING), ("name", ASCENDING)])
+            self.db.assignments.create_index([("library", ASCENDING), ("clustering_id", ASCENDING)])
+            self.db.assignments.create_index([("user_id", ASCENDING)])
+            self.db.audit.create_index([("library", ASCENDING), ("at", ASCENDING)])
 
-        self._call(create)
+        self.call(create)
+
+    def libraries(self) -> list[str]:
+        """Every library with stored photos."""
+        return sorted(self.call(lambda: self.db.images.distinct("library")))
+
+    def delete_library(self, library: str) -> dict[str, int]:
+        """Remove every document of `library` from every collection; the counts per collection."""
+        collections = ("images", "faces", "clusters", "runs", "assignments", "persons", "audit", "jobs")
+        return {
+            name: int(self.call(lambda name=name: self.db[name].delete_many({"library": library}).deleted_count))  # type: ignore[misc]
+            for name in collections
+        }
 
     # Images.
     def images_by_key(self, library: str, keys: Sequence[str]) -> dict[str, Doc]:
         query = {"library": library, "key": {"$in": list(keys)}}
-        return {doc["key"]: doc for doc in self._call(lambda: list(self.db.images.find(query)))}
+        return {doc["key"]: doc for doc in self.call(lambda: list(self.db.images.find(query)))}
 
     def write_images(self, docs: Iterable[Doc]) -> None:
         operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
         if operations:
-            self._call(lambda: self.db.images.bulk_write(operations, ordered=False))
+            self.call(lambda: self.db.images.bulk_write(operations, ordered=False))
 
     def image_counts(self, library: str) -> dict[str, int]:
         pipeline: list[Doc] = [{"$match": {"library": library}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
-        return {row["_id"]: row["n"] for row in self._call(lambda: list(self.db.images.aggregate(pipeline)))}
+        return {row["_id"]: row["n"] for row in self.call(lambda: list(self.db.images.aggregate(pipeline)))}
 
     # Faces.
     def faces_of_images(self, library: str, keys: Sequence[str]) -> list[Doc]:
         query = {"library": library, "image": {"$in": list(keys)}}
         projection = {"_id": 1, "image": 1, "person_id": 1, "cluster_id": 1}
-        return self._call(lambda: list(self.db.faces.find(query, projection)))
+        return self.call(lambda: list(self.db.faces.find(query, projection)))
 
     def write_faces(self, docs: Iterable[Doc]) -> None:
         """Upsert faces; person and cluster ids of faces already stored are left as they are."""
@@ -88,46 +105,46 @@ class MetaStore:
             for doc in docs
         ]
         if operations:
-            self._call(lambda: self.db.faces.bulk_write(operations, ordered=False))
+            self.call(lambda: self.db.faces.bulk_write(operations, ordered=False))
 
     def delete_faces(self, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        return self._call(lambda: self.db.faces.delete_many({"_id": {"$in": list(ids)}}).deleted_count)
+        return self.call(lambda: self.db.faces.delete_many({"_id": {"$in": list(ids)}}).deleted_count)
 
     def face_ids(self, library: str | None = None) -> set[str]:
         query = {} if library is None else {"library": library}
-        return {doc["_id"] for doc in self._call(lambda: list(self.db.faces.find(query, {"_id": 1})))}
+        return {doc["_id"] for doc in self.call(lambda: list(self.db.faces.find(query, {"_id": 1})))}
 
     def iter_faces(self, library: str) -> Iterator[Doc]:
-        yield from self._call(lambda: list(self.db.faces.find({"library": library}).sort("_id", ASCENDING)))
+        yield from self.call(lambda: list(self.db.faces.find({"library": library}).sort("_id", ASCENDING)))
 
     def faces_by_id(self, ids: Sequence[str]) -> list[Doc]:
-        return self._call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}})))
+        return self.call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}})))
 
     def clustering_faces(self, library: str) -> list[Doc]:
         projection = {
             "_id": 1, "image": 1, "quality.score": 1, "person_id": 1, "label_source": 1,
             "rejected_persons": 1, "cluster_id": 1,
         }  # fmt: skip
-        return self._call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING)))
+        return self.call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING)))
 
     def update_faces(self, updates: Sequence[tuple[str, Doc]]) -> None:
         """`$set` fields on faces: [(face id, fields), …] in one bulk write."""
         operations = [UpdateOne({"_id": face}, {"$set": fields}) for face, fields in updates]
         if operations:
-            self._call(lambda: self.db.faces.bulk_write(operations, ordered=False))
+            self.call(lambda: self.db.faces.bulk_write(operations, ordered=False))
 
     def replace_clusters(self, library: str, docs: Sequence[Doc]) -> None:
         """The library's clusters become exactly `docs`."""
         keep = [doc["_id"] for doc in docs]
         operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
         if operations:
-            self._call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
-        self._call(lambda: self.db.clusters.delete_many({"library": library, "_id": {"$nin": keep}}))
+            self.call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
+        self.call(lambda: self.db.clusters.delete_many({"library": library, "_id": {"$nin": keep}}))
 
     def record_run(self, doc: Doc) -> None:
-        self._call(lambda: self.db.runs.insert_one(doc))
+        self.call(lambda: self.db.runs.insert_one(doc))
 
     # Jobs.
     def start_job(self, job_id: str, kind: str, library: str, source: str, options: Doc) -> None:
@@ -140,8 +157,8 @@ class MetaStore:
             "status": "running",
             "started_at": now(),
         }
-        self._call(lambda: self.db.jobs.replace_one({"_id": job_id}, doc, upsert=True))
+        self.call(lambda: self.db.jobs.replace_one({"_id": job_id}, doc, upsert=True))
 
     def finish_job(self, job_id: str, status: str, result: Doc) -> None:
         update = {"$set": {"status": status, "finished_at": now(), "result": result}}
-        self._call(lambda: self.db.jobs.update_one({"_id": job_id}, update))
+        self.call(lambda: self.db.jobs.update_one({"_id": job_id}, update))

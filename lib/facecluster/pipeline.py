@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
 
@@ -119,6 +119,12 @@ class OwnedVectors:
     def set_payloads(self, updates: Any) -> None:
         self._call("set_payloads", updates)
 
+    def search(self, queries: Any, limit: int, library: str | None = None) -> Any:
+        return self._call("search", queries, limit, library)
+
+    def delete_library(self, library: str) -> None:
+        self._call("delete_library", library)
+
 
 def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
     """A server client of its own, or the single owner of the local storage (Ray must be up)."""
@@ -214,12 +220,13 @@ class Connection:
     config: StoreConfig
     meta: MetaStore
     vectors: Vectors
+    profiles: Vectors  # profile templates, in a collection of their own
     embedder: FaceEmbedder
     version: str
 
 
 def connect(settings: Settings) -> Connection:
-    """Open MongoDB and Qdrant (indexes and collection created); Ray is started when the local
+    """Open MongoDB and Qdrant (indexes and collections created); Ray is started when the local
     Qdrant storage needs its owner actor."""
     config, embedder, version = open_stores(settings)
     meta = MetaStore(config.mongo_uri, config.mongo_db, attempts=settings.store_retries)
@@ -227,8 +234,11 @@ def connect(settings: Settings) -> Connection:
     if config.qdrant.local:
         init_ray(settings)
     vectors = open_vectors(config.qdrant, settings.store_retries)
-    vectors.ensure_collection()
-    return Connection(config, meta, vectors, embedder, version)
+    profile_config = replace(config.qdrant, collection=collection_name(version, embedder.dim, "profiles"))
+    profiles = open_vectors(profile_config, settings.store_retries)
+    for store in (vectors, profiles):
+        store.ensure_collection()
+    return Connection(config, meta, vectors, profiles, embedder, version)
 
 
 @ray.remote

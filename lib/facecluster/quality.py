@@ -106,15 +106,18 @@ class ProfileChecks:
 
     def failures(self, quality: Quality) -> list[str]:
         """Readable reasons this face fails, empty when it passes."""
+        return self.failures_of(
+            face_size=quality.face_size, confidence=quality.confidence, blur_variance=quality.blur_variance
+        )
+
+    def failures_of(self, *, face_size: float, confidence: float, blur_variance: float) -> list[str]:
         reasons = []
-        if quality.face_size < self.min_face_size:
-            reasons.append(f"face is {quality.face_size:.0f} px, smaller than min_face_size {self.min_face_size:g}")
-        if quality.confidence < self.min_confidence:
+        if face_size < self.min_face_size:
+            reasons.append(f"face is {face_size:.0f} px, smaller than min_face_size {self.min_face_size:g}")
+        if confidence < self.min_confidence:
+            reasons.append(f"detection confidence {confidence:.2f} is below min_confidence {self.min_confidence:g}")
+        if blur_variance < self.blur_threshold:
             reasons.append(
-                f"detection confidence {quality.confidence:.2f} is below min_confidence {self.min_confidence:g}"
-            )
-        if quality.blur_variance < self.blur_threshold:
-            reasons.append(
-                f"blur score {quality.blur_variance:.1f} is below blur_threshold {self.blur_threshold:g} (too blurry)"
+                f"blur score {blur_variance:.1f} is below blur_threshold {self.blur_threshold:g} (too blurry)"
             )
         return reasons

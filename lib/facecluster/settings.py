@@ -153,11 +153,45 @@ class Settings(BaseSettings):
     store_retries: int = Field(default=5, ge=1, validation_alias=_env("STORE_RETRIES"))
     progress_interval_s: float = Field(default=10.0, gt=0.0, validation_alias=_env("PROGRESS_INTERVAL_S"))
 
+    # The HTTP API (Ray Serve).
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("CORS_ORIGINS", "CORS_ORIGINS")
     )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("API_KEYS"),
+        description="Keys accepted in the X-API-Key header, comma-separated, each `name:secret` or a bare secret; "
+        "when set they guard every mutating and debug route.",
+    )
+    serve_host: str = Field(default="127.0.0.1", validation_alias=_env("SERVE_HOST"))
+    serve_port: int = Field(default=8000, gt=0, lt=65536, validation_alias=_env("SERVE_PORT"))
+    allow_open_bind: bool = Field(
+        default=False,
+        validation_alias=_env("ALLOW_OPEN_BIND"),
+        description="Serve on a non-loopback address without API keys (refused otherwise).",
+    )
+    max_upload_bytes: int = Field(default=20_000_000, gt=0, validation_alias=_env("MAX_UPLOAD_BYTES"))
+    ray_dashboard_url: str = Field(
+        default="http://127.0.0.1:8265",
+        validation_alias=_env("RAY_DASHBOARD_URL", "RAY_JOB_ADDRESS"),
+        description="Where the API submits its Ray jobs (the Job Submission API of the head node).",
+    )
+    library_root: Path | None = Field(
+        default=None,
+        validation_alias=_env("LIBRARY_ROOT", "LOCAL_STORAGE_PATH"),
+        description="Local folder whose <bucket>/<sub> folders are the libraries; unset: s3://<bucket>/<sub>.",
+    )
+    engine_batch_size: int = Field(default=8, gt=0, validation_alias=_env("ENGINE_BATCH_SIZE"))
+    engine_batch_wait_s: float = Field(default=0.02, ge=0.0, validation_alias=_env("ENGINE_BATCH_WAIT_S"))
+    engine_replicas: int = Field(default=1, gt=0, validation_alias=_env("ENGINE_REPLICAS"))
 
-    @field_validator("providers", "cors_origins", mode="before")
+    # Cluster → profile assignment (second seed); the threshold defaults to the embedder's calibrated one.
+    assign_threshold: float | None = Field(default=None, ge=-1.0, le=1.0, validation_alias=_env("ASSIGN_THRESHOLD"))
+    assign_strategy: Literal["centroid", "vote"] = Field(default="centroid", validation_alias=_env("ASSIGN_STRATEGY"))
+    vote_min_share: float = Field(default=0.5, ge=0.0, le=1.0, validation_alias=_env("VOTE_MIN_SHARE"))
+    vote_min_margin: float = Field(default=0.2, ge=0.0, le=1.0, validation_alias=_env("VOTE_MIN_MARGIN"))
+
+    @field_validator("providers", "cors_origins", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -181,6 +215,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 out[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
+                out[name] = ["**********"] * len(value)
             elif isinstance(value, Path):
                 out[name] = str(value)
             else:

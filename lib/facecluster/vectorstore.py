@@ -48,10 +48,25 @@ def face_payload(face: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def collection_name(model_id: str, dim: int) -> str:
-    """The collection for one embedding model version: `faces_<model>_<dim>d`."""
+def collection_name(model_id: str, dim: int, kind: str = "faces") -> str:
+    """The collection for one embedding model version: `faces_<model>_<dim>d` (`profiles_…` for profiles)."""
     slug = re.sub(r"[^a-z0-9]+", "_", model_id.lower()).strip("_")
-    return f"faces_{slug}_{dim}d"
+    return f"{kind}_{slug}_{dim}d"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result: point id, cosine similarity and payload."""
+
+    id: str
+    similarity: float
+    payload: dict[str, Any]
+
+
+def _library_filter(library: str | None) -> models.Filter | None:
+    if library is None:
+        return None
+    return models.Filter(must=[models.FieldCondition(key="library", match=models.MatchValue(value=library))])
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +94,8 @@ class Vectors(Protocol):
     def count(self) -> int: ...
     def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]: ...
     def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None: ...
+    def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]: ...
+    def delete_library(self, library: str) -> None: ...
 
 
 class QdrantVectors:
@@ -135,9 +152,7 @@ class QdrantVectors:
 
     def ids(self, library: str | None = None) -> set[str]:
         """Every point id, of one library or of all, by paginated scroll."""
-        query = None
-        if library is not None:
-            query = models.Filter(must=[models.FieldCondition(key="library", match=models.MatchValue(value=library))])
+        query = _library_filter(library)
         found: set[str] = set()
         offset: Any = None
         while True:
@@ -184,3 +199,22 @@ class QdrantVectors:
         for start in range(0, len(operations), 256):
             chunk = operations[start : start + 256]
             self._call(partial(self.client.batch_update_points, self.config.collection, chunk, wait=True))
+
+    def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
+        """The `limit` nearest points of each query vector, in batched requests."""
+        if limit <= 0 or len(queries) == 0:
+            return [[] for _ in range(len(queries))]
+        requests = [
+            models.QueryRequest(query=q.tolist(), limit=limit, filter=_library_filter(library), with_payload=True)
+            for q in np.asarray(queries, dtype=np.float32)
+        ]
+        out: list[list[Hit]] = []
+        for start in range(0, len(requests), 256):
+            chunk = requests[start : start + 256]
+            answers = self._call(partial(self.client.query_batch_points, self.config.collection, chunk))
+            out.extend([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in a.points] for a in answers)
+        return out
+
+    def delete_library(self, library: str) -> None:
+        selector = models.FilterSelector(filter=_library_filter(library))
+        self._call(lambda: self.client.delete(self.config.collection, points_selector=selector, wait=True))

@@ -1,0 +1,71 @@
+"""The HTTP API (FastAPI); `facecluster.serving` runs it on Ray Serve."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from facecluster.api.routes import assignments, faces, library, profiles, system
+from facecluster.api.services import Services, guard
+from facecluster.backoff import BackendUnavailable
+from facecluster.curation import Conflict, NotFound
+from facecluster.settings import Settings
+from facecluster.sources import SourceError
+
+
+class UploadLimit:
+    """Refuse a request body larger than the upload limit before reading it (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.limit + 64 * 1024:
+                response = JSONResponse({"detail": f"the request is larger than the limit of {self.limit} bytes"}, 413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _answer(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    """An exception handler that answers `status` with the error's message."""
+
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status)
+
+    return handler
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The API; `services` may be attached later (`app.state.services`), as the Serve ingress does."""
+    app = FastAPI(
+        title="facecluster",
+        version="0.1.0",
+        description="Face recognition and clustering: profiles, clusters, persons, assignments and jobs.",
+        dependencies=[Depends(guard)],
+    )
+    app.state.settings = settings
+    app.state.services = services
+    for router in (system.router, profiles.router, library.router, assignments.router, faces.router):
+        app.include_router(router)
+    origins = settings.cors_origins
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials="*" not in origins,  # never credentials with a wildcard origin
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
+
+    for error, status in ((NotFound, 404), (Conflict, 409), (SourceError, 422), (BackendUnavailable, 503)):
+        app.add_exception_handler(error, _answer(status))
+    return app

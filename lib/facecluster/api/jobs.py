@@ -1,0 +1,108 @@
+"""Long operations as Ray jobs, through the Job Submission API, so they show in the dashboard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from typing import Any
+
+from facecluster.embedded import mongo_uri
+from facecluster.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"job {self.args[0]} not found"
+
+
+def job_env(settings: Settings) -> dict[str, str]:
+    """What a job needs to reach the same stores and models as the API; secrets stay with the nodes' env."""
+    env = {
+        "FACECLUSTER_DATA_DIR": str(settings.data_dir),
+        "FACECLUSTER_MODELS_DIR": str(settings.resolved_models_dir),
+        "FACECLUSTER_MONGO_DB": settings.mongo_db,
+    }
+    if settings.mongo_uri is None:  # the embedded server: a loopback URI without credentials
+        env["FACECLUSTER_MONGO_URI"] = mongo_uri(settings)
+    if settings.qdrant_url:
+        env["FACECLUSTER_QDRANT_URL"] = settings.qdrant_url
+    if settings.library_root is not None:
+        env["FACECLUSTER_LIBRARY_ROOT"] = str(settings.library_root)
+    return env
+
+
+def last_json(logs: str) -> dict[str, Any] | None:
+    """The job's result: the last line of its logs that is a JSON object."""
+    for line in reversed(logs.splitlines()):
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def last_progress(logs: str) -> str | None:
+    for line in reversed(logs.splitlines()):
+        if "progress:" in line:
+            return line.split("progress:", 1)[1].strip()
+    return None
+
+
+class JobRunner:
+    """Submits `facecluster …` command lines as Ray jobs and reads their state back."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            self._client = JobSubmissionClient(self.settings.ray_dashboard_url)
+        return self._client
+
+    def submit(self, kind: str, arguments: list[str], library: str | None = None) -> str:
+        entrypoint = shlex.join(["facecluster", *arguments])
+        metadata = {"kind": kind, "library": library or ""}
+        job_id: str = self.client.submit_job(
+            entrypoint=entrypoint, runtime_env={"env_vars": job_env(self.settings)}, metadata=metadata
+        )
+        log.info("submitted %s job %s: %s", kind, job_id, entrypoint)
+        return job_id
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        try:
+            info = self.client.get_job_info(job_id)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                raise JobNotFound(job_id) from None
+            raise
+        logs = self.client.get_job_logs(job_id)
+        status = str(info.status.value if hasattr(info.status, "value") else info.status)
+        return {
+            "job_id": job_id,
+            "kind": (info.metadata or {}).get("kind"),
+            "library": (info.metadata or {}).get("library") or None,
+            "status": status,
+            "message": info.message,
+            "entrypoint": info.entrypoint,
+            "progress": last_progress(logs),
+            "result": last_json(logs) if status == "SUCCEEDED" else None,
+            "start_time": info.start_time,
+            "end_time": info.end_time,
+        }
+
+    def reachable(self) -> bool:
+        try:
+            self.client.list_jobs()
+        except Exception:  # any failure to answer means not ready
+            return False
+        return True

@@ -1,0 +1,189 @@
+"""Cluster → known user assignments (second seed). Static routes come before parameterised ones."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import BaseModel, Field
+
+from facecluster.api.services import RUN_ID, Bucket, Deps, Services, Sub, UserId, library_of
+from facecluster.assignment import (
+    AssignReport,
+    ClusteringNotFound,
+    ClusteringSuperseded,
+    assign_clusters,
+    assign_options,
+)
+from facecluster.sources import validate_library
+
+router = APIRouter(prefix="/assignments", tags=["assignments"])
+#: The collections the debug routes may show.
+INSPECTABLE = ("images", "faces", "clusters", "runs", "assignments", "persons", "profiles", "audit", "jobs")
+Strategy = Literal["centroid", "vote"]
+
+
+def run_assignment(
+    services: Services,
+    library: str,
+    *,
+    strategy: Strategy | None,
+    threshold: float | None,
+    clustering_id: str | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+) -> AssignReport:
+    stores = services.stores
+    options = assign_options(services.settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
+    try:
+        return assign_clusters(
+            stores.meta,
+            stores.vectors,
+            stores.profiles,
+            library,
+            options,
+            clustering_id=clustering_id,
+            dry_run=dry_run,
+            overwrite=overwrite,
+            model_version=stores.version,
+        )
+    except ClusteringNotFound as exc:
+        raise HTTPException(404, f"clustering not found: {exc.args[0]}") from None
+    except ClusteringSuperseded as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+class BatchRequest(BaseModel):
+    libraries: list[str] | None = Field(default=None, description="default: every library", max_length=1000)
+    strategy: Strategy | None = None
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    overwrite: bool = False
+    dry_run: bool = False
+    queue: bool = Field(default=True, description="run as a Ray job; false runs it in this request")
+
+
+@router.post("/batch", summary="Assign the latest clustering of several libraries")
+def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, Any]:
+    body = body or BatchRequest()
+    libraries = [validate_library(name) for name in body.libraries or services.meta.libraries()]
+    if body.queue:
+        arguments = ["assign", *[a for name in libraries for a in ("--library", name)]]
+        arguments += [
+            *(["--strategy", body.strategy] if body.strategy else []),
+            *(["--threshold", str(body.threshold)] if body.threshold is not None else []),
+            *(["--overwrite"] if body.overwrite else []),
+            *(["--dry-run"] if body.dry_run else []),
+        ]
+        job_id = services.jobs.submit("assign-batch", arguments)
+        return {"job_id": job_id, "libraries": libraries, "status_url": f"/api/v1/jobs/{job_id}"}
+    reports = []
+    for library in libraries:
+        try:
+            report = run_assignment(
+                services,
+                library,
+                strategy=body.strategy,
+                threshold=body.threshold,
+                dry_run=body.dry_run,
+                overwrite=body.overwrite,
+            )
+        except HTTPException as exc:
+            reports.append({"library": library, "error": exc.detail})
+            continue
+        reports.append({k: v for k, v in report.to_dict().items() if k != "decisions"})
+    return {"libraries": reports}
+
+
+@router.get("/user/{user_id}", summary="A user's assignments, grouped by clustering run")
+def assignments_of_user(services: Deps, user_id: UserId) -> dict[str, Any]:
+    meta = services.meta
+    docs = meta.call(lambda: list(meta.db.assignments.find({"user_id": user_id}).sort("assigned_at", -1)))
+    runs: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        run = runs.setdefault(
+            doc["clustering_id"], {"clustering_id": doc["clustering_id"], "library": doc["library"], "clusters": []}
+        )
+        run["clusters"].append({k: v for k, v in doc.items() if k not in ("_id", "library", "clustering_id")})
+    return {"user_id": user_id, "total": len(docs), "runs": list(runs.values())}
+
+
+@router.get("/debug/collections", summary="Collections and their sizes, and the libraries")
+def debug_collections(services: Deps) -> dict[str, Any]:
+    meta = services.meta
+    counts = {name: int(meta.call(lambda name=name: meta.db[name].estimated_document_count())) for name in INSPECTABLE}  # type: ignore[misc]
+    return {"collections": counts, "libraries": meta.libraries(), "vectors": services.stores.config.qdrant.collection}
+
+
+@router.get("/debug/collection/{collection_name}", summary="One collection's fields and a sample document")
+def debug_collection(
+    services: Deps, collection_name: Annotated[str, Path(pattern=f"^({'|'.join(INSPECTABLE)})$")]
+) -> dict[str, Any]:
+    meta = services.meta
+    table = meta.db[collection_name]
+    sample = meta.call(
+        lambda: table.find_one(
+            {}, {"embedding": 0, "template": 0, "centroid": 0, "faces.embedding": 0, "before": 0, "after": 0}
+        )
+    )
+    return {
+        "collection": collection_name,
+        "count": int(meta.call(table.estimated_document_count)),
+        "fields": sorted(sample) if sample else [],
+        "sample": sample,
+    }
+
+
+@router.get("/debug/test-db-connection", summary="Can the API reach MongoDB and Qdrant?")
+def debug_db_connection(services: Deps) -> dict[str, Any]:
+    from facecluster.api.routes.system import probe
+
+    return probe(services)
+
+
+@router.delete("/clustering/{clustering_id}", summary="Delete every assignment of a clustering run")
+def delete_run_assignments(services: Deps, clustering_id: Annotated[str, Path(pattern=RUN_ID)]) -> dict[str, Any]:
+    meta = services.meta
+    deleted = int(meta.call(lambda: meta.db.assignments.delete_many({"clustering_id": clustering_id}).deleted_count))
+    return {"clustering_id": clustering_id, "deleted": deleted}
+
+
+@router.get("/{bucket}/{sub}", summary="Assignments of a library's clustering run")
+def list_assignments(
+    services: Deps, bucket: Bucket, sub: Sub, clustering_id: Annotated[str | None, Query(pattern=RUN_ID)] = None
+) -> dict[str, Any]:
+    library = library_of(bucket, sub)
+    query: dict[str, Any] = {"library": library}
+    if clustering_id is not None:
+        query["clustering_id"] = clustering_id
+    meta = services.meta
+    docs = meta.call(lambda: list(meta.db.assignments.find(query).sort("similarity", -1)))
+    return {
+        "library": library,
+        "clustering_id": clustering_id,
+        "total": len(docs),
+        "assignments": [{k: v for k, v in d.items() if k != "_id"} for d in docs],
+    }
+
+
+@router.post("/{bucket}/{sub}", summary="Assign a library's clusters to known users")
+def assign_library(
+    services: Deps,
+    bucket: Bucket,
+    sub: Sub,
+    clustering_id: Annotated[str | None, Query(pattern=RUN_ID, description="default: the latest run")] = None,
+    threshold: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+    strategy: Strategy | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    library = library_of(bucket, sub)
+    report = run_assignment(
+        services,
+        library,
+        strategy=strategy,
+        threshold=threshold,
+        clustering_id=clustering_id,
+        dry_run=dry_run,
+        overwrite=overwrite,
+    )
+    return report.to_dict()

@@ -1,0 +1,381 @@
+"""Faces, clusters and persons (first seed): clustering runs, labelling, persons and their photos,
+incremental assignment and search. Human changes are audited and can be undone."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from facecluster.api.services import AUDIT_ID, Actor, ClusterId, Deps, FaceId, PersonId, Services, face_view
+from facecluster.api.uploads import analyze_upload
+from facecluster.clustering import ClusterParams, Method
+from facecluster.clusterrun import run_clustering, run_options
+from facecluster.curation import Curator, match_new_faces
+from facecluster.engine import min_confidence
+from facecluster.registry import load_registry
+from facecluster.sources import validate_library
+
+router = APIRouter(prefix="/api/v1/faces", tags=["faces"])
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
+LibraryQuery = Annotated[str | None, Query(description="default: the only library, when there is one")]
+Page = Annotated[int, Query(ge=1)]
+PageSize = Annotated[int, Query(ge=1, le=500)]
+
+
+def resolve_library(services: Services, given: str | None) -> str:
+    """The named library, or the only one there is; a 422 that lists them otherwise."""
+    if given is not None:
+        return validate_library(given)
+    known = services.meta.libraries()
+    if len(known) == 1:
+        return known[0]
+    raise HTTPException(422, {"message": "say which library", "libraries": known[:100]})
+
+
+def _curator(services: Services, actor: str, library: str) -> Curator:
+    return Curator(services.meta, services.stores.vectors, library, actor)
+
+
+def _library_of(services: Services, collection: str, key: str, what: str) -> str:
+    meta = services.meta
+    doc = meta.call(lambda: meta.db[collection].find_one({"_id": key}, {"library": 1}))
+    if doc is None:
+        raise HTTPException(404, f"{what} {key} not found")
+    return str(doc["library"])
+
+
+class DualRequest(BaseModel):
+    library: str | None = None
+    person_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    unknown_method: Method | None = None
+    unknown_min_size: int | None = Field(default=None, ge=2, le=10_000)
+    max_faces: int | None = Field(default=None, ge=1)
+    queue: bool = Field(default=True, description="run as a Ray job; false clusters in this request")
+
+
+@router.post("/cluster/dual", summary="Dual-mode clustering: known persons first, then unknown clusters")
+def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
+    library = resolve_library(services, body.library)
+    if body.queue:
+        arguments = ["cluster", "--library", library, "--method", "dual"]
+        for flag, value in (
+            ("--person-threshold", body.person_threshold),
+            ("--unknown-method", body.unknown_method),
+            ("--min-cluster-size", body.unknown_min_size),
+            ("--max-faces", body.max_faces),
+        ):
+            if value is not None:
+                arguments += [flag, str(value)]
+        job_id = services.jobs.submit("cluster-dual", arguments, library)
+        return {"queued": True, "job_id": job_id, "library": library, "status_url": f"/api/v1/jobs/{job_id}"}
+    stores = services.stores
+    options = run_options(
+        services.settings,
+        stores.embedder.spec,
+        stores.version,
+        method="dual",
+        unknown_method=body.unknown_method,
+        person_threshold=body.person_threshold,
+        min_cluster_size=body.unknown_min_size,
+        max_faces=body.max_faces,
+    )
+    summary = run_clustering(stores.meta, stores.vectors, library, options)
+    return {"queued": False, "library": library, **summary.to_dict()}
+
+
+class AssignNewRequest(BaseModel):
+    library: str | None = None
+    person_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    max_faces: int | None = Field(default=None, ge=1)
+
+
+@router.post("/assign", summary="Incremental assignment: new faces to known persons and clusters")
+def assign_new_faces(services: Deps, body: AssignNewRequest | None = None) -> dict[str, Any]:
+    body = body or AssignNewRequest()
+    library = resolve_library(services, body.library)
+    stores = services.stores
+    options = run_options(
+        services.settings, stores.embedder.spec, stores.version, person_threshold=body.person_threshold
+    )
+    summary = match_new_faces(
+        stores.meta,
+        stores.vectors,
+        library,
+        person_threshold=options.person_threshold,
+        cluster_threshold=options.unknown.merge_threshold,
+        max_faces=body.max_faces,
+    )
+    return vars(summary)
+
+
+def _page(page: int, size: int) -> tuple[int, int]:
+    return (page - 1) * size, size
+
+
+@router.get("/clusters", summary="Unknown clusters, largest first (unclustered faces are not listed)")
+def list_clusters(
+    services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50
+) -> dict[str, Any]:
+    meta = services.meta
+    query: dict[str, Any] = {} if library is None else {"library": resolve_library(services, library)}
+    skip, limit = _page(page, page_size)
+    total = int(meta.call(lambda: meta.db.clusters.count_documents(query)))
+    docs = meta.call(
+        lambda: list(
+            meta.db.clusters.find(query, {"centroid": 0}).sort([("size", -1), ("_id", 1)]).skip(skip).limit(limit)
+        )
+    )
+    return {
+        "total": total,
+        "page": page,
+        "page_size": page_size,
+        "clusters": [{"cluster_id": d.pop("_id"), **d} for d in docs],
+    }
+
+
+@router.get("/clusters/{cluster_id}", summary="One cluster with its faces, best quality first")
+def get_cluster(services: Deps, cluster_id: ClusterId, page: Page = 1, page_size: PageSize = 100) -> dict[str, Any]:
+    meta = services.meta
+    doc = meta.call(lambda: meta.db.clusters.find_one({"_id": cluster_id}, {"centroid": 0}))
+    if doc is None:
+        raise HTTPException(404, f"cluster {cluster_id} not found")
+    skip, limit = _page(page, page_size)
+    projection = {"image": 1, "bbox": 1, "score": 1, "quality.score": 1}
+    faces = meta.call(
+        lambda: list(
+            meta.db.faces.find({"cluster_id": cluster_id}, projection).sort("quality.score", -1).skip(skip).limit(limit)
+        )
+    )
+    return {"cluster_id": doc.pop("_id"), **doc, "faces": [face_view(f) for f in faces]}
+
+
+class LabelRequest(BaseModel):
+    name: Name
+
+
+@router.post("/clusters/{cluster_id}/label", summary="Name a cluster: its faces become that person")
+def label_cluster(services: Deps, actor: Actor, cluster_id: ClusterId, body: LabelRequest) -> dict[str, Any]:
+    library = _library_of(services, "clusters", cluster_id, "cluster")
+    return _curator(services, actor, library).label_cluster(cluster_id, body.name.strip())
+
+
+class SplitRequest(BaseModel):
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, description="default: 0.1 tighter than the run's")
+    min_cluster_size: int | None = Field(default=None, ge=2, le=10_000)
+
+
+@router.post("/clusters/{cluster_id}/split", summary="Split a cluster with a tighter threshold")
+def split_cluster(
+    services: Deps, actor: Actor, cluster_id: ClusterId, body: SplitRequest | None = None
+) -> dict[str, Any]:
+    body = body or SplitRequest()
+    library = _library_of(services, "clusters", cluster_id, "cluster")
+    stores = services.stores
+    options = run_options(services.settings, stores.embedder.spec, stores.version, unknown_method="graph")
+    threshold = body.threshold if body.threshold is not None else min(0.95, options.unknown.threshold + 0.1)
+    params = ClusterParams(
+        method="graph",
+        threshold=threshold,
+        merge_threshold=max(threshold, options.unknown.merge_threshold),
+        min_cluster_size=body.min_cluster_size or options.unknown.min_cluster_size,
+    )
+    return _curator(services, actor, library).split_cluster(cluster_id, params)
+
+
+@router.get("/persons", summary="Persons, most faces first")
+def list_persons(
+    services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50
+) -> dict[str, Any]:
+    name = resolve_library(services, library)
+    total, docs = _curator(services, "anonymous", name).persons(skip=(page - 1) * page_size, limit=page_size)
+    return {
+        "library": name,
+        "total": total,
+        "page": page,
+        "page_size": page_size,
+        "persons": [{"person_id": d.pop("_id"), **d} for d in docs],
+    }
+
+
+class PersonRequest(BaseModel):
+    name: Name
+    library: str | None = None
+
+
+@router.post("/persons", status_code=201, summary="Create a person")
+def create_person(services: Deps, actor: Actor, body: PersonRequest) -> dict[str, Any]:
+    library = resolve_library(services, body.library)
+    doc = _curator(services, actor, library).create_person(body.name.strip())
+    return {"person_id": doc.pop("_id"), **doc}
+
+
+class RenameRequest(BaseModel):
+    name: Name
+
+
+@router.patch("/persons/{person_id}", summary="Rename a person")
+def rename_person(services: Deps, actor: Actor, person_id: PersonId, body: RenameRequest) -> dict[str, Any]:
+    library = _library_of(services, "persons", person_id, "person")
+    doc = _curator(services, actor, library).rename_person(person_id, body.name.strip())
+    return {"person_id": doc.pop("_id"), **doc}
+
+
+class MergeRequest(BaseModel):
+    into_person_id: str = Field(pattern=r"^per_[0-9a-f]{12}$")
+
+
+@router.post("/persons/{person_id}/merge", summary="Merge this person into another")
+def merge_person(services: Deps, actor: Actor, person_id: PersonId, body: MergeRequest) -> dict[str, Any]:
+    library = _library_of(services, "persons", person_id, "person")
+    return _curator(services, actor, library).merge_persons(person_id, body.into_person_id)
+
+
+@router.get("/persons/{person_id}/photos", summary="The photos a person is in, with their face boxes")
+def person_photos(services: Deps, person_id: PersonId, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
+    library = _library_of(services, "persons", person_id, "person")
+    meta = services.meta
+    faces = meta.call(
+        lambda: list(
+            meta.db.faces.find(
+                {"library": library, "person_id": person_id}, {"image": 1, "bbox": 1, "label_source": 1}
+            ).sort("image", 1)
+        )
+    )
+    photos: dict[str, list[dict[str, Any]]] = {}
+    for face in faces:
+        photos.setdefault(face["image"], []).append(
+            {"face_id": face["_id"], "bbox": face.get("bbox"), "label_source": face.get("label_source")}
+        )
+    keys = sorted(photos)[(page - 1) * page_size : page * page_size]
+    return {
+        "person_id": person_id,
+        "library": library,
+        "total": len(photos),
+        "page": page,
+        "photos": [{"image": key, "faces": photos[key]} for key in keys],
+    }
+
+
+FaceIds = Annotated[list[Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$")]], Field(min_length=1, max_length=10_000)]
+
+
+class FacesRequest(BaseModel):
+    face_ids: FaceIds
+
+
+class MoveRequest(BaseModel):
+    face_ids: FaceIds
+    to_person_id: str | None = Field(default=None, pattern=r"^per_[0-9a-f]{12}$")
+    new_name: Name | None = None
+
+
+@router.post("/persons/{person_id}/faces/remove", summary="Bulk-remove faces from a person")
+def remove_faces(services: Deps, actor: Actor, person_id: PersonId, body: FacesRequest) -> dict[str, Any]:
+    library = _library_of(services, "persons", person_id, "person")
+    return _curator(services, actor, library).remove_faces(person_id, body.face_ids)
+
+
+@router.post("/persons/{person_id}/faces/move", summary="Bulk-move faces to another or a new person")
+def move_faces(services: Deps, actor: Actor, person_id: PersonId, body: MoveRequest) -> dict[str, Any]:
+    if (body.to_person_id is None) == (body.new_name is None):
+        raise HTTPException(422, "give exactly one of to_person_id and new_name")
+    library = _library_of(services, "persons", person_id, "person")
+    name = body.new_name.strip() if body.new_name else None
+    return _curator(services, actor, library).move_faces(person_id, body.face_ids, to=body.to_person_id, name=name)
+
+
+class PersonRef(BaseModel):
+    person_id: str = Field(pattern=r"^per_[0-9a-f]{12}$")
+
+
+@router.post("/faces/{face_id}/assign", summary="Assign one face to a person")
+def assign_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) -> dict[str, Any]:
+    library = _library_of(services, "faces", face_id, "face")
+    return _curator(services, actor, library).assign_face(face_id, body.person_id)
+
+
+@router.post("/faces/{face_id}/unassign", summary="Take one face from its person")
+def unassign_face(services: Deps, actor: Actor, face_id: FaceId) -> dict[str, Any]:
+    library = _library_of(services, "faces", face_id, "face")
+    return _curator(services, actor, library).unassign_face(face_id)
+
+
+@router.post("/faces/{face_id}/not-person", summary='"Not this person": never match the face to it again')
+def reject_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) -> dict[str, Any]:
+    library = _library_of(services, "faces", face_id, "face")
+    return _curator(services, actor, library).reject_face(face_id, body.person_id)
+
+
+@router.get("/audit", summary="Changes to a library, newest first")
+def audit_log(services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
+    name = resolve_library(services, library)
+    entries = _curator(services, "anonymous", name).audit(skip=(page - 1) * page_size, limit=page_size)
+    return {"library": name, "entries": [{"audit_id": e.pop("_id"), **e} for e in entries]}
+
+
+@router.post("/audit/{audit_id}/undo", summary="Undo a change")
+def undo(services: Deps, actor: Actor, audit_id: Annotated[str, Path(pattern=AUDIT_ID)]) -> dict[str, Any]:
+    library = _library_of(services, "audit", audit_id, "audit entry")
+    return _curator(services, actor, library).undo(audit_id)
+
+
+@router.post("/search", summary="Upload a photo: the nearest persons, faces and profiles of each face in it")
+async def search(
+    services: Deps,
+    file: Annotated[UploadFile, File()],
+    library: Annotated[str | None, Form()] = None,
+    limit: Annotated[int, Form(ge=1, le=100)] = 10,
+) -> dict[str, Any]:
+    name = None if library is None else resolve_library(services, library)
+    _, analysis = await analyze_upload(services, file)
+    threshold = min_confidence(services.settings, load_registry().detector(services.settings.detector))
+    faces = analysis.faces_above(threshold, services.settings.min_face_size)
+    if not faces:
+        return {"faces": []}
+    import numpy as np
+
+    queries = np.stack([f.vector for f in faces])
+    stores = services.stores
+    face_hits = await run_in_threadpool(stores.vectors.search, queries, limit, name)
+    profile_hits = await run_in_threadpool(stores.profiles.search, queries, min(limit, 5))
+    persons = await run_in_threadpool(_person_names, services, face_hits)
+    out = []
+    for face, hits, profiles in zip(faces, face_hits, profile_hits, strict=True):
+        best: dict[str, float] = {}
+        for hit in hits:
+            person = hit.payload.get("person_id")
+            if person and hit.similarity > best.get(person, -2.0):
+                best[person] = hit.similarity
+        out.append(
+            {
+                **face.public(),
+                "persons": [
+                    {"person_id": p, "name": persons.get(p), "similarity": round(s, 4)}
+                    for p, s in sorted(best.items(), key=lambda kv: -kv[1])
+                ],
+                "faces": [
+                    {
+                        "face_id": h.id,
+                        "image": h.payload.get("image"),
+                        "library": h.payload.get("library"),
+                        "person_id": h.payload.get("person_id"),
+                        "cluster_id": h.payload.get("cluster_id"),
+                        "similarity": round(h.similarity, 4),
+                    }
+                    for h in hits
+                ],
+                "profiles": [
+                    {"user_id": h.payload.get("user_id"), "similarity": round(h.similarity, 4)} for h in profiles
+                ],
+            }
+        )
+    return {"faces": out}
+
+
+def _person_names(services: Services, hits: list[Any]) -> dict[str, str]:
+    ids = {h.payload.get("person_id") for face in hits for h in face if h.payload.get("person_id")}
+    meta = services.meta
+    return {d["_id"]: d["name"] for d in meta.call(lambda: list(meta.db.persons.find({"_id": {"$in": sorted(ids)}})))}

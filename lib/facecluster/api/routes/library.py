@@ -1,0 +1,117 @@
+"""Person clustering of a library (second seed): start it as a Ray job, its status, a person's
+details, and cleanup."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query
+
+from facecluster.api.services import CLUSTER_ID, PERSON_ID, RUN_ID, Bucket, Deps, Services, Sub, face_view, library_of
+
+router = APIRouter(tags=["person clustering"])
+
+
+def library_source(services: Services, bucket: str, sub: str) -> str:
+    """Where a library's photos are: <library_root>/<bucket>/<sub> when configured, else S3."""
+    root = services.settings.library_root
+    if root is None:
+        return f"s3://{bucket}/{sub}/"
+    folder = root.expanduser() / bucket / sub
+    if not folder.is_dir():
+        raise HTTPException(404, f"no folder {bucket}/{sub} under the library root")
+    return str(folder)
+
+
+@router.post("/cluster-bucket-persons/{bucket}/{sub}", status_code=202, summary="Ingest and cluster a library")
+def cluster_bucket_persons(
+    services: Deps, bucket: Bucket, sub: Sub, force: Annotated[bool, Query(description="redo done photos")] = False
+) -> dict[str, Any]:
+    library = library_of(bucket, sub)
+    source = library_source(services, bucket, sub)
+    arguments = ["pipeline", source, "--library", library, *(["--force"] if force else [])]
+    job_id = services.jobs.submit("cluster-bucket-persons", arguments, library)
+    return {"job_id": job_id, "library": library, "source": source, "status_url": f"/api/v1/jobs/{job_id}"}
+
+
+def _run(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"clustering_id": doc["_id"], **{k: v for k, v in doc.items() if k not in ("_id",)}}
+
+
+@router.get("/person-cluster-status/{bucket}/{sub}", summary="Clustering runs of a library, or one run")
+def person_cluster_status(
+    services: Deps,
+    bucket: Bucket,
+    sub: Sub,
+    clustering_id: Annotated[str | None, Query(pattern=RUN_ID)] = None,
+) -> dict[str, Any]:
+    library = library_of(bucket, sub)
+    meta = services.meta
+    if clustering_id is not None:
+        run = meta.call(lambda: meta.db.runs.find_one({"_id": clustering_id, "library": library}))
+        if run is None:
+            raise HTTPException(404, f"clustering {clustering_id} not found in library {library}")
+        latest = meta.call(lambda: list(meta.db.runs.find({"library": library}).sort("started_at", -1).limit(1)))
+        return {"library": library, "run": _run(run), "current": bool(latest) and latest[0]["_id"] == clustering_id}
+    runs = meta.call(lambda: list(meta.db.runs.find({"library": library}).sort("started_at", -1).limit(50)))
+    jobs = meta.call(lambda: list(meta.db.jobs.find({"library": library}).sort("started_at", -1).limit(20)))
+    return {
+        "library": library,
+        "images": meta.image_counts(library),
+        "runs": [_run(r) for r in runs],
+        "ingest_jobs": [{"job_id": j["_id"], **{k: v for k, v in j.items() if k != "_id"}} for j in jobs],
+    }
+
+
+@router.get("/person-details/{bucket}/{sub}/{person_id}", summary="A cluster's or a person's faces and owner face")
+def person_details(
+    services: Deps,
+    bucket: Bucket,
+    sub: Sub,
+    person_id: Annotated[str, Path(pattern=f"({CLUSTER_ID})|({PERSON_ID})", description="a cluster or person id")],
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    library = library_of(bucket, sub)
+    meta = services.meta
+    field = "cluster_id" if person_id.startswith("clu_") else "person_id"
+    query = {"library": library, field: person_id}
+    projection = {
+        "image": 1,
+        "bbox": 1,
+        "score": 1,
+        "quality.score": 1,
+        "person_id": 1,
+        "cluster_id": 1,
+        "label_source": 1,
+        "person_similarity": 1,
+    }
+    total = int(meta.call(lambda: meta.db.faces.count_documents(query)))
+    if total == 0:
+        raise HTTPException(404, f"{person_id} has no faces in library {library}")
+    faces = meta.call(
+        lambda: list(meta.db.faces.find(query, projection).sort("quality.score", -1).skip(skip).limit(limit))
+    )
+    owner = meta.call(lambda: list(meta.db.faces.find(query, projection).sort("quality.score", -1).limit(1)))[0]
+    person = meta.call(lambda: meta.db.persons.find_one({"_id": person_id})) if field == "person_id" else None
+    assignments = meta.call(lambda: list(meta.db.assignments.find({"library": library, "cluster_id": person_id})))
+    images = meta.call(lambda: meta.db.faces.distinct("image", query))
+    return {
+        "library": library,
+        "id": person_id,
+        "kind": "cluster" if field == "cluster_id" else "person",
+        "name": person["name"] if person else None,
+        "faces": total,
+        "images": len(images),
+        "owner_face": face_view(owner),
+        "appearances": [face_view(f) for f in faces],
+        "assignments": [{k: v for k, v in a.items() if k != "_id"} for a in assignments],
+    }
+
+
+@router.delete("/cleanup-person-data/{bucket}/{sub}", summary="Remove a library: faces, vectors, runs, assignments")
+def cleanup_person_data(services: Deps, bucket: Bucket, sub: Sub) -> dict[str, Any]:
+    library = library_of(bucket, sub)
+    services.stores.vectors.delete_library(library)
+    deleted = services.meta.delete_library(library)
+    return {"library": library, "deleted": deleted}

@@ -1,0 +1,137 @@
+"""Profiles of known users (second seed): /detect-face, /update-face and the debug routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from facecluster.analysis import ProfileRejected, profile_face
+from facecluster.api.services import Deps, Services, UserId
+from facecluster.api.uploads import analyze_upload
+from facecluster.engine import min_confidence
+from facecluster.profiles import USER_ID_PATTERN, ProfileExists, ProfileNotFound, public
+from facecluster.quality import ProfileChecks
+from facecluster.registry import load_registry
+
+router = APIRouter(tags=["profiles"])
+MinFaceSize = Annotated[int | None, Form(ge=0, le=10_000, description="pixels; default from the settings")]
+MinConfidence = Annotated[float | None, Form(ge=0.0, le=1.0)]
+BlurThreshold = Annotated[float | None, Form(ge=0.0, le=100_000.0)]
+
+
+def _checks(services: Services, size: int | None, confidence: float | None, blur: float | None) -> ProfileChecks:
+    s = services.settings
+    return ProfileChecks(
+        min_face_size=s.profile_min_face_size if size is None else size,
+        min_confidence=s.profile_min_confidence if confidence is None else confidence,
+        blur_threshold=s.profile_blur_threshold if blur is None else blur,
+    )
+
+
+async def _enrol(
+    services: Services, user_id: str, file: UploadFile, checks: ProfileChecks, *, create: bool, replace: bool = False
+) -> dict[str, Any]:
+    if create:  # a 409 before any model work
+        try:
+            await run_in_threadpool(services.profiles.get, user_id)
+            raise HTTPException(409, f"user {user_id} has a profile: use PUT /update-face/{user_id}")
+        except ProfileNotFound:
+            pass
+    else:
+        try:
+            await run_in_threadpool(services.profiles.get, user_id)
+        except ProfileNotFound:
+            raise HTTPException(404, f"user {user_id} has no profile: create it with POST /detect-face") from None
+    data, analysis = await analyze_upload(services, file)
+    detector = load_registry().detector(services.settings.detector)
+    try:
+        face = profile_face(analysis, checks, min_confidence(services.settings, detector))
+    except ProfileRejected as exc:
+        raise HTTPException(422, {"message": str(exc), **exc.details}) from None
+    try:
+        doc = await run_in_threadpool(
+            lambda: services.profiles.enrol(user_id, face, data, create=create, replace=replace)
+        )
+    except ProfileExists:
+        raise HTTPException(409, f"user {user_id} has a profile: use PUT /update-face/{user_id}") from None
+    return {
+        "user_id": user_id,
+        "has_face": True,
+        "face": face.public(),
+        "faces": len(doc["faces"]),
+        "model_version": doc["model_version"],
+    }
+
+
+@router.post("/detect-face", status_code=201, summary="Create a user's profile from a photo with one good face")
+async def detect_face(
+    services: Deps,
+    user_id: Annotated[str, Form(pattern=f"^{USER_ID_PATTERN.pattern}$")],
+    file: Annotated[UploadFile, File(description="a photo showing exactly one face")],
+    min_face_size: MinFaceSize = None,
+    min_confidence: MinConfidence = None,
+    blur_threshold: BlurThreshold = None,
+) -> dict[str, Any]:
+    checks = _checks(services, min_face_size, min_confidence, blur_threshold)
+    return await _enrol(services, user_id, file, checks, create=True)
+
+
+@router.put("/update-face/{user_id}", summary="Add an enrolment face to a profile (or replace them)")
+async def update_face(
+    services: Deps,
+    user_id: UserId,
+    file: Annotated[UploadFile, File()],
+    min_face_size: MinFaceSize = None,
+    min_confidence: MinConfidence = None,
+    blur_threshold: BlurThreshold = None,
+    replace: Annotated[bool, Form(description="drop the earlier enrolment faces")] = False,
+) -> dict[str, Any]:
+    checks = _checks(services, min_face_size, min_confidence, blur_threshold)
+    return await _enrol(services, user_id, file, checks, create=False, replace=replace)
+
+
+@router.get("/debug-quality-settings", summary="The profile quality thresholds in force")
+def quality_settings(services: Deps) -> dict[str, Any]:
+    s = services.settings
+    detector = load_registry().detector(s.detector)
+    return {
+        "min_face_size": s.profile_min_face_size,
+        "min_confidence": s.profile_min_confidence,
+        "blur_threshold": s.profile_blur_threshold,
+        "detector": s.detector,
+        "detector_threshold": min_confidence(s, detector),
+        "embedder": services.stores.version,
+        "quality_weights": {
+            "confidence": s.quality_weight_confidence,
+            "size": s.quality_weight_size,
+            "blur": s.quality_weight_blur,
+            "pose": s.quality_weight_pose,
+        },
+    }
+
+
+@router.get("/debug-profiles", summary="Stored profiles, without vectors")
+def list_profiles(
+    services: Deps, skip: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    store = services.profiles
+    return {"total": store.count(), "profiles": [public(doc) for doc in store.page(skip, limit)]}
+
+
+@router.get("/debug-profile/{user_id}", summary="One profile, without vectors")
+def get_profile(services: Deps, user_id: UserId) -> dict[str, Any]:
+    try:
+        return public(services.profiles.get(user_id))
+    except ProfileNotFound:
+        raise HTTPException(404, f"user {user_id} has no profile") from None
+
+
+@router.delete("/debug-profile/{user_id}", summary="Delete a profile and its assignments")
+def delete_profile(services: Deps, user_id: UserId) -> dict[str, Any]:
+    try:
+        removed = services.profiles.delete(user_id)
+    except ProfileNotFound:
+        raise HTTPException(404, f"user {user_id} has no profile") from None
+    return {"user_id": user_id, "deleted": True, "assignments_deleted": removed}

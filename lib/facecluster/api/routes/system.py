@@ -1,0 +1,50 @@
+"""Liveness, readiness and the state of Ray jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path
+from fastapi.responses import JSONResponse
+
+from facecluster.api.jobs import JobNotFound
+from facecluster.api.services import JOB_ID, Deps, Services
+
+router = APIRouter(tags=["system"])
+
+
+def probe(services: Services) -> dict[str, Any]:
+    """Whether MongoDB, Qdrant and Ray answer, with the error of any that does not."""
+    checks: dict[str, Any] = {}
+    try:
+        services.meta.client.admin.command("ping")
+        checks["mongodb"] = {"ok": True}
+    except Exception as exc:  # any failure means not reachable
+        checks["mongodb"] = {"ok": False, "error": str(exc)[:300]}
+    try:
+        checks["qdrant"] = {"ok": True, "points": services.stores.vectors.count()}
+    except Exception as exc:
+        checks["qdrant"] = {"ok": False, "error": str(exc)[:300]}
+    import ray
+
+    checks["ray"] = {"ok": ray.is_initialized()} if ray.is_initialized() else {"ok": False, "error": "not connected"}
+    return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+
+
+@router.get("/health", summary="The process is alive")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="MongoDB, Qdrant and Ray are reachable (503 naming the one that is not)")
+def ready(services: Deps) -> JSONResponse:
+    report = probe(services)
+    return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+
+@router.get("/api/v1/jobs/{job_id}", summary="A Ray job's status, progress and result")
+def job_status(services: Deps, job_id: Annotated[str, Path(pattern=JOB_ID)]) -> dict[str, Any]:
+    try:
+        return services.jobs.status(job_id)
+    except JobNotFound as exc:
+        raise HTTPException(404, str(exc)) from None

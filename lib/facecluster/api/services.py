@@ -1,0 +1,110 @@
+"""What every route needs, built once per API replica, and the request-level dependencies."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Path, Request
+
+from facecluster.api.engineclient import EngineClient
+from facecluster.api.jobs import JobRunner
+from facecluster.metastore import MetaStore
+from facecluster.pipeline import Connection
+from facecluster.profiles import USER_ID_PATTERN, ProfileStore
+from facecluster.settings import Settings
+from facecluster.sources import validate_library
+
+#: One part of a library name: the seed's bucket and sub-bucket.
+PART = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,62}$"
+CLUSTER_ID = r"^clu_[0-9a-f]{12}$"
+PERSON_ID = r"^per_[0-9a-f]{12}$"
+RUN_ID = r"^run_[0-9a-f]{12}$"
+AUDIT_ID = r"^aud_[0-9a-f]{12}$"
+FACE_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+JOB_ID = r"^[A-Za-z0-9_\-]{1,64}$"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+@dataclass
+class Services:
+    settings: Settings
+    stores: Connection
+    engine: EngineClient
+    jobs: JobRunner
+
+    @property
+    def meta(self) -> MetaStore:
+        return self.stores.meta
+
+    @property
+    def profiles(self) -> ProfileStore:
+        return ProfileStore(self.stores.meta, self.stores.profiles, self.stores.version)
+
+
+def get_services(request: Request) -> Services:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise HTTPException(503, "the service is starting")
+    return services
+
+
+Deps = Annotated[Services, Depends(get_services)]
+Bucket = Annotated[str, Path(pattern=PART, description="bucket name (first part of the library)")]
+Sub = Annotated[str, Path(pattern=PART, description="sub-bucket (second part of the library)")]
+UserId = Annotated[str, Path(pattern=f"^{USER_ID_PATTERN.pattern}$")]
+ClusterId = Annotated[str, Path(pattern=CLUSTER_ID)]
+PersonId = Annotated[str, Path(pattern=PERSON_ID)]
+FaceId = Annotated[str, Path(pattern=FACE_ID)]
+
+
+def library_of(bucket: str, sub: str) -> str:
+    return validate_library(f"{bucket}/{sub}")
+
+
+def key_name(request: Request) -> str | None:
+    """The name of the API key the request carries (None when keys are off); 401 for a wrong key."""
+    settings: Settings = request.app.state.settings
+    if not settings.api_keys:
+        return None
+    given = request.headers.get("x-api-key", "")
+    for index, key in enumerate(settings.api_keys):
+        name, _, secret = key.get_secret_value().rpartition(":")
+        if given and hmac.compare_digest(given.encode(), secret.encode()):
+            return name or f"key{index + 1}"
+    raise HTTPException(401, "a valid X-API-Key header is required for this route", {"WWW-Authenticate": "API-Key"})
+
+
+def guard(request: Request) -> None:
+    """With API keys configured, every mutating and every debug route needs one."""
+    if request.method not in SAFE_METHODS or "debug" in request.url.path:
+        key_name(request)
+
+
+def actor(request: Request) -> str:
+    """Who makes a change: the X-Actor header, else the API key's name, else `anonymous`."""
+    named = request.headers.get("x-actor", "").strip()
+    if named and re.fullmatch(r"[\w.@+\- ]{1,64}", named):
+        return named
+    if request.method in SAFE_METHODS:
+        return "anonymous"
+    return key_name(request) or "anonymous"
+
+
+Actor = Annotated[str, Depends(actor)]
+
+
+def face_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored face as the API shows it."""
+    return {
+        "face_id": doc["_id"],
+        "image": doc["image"],
+        "bbox": doc.get("bbox"),
+        "score": doc.get("score"),
+        "quality": doc.get("quality", {}).get("score"),
+        "person_id": doc.get("person_id"),
+        "cluster_id": doc.get("cluster_id"),
+        "label_source": doc.get("label_source"),
+    }

@@ -1,0 +1,298 @@
+"""The HTTP API through the FastAPI app: real engine, real stores (nx-27017, Qdrant local), real Ray."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from facecluster.api import create_app
+from facecluster.api.engineclient import LocalEngine
+from facecluster.api.jobs import JobRunner
+from facecluster.api.services import Services
+from facecluster.engine import FaceEngine
+from facecluster.pipeline import connect, run_cluster, run_ingest
+from facecluster.settings import Settings
+
+LIBRARY = "my-bucket/my-sub"
+PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
+
+
+@pytest.fixture(scope="module")
+def api_settings(settings: Settings, photos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A library `my-bucket/my-sub` of the enrolment photos, ingested and clustered."""
+    from facecluster.embedded import stop_mongo
+
+    root = tmp_path_factory.mktemp("libraries")
+    folder = root / "my-bucket" / "my-sub"
+    for person in PEOPLE:
+        shutil.copytree(photos_dir / "enrol" / person, folder / person)
+    data = tmp_path_factory.mktemp("api-data")
+    yield settings.model_copy(
+        update={"data_dir": data, "library_root": root, "write_batch_size": 4, "unknown_min_cluster_size": 2}
+    )
+    stop_mongo(data)
+
+
+@pytest.fixture(scope="module")
+def services(api_settings: Settings, engine: FaceEngine, ray_cluster: None) -> Services:
+    run_ingest(api_settings, str(api_settings.library_root / "my-bucket" / "my-sub"), library=LIBRARY)
+    run_cluster(api_settings, LIBRARY)
+    return Services(api_settings, connect(api_settings), LocalEngine(engine), JobRunner(api_settings))
+
+
+@pytest.fixture(scope="module")
+def client(services: Services) -> Iterator[TestClient]:
+    with TestClient(create_app(services.settings, services)) as test_client:
+        yield test_client
+
+
+def upload(path: Path) -> dict[str, Any]:
+    return {"file": (path.name, path.read_bytes(), "image/jpeg")}
+
+
+def enrol(client: TestClient, photos_dir: Path, user: str, photo: str, **form: Any) -> Any:
+    return client.post("/detect-face", data={"user_id": user, **form}, files=upload(photos_dir / "enrol" / photo))
+
+
+def test_health_and_ready(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["checks"]) == {"mongodb", "qdrant", "ray"}
+
+
+def test_profiles_are_created_once_updated_and_deleted(client: TestClient, photos_dir: Path) -> None:
+    created = enrol(
+        client, photos_dir, "test.user@demo", "obama/obama.jpg", min_face_size=30, min_confidence=0.4, blur_threshold=50
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["faces"] == 1
+    again = enrol(client, photos_dir, "test.user@demo", "obama/obama2.jpg")
+    assert again.status_code == 409
+    updated = client.put("/update-face/test.user@demo", files=upload(photos_dir / "enrol" / "obama" / "obama2.jpg"))
+    assert updated.status_code == 200 and updated.json()["faces"] == 2
+    unknown = client.put("/update-face/nobody", files=upload(photos_dir / "enrol" / "obama" / "obama2.jpg"))
+    assert unknown.status_code == 404
+    profile = client.get("/debug-profile/test.user@demo").json()
+    assert len(profile["faces"]) == 2 and "embedding" not in profile["faces"][0]
+    assert "test.user@demo" in [p["user_id"] for p in client.get("/debug-profiles").json()["profiles"]]
+    assert client.delete("/debug-profile/test.user@demo").json()["deleted"] is True
+    assert client.get("/debug-profile/test.user@demo").status_code == 404
+
+
+def test_a_photo_that_fails_the_checks_is_a_422_that_says_why(client: TestClient, photos_dir: Path) -> None:
+    group = client.post(
+        "/detect-face",
+        data={"user_id": "group"},
+        files=upload(photos_dir / "group" / "face_recognition_obama_and_biden.jpg"),
+    )
+    assert group.status_code == 422
+    assert group.json()["detail"]["faces_passing"] >= 2
+    assert "exactly one" in group.json()["detail"]["message"]
+    blurry = enrol(
+        client,
+        photos_dir,
+        "sharp",
+        "biden/" + sorted(p.name for p in (photos_dir / "enrol" / "biden").iterdir())[0],
+        blur_threshold=100000,
+    )
+    assert blurry.status_code == 422
+    assert "blur_threshold" in blurry.json()["detail"]["faces"][0]["failures"][0]
+    broken = client.post(
+        "/detect-face", data={"user_id": "x"}, files={"file": ("a.jpg", b"not an image", "image/jpeg")}
+    )
+    assert broken.status_code == 422 and "error" in broken.json()["detail"]
+    bad_id = client.post(
+        "/detect-face", data={"user_id": "../etc"}, files=upload(photos_dir / "enrol" / "obama" / "obama.jpg")
+    )
+    assert bad_id.status_code == 422
+    settings = client.get("/debug-quality-settings").json()
+    assert settings["min_face_size"] == 30 and settings["blur_threshold"] == 50.0
+
+
+def _clusters(client: TestClient) -> list[dict[str, Any]]:
+    listed = client.get("/api/v1/faces/clusters", params={"library": LIBRARY}).json()
+    sizes = [c["size"] for c in listed["clusters"]]
+    assert sizes == sorted(sizes, reverse=True)
+    return list(listed["clusters"])
+
+
+def _person_of_cluster(client: TestClient, cluster_id: str) -> str:
+    """The folder (person) that every face of the cluster comes from."""
+    details = client.get(f"/person-details/my-bucket/my-sub/{cluster_id}").json()
+    folders = {face["image"].split("/")[0] for face in details["appearances"]}
+    assert len(folders) == 1, folders
+    return folders.pop()
+
+
+@pytest.mark.parametrize("strategy", ["centroid", "vote"])
+def test_assignment_names_every_cluster_by_its_profile(client: TestClient, photos_dir: Path, strategy: str) -> None:
+    for person in PEOPLE:
+        photo = sorted((photos_dir / "enrol" / person).iterdir())[0]
+        if client.get(f"/debug-profile/{person}").status_code == 404:
+            assert enrol(client, photos_dir, person, f"{person}/{photo.name}").status_code == 201
+    clusters = _clusters(client)
+    assert len(clusters) == len(PEOPLE)
+    status = client.get("/person-cluster-status/my-bucket/my-sub").json()
+    clustering_id = status["runs"][0]["clustering_id"]
+    dry = client.post(f"/assignments/my-bucket/my-sub?clustering_id={clustering_id}&strategy={strategy}&dry_run=true")
+    assert dry.status_code == 200 and dry.json()["assigned"] == len(PEOPLE)
+    assert client.get("/assignments/my-bucket/my-sub").json()["total"] == 0  # a dry run stores nothing
+    report = client.post(f"/assignments/my-bucket/my-sub?clustering_id={clustering_id}&strategy={strategy}").json()
+    assert report["assigned"] == len(PEOPLE)
+    for decision in report["decisions"]:
+        assert decision["user_id"] == _person_of_cluster(client, decision["cluster_id"])
+        if strategy == "vote":  # every face voted for the winner: no runner-up, full margin
+            assert decision["share"] == 1.0 and decision["margin"] == 1.0
+        else:
+            assert decision["runner_up"] not in (None, decision["user_id"]) and decision["margin"] > 0.1
+    kept = client.post(f"/assignments/my-bucket/my-sub?strategy={strategy}").json()
+    assert kept["kept"] == len(PEOPLE) and kept["assigned"] == 0  # overwrite=false keeps them
+    listed = client.get(f"/assignments/my-bucket/my-sub?clustering_id={clustering_id}").json()
+    assert listed["total"] == len(PEOPLE)
+    by_user = client.get("/assignments/user/obama").json()
+    assert by_user["total"] == 1 and by_user["runs"][0]["clustering_id"] == clustering_id
+    # The seed's unreachable debug routes are reachable.
+    assert LIBRARY in client.get("/assignments/debug/collections").json()["libraries"]
+    assert client.get("/assignments/debug/collection/assignments").json()["count"] == len(PEOPLE)
+    assert client.get("/assignments/debug/collection/system.users").status_code == 422
+    assert client.get("/assignments/debug/test-db-connection").json()["ready"] is True
+    missing = client.post("/assignments/my-bucket/my-sub?clustering_id=run_000000000000")
+    assert missing.status_code == 404
+    assert client.delete(f"/assignments/clustering/{clustering_id}").json()["deleted"] == len(PEOPLE)
+
+
+def test_deleting_a_profile_removes_its_assignments(client: TestClient, photos_dir: Path) -> None:
+    photo = sorted((photos_dir / "enrol" / "biden").iterdir())[0]
+    client.delete("/debug-profile/biden")
+    assert enrol(client, photos_dir, "biden", f"biden/{photo.name}").status_code == 201
+    client.post("/assignments/my-bucket/my-sub?overwrite=true")
+    assert client.get("/assignments/user/biden").json()["total"] == 1
+    assert client.delete("/debug-profile/biden").json()["assignments_deleted"] == 1
+    assert client.get("/assignments/user/biden").json()["total"] == 0
+
+
+def test_label_merge_move_reject_and_undo(client: TestClient) -> None:
+    headers = {"X-Actor": "reviewer"}
+    first, second = _clusters(client)[:2]
+    labelled = client.post(
+        f"/api/v1/faces/clusters/{first['cluster_id']}/label", json={"name": "Alice"}, headers=headers
+    ).json()
+    alice = labelled["person_id"]
+    assert labelled["faces"] == first["size"]
+    assert first["cluster_id"] not in [c["cluster_id"] for c in _clusters(client)]  # not listed twice
+    bob = client.post(f"/api/v1/faces/clusters/{second['cluster_id']}/label", json={"name": "Bob"}).json()["person_id"]
+    persons = client.get("/api/v1/faces/persons", params={"library": LIBRARY}).json()["persons"]
+    assert {p["name"] for p in persons} >= {"Alice", "Bob"}
+    assert client.post("/api/v1/faces/persons", json={"name": "Alice", "library": LIBRARY}).status_code == 409
+    assert client.patch(f"/api/v1/faces/persons/{bob}", json={"name": "Robert"}).json()["name"] == "Robert"
+
+    photos = client.get(f"/api/v1/faces/persons/{alice}/photos").json()
+    face_ids = [f["face_id"] for p in photos["photos"] for f in p["faces"]]
+    moved = client.post(
+        f"/api/v1/faces/persons/{alice}/faces/move", json={"face_ids": face_ids[:1], "new_name": "Carol"}
+    )
+    assert moved.status_code == 200, moved.text
+    carol = moved.json()["to"]
+    rejected = client.post(f"/api/v1/faces/faces/{face_ids[0]}/not-person", json={"person_id": carol}).json()
+    assert rejected["rejected_persons"] == [carol]
+    assert client.post(f"/api/v1/faces/faces/{face_ids[0]}/assign", json={"person_id": alice}).status_code == 200
+    merged = client.post(f"/api/v1/faces/persons/{bob}/merge", json={"into_person_id": alice}).json()
+    assert merged["faces_moved"] == second["size"]
+    assert client.post(f"/api/v1/faces/persons/{bob}/merge", json={"into_person_id": alice}).status_code == 409
+
+    audit = client.get("/api/v1/faces/audit", params={"library": LIBRARY}).json()["entries"]
+    assert audit[0]["action"] == "merge_persons" and audit[1]["action"] == "assign_face"
+    assert audit[-1]["actor"] == "reviewer"
+    # Undo the merge: Bob's faces are his again and he can take faces.
+    undone = client.post(f"/api/v1/faces/audit/{audit[0]['audit_id']}/undo")
+    assert undone.status_code == 200, undone.text
+    assert client.get(f"/person-details/my-bucket/my-sub/{bob}").json()["faces"] == second["size"]
+    assert client.post(f"/api/v1/faces/audit/{audit[0]['audit_id']}/undo").status_code == 409
+    # An older change whose faces changed since cannot be undone silently.
+    label_entry = next(e for e in audit if e["action"] == "label_cluster" and e["target"] == first["cluster_id"])
+    assert client.post(f"/api/v1/faces/audit/{label_entry['audit_id']}/undo").status_code == 409
+
+    removed = client.post(
+        f"/api/v1/faces/persons/{bob}/faces/remove",
+        json={
+            "face_ids": [
+                f["face_id"]
+                for p in client.get(f"/api/v1/faces/persons/{bob}/photos").json()["photos"]
+                for f in p["faces"]
+            ]
+        },
+    )
+    assert removed.json()["removed"] == second["size"]
+    # Incremental assignment never gives the removed faces back to Bob.
+    matched = client.post("/api/v1/faces/assign", json={"library": LIBRARY}).json()
+    assert matched["considered"] >= second["size"]
+    assert client.get(f"/person-details/my-bucket/my-sub/{bob}").status_code == 404
+
+
+def test_split_and_cluster_dual_inline(client: TestClient) -> None:
+    ran = client.post("/api/v1/faces/cluster/dual", json={"library": LIBRARY, "person_threshold": 0.4, "queue": False})
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["persons"] >= 1
+    cluster = _clusters(client)[0]
+    split = client.post(
+        f"/api/v1/faces/clusters/{cluster['cluster_id']}/split", json={"threshold": 0.99, "min_cluster_size": 2}
+    )
+    assert split.status_code == 200, split.text
+    assert split.json()["unclustered"] == cluster["size"]  # nothing is that similar: every face unclustered
+    assert client.get(f"/api/v1/faces/clusters/{cluster['cluster_id']}").status_code == 404
+
+
+def test_search_finds_the_person_and_the_profile(client: TestClient, photos_dir: Path) -> None:
+    photo = sorted((photos_dir / "enrol" / "kit_harington").iterdir())[-1]
+    found = client.post("/api/v1/faces/search", files=upload(photo), data={"library": LIBRARY, "limit": 5}).json()
+    assert len(found["faces"]) == 1
+    face = found["faces"][0]
+    assert face["faces"][0]["similarity"] > 0.99  # the photo itself is in the library
+    assert all(hit["image"].startswith("kit_harington/") for hit in face["faces"][:2])
+    assert face["profiles"][0]["user_id"] == "kit_harington"
+
+
+def test_bad_requests_are_4xx_that_say_what_is_wrong(client: TestClient) -> None:
+    assert client.get("/person-details/my-bucket/my-sub/not-an-id").status_code == 422
+    assert client.get("/person-cluster-status/my..bucket/x").status_code in (404, 422)
+    assert client.post("/api/v1/faces/clusters/clu_abc123def456/label", json={"name": "Alice"}).status_code == 404
+    assert client.post("/api/v1/faces/clusters/clu_abc123def456/label", json={"name": ""}).status_code == 422
+    assert client.get("/api/v1/faces/persons").status_code == 200  # one library: it is the default
+    too_big = client.post(
+        "/detect-face", data={"user_id": "x"}, files={"file": ("a.jpg", b"0" * 25_000_000, "image/jpeg")}
+    )
+    assert too_big.status_code == 413
+
+
+def test_api_keys_guard_mutating_and_debug_routes(services: Services) -> None:
+    from pydantic import SecretStr
+
+    from facecluster.serving import check_bind
+
+    keyed = services.settings.model_copy(update={"api_keys": [SecretStr("ops:s3cret")]})
+    with TestClient(create_app(keyed, services)) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/api/v1/faces/clusters").status_code == 200
+        assert client.get("/debug-profiles").status_code == 401
+        assert client.delete("/debug-profile/obama").status_code == 401
+        assert client.get("/debug-profiles", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get("/debug-profiles", headers={"X-API-Key": "s3cret"}).status_code == 200
+    with pytest.raises(PermissionError):
+        check_bind(services.settings, "0.0.0.0")
+    check_bind(keyed, "0.0.0.0")
+    check_bind(services.settings, "127.0.0.1")
+
+
+def test_cleanup_removes_the_whole_library(client: TestClient, services: Services) -> None:
+    before = services.stores.vectors.ids(LIBRARY)
+    assert before
+    deleted = client.delete("/cleanup-person-data/my-bucket/my-sub").json()["deleted"]
+    assert deleted["faces"] == len(before) and deleted["runs"] >= 1 and deleted["images"] > 0
+    assert services.stores.vectors.ids(LIBRARY) == set()
+    assert client.get("/person-cluster-status/my-bucket/my-sub").json()["runs"] == []
