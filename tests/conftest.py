@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -14,6 +21,7 @@ from facecluster.engine import FaceEngine
 from facecluster.imagedecode import decode_image
 from facecluster.settings import Settings
 
+BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACECLUSTER_SHARED", ROOT.parent / "shared"))
 
@@ -90,3 +98,50 @@ def store_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     data = tmp_path / "data"
     yield settings.model_copy(update={"data_dir": data, "write_batch_size": 4, "progress_interval_s": 0.5})
     stop_mongo(data)
+
+
+class RayHead(NamedTuple):
+    dashboard: str  # the Job Submission API and dashboard, http://…
+    gcs: str  # what RAY_ADDRESS takes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def ray_head() -> Iterator[RayHead]:
+    """`ray start --head --block` on free loopback ports, stopped by SIGTERM (never `ray stop`)."""
+    dashboard, gcs = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [
+        str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--num-cpus", "4", "--object-store-memory", str(512 * 1024**2),
+        # Agents get free ports too: the defaults clash with any other Ray on the machine.
+        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+    ]  # fmt: skip
+    head = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+        time.sleep(0.5)
+    yield RayHead(address, f"127.0.0.1:{gcs}")
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)

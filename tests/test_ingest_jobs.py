@@ -6,11 +6,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from pymongo.errors import PyMongoError
 
 from facecluster.embedded import stop_mongo
 
-from .conftest import ROOT
+from .conftest import ROOT, RayHead
 
 BIN = Path(sys.executable).parent
 PHOTOS = 160
@@ -151,57 +149,15 @@ def test_killed_runs_resume_to_the_state_of_a_clean_run(
     assert check(worker_env)["consistent"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def ray_head(tmp_path: Path) -> Iterator[str]:
-    """`ray start --head --block` on free loopback ports, stopped by SIGTERM (never `ray stop`)."""
-    dashboard = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [
-        str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-        "--port", str(_free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--num-cpus", "4", "--object-store-memory", str(512 * 1024**2),
-        # Agents get free ports too: the defaults clash with any other Ray on the machine.
-        "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-        "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
-    ]  # fmt: skip
-    head = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
-        time.sleep(0.5)
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
-
-
 def test_ray_job_submit_runs_the_ingest_and_lists_it(
-    ray_head: str, photos_dir: Path, models_dir: Path, tmp_path: Path
+    ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Path
 ) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     data_dir = tmp_path / "data"
     runtime_env = {"env_vars": {"FACECLUSTER_MODELS_DIR": str(models_dir), "FACECLUSTER_DATA_DIR": str(data_dir)}}
     command = [
-        str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", str(ROOT),
+        str(BIN / "ray"), "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT),
         "--runtime-env-json", json.dumps(runtime_env),
         "--", "python", "jobs/ingest.py", str(photos_dir / "group"), "--library", "submitted",
     ]  # fmt: skip
@@ -214,10 +170,10 @@ def test_ray_job_submit_runs_the_ingest_and_lists_it(
                 break
             time.sleep(3)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-        jobs = JobSubmissionClient(ray_head).list_jobs()  # what the dashboard's job list shows
+        jobs = JobSubmissionClient(ray_head.dashboard).list_jobs()  # what the dashboard's job list shows
         ours = [job for job in jobs if "jobs/ingest.py" in job.entrypoint]
         assert len(ours) == 1 and ours[0].status == JobStatus.SUCCEEDED
-        logs = JobSubmissionClient(ray_head).get_job_logs(ours[0].submission_id)
+        logs = JobSubmissionClient(ray_head.dashboard).get_job_logs(ours[0].submission_id)
         summary = json.loads(next(line for line in reversed(logs.splitlines()) if line.startswith("{")))
         assert summary["library"] == "submitted" and summary["images"] == 18 and summary["faces"] > 100
     finally:

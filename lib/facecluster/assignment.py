@@ -159,8 +159,10 @@ def assign_clusters(
     run_id = str(latest["_id"])
     clusters = meta.call(lambda: list(meta.db.clusters.find({"library": library}).sort("_id", 1)))
     report = AssignReport(library, run_id, options.strategy, options.threshold, dry_run)
+    if not clusters:
+        return report
     if options.strategy == "centroid":
-        centroids = np.asarray([c["centroid"] for c in clusters], dtype=np.float32).reshape(len(clusters), -1)
+        centroids = np.asarray([c["centroid"] for c in clusters], dtype=np.float32)
         hits = profiles.search(centroids, 2)
         decisions = [
             decide_centroid(c["_id"], h, options.threshold, c["size"]) for c, h in zip(clusters, hits, strict=True)

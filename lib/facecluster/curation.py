@@ -399,7 +399,9 @@ def match_new_faces(
     to_person, similarity = match_known(matrix, images, centroids, person_threshold, rejected)
     clusters = meta.call(lambda: list(meta.db.clusters.find({"library": library}, {"centroid": 1})))
     rest = np.flatnonzero(to_person == UNCLUSTERED)
-    cluster_centroids = np.asarray([c["centroid"] for c in clusters], np.float32).reshape(len(clusters), -1)
+    cluster_centroids = np.asarray([c["centroid"] for c in clusters], np.float32).reshape(
+        len(clusters), matrix.shape[1]
+    )
     to_cluster, _ = match_known(matrix[rest], [images[i] for i in rest], cluster_centroids, cluster_threshold)
     states: dict[str, Doc] = {}
     for index in np.flatnonzero(to_person >= 0).tolist():

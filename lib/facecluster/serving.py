@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 from typing import Any
 
 from ray import serve
@@ -15,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from facecluster.analysis import ImageAnalysis, analyze_uploads
 from facecluster.api import create_app
 from facecluster.api.jobs import JobRunner
-from facecluster.api.services import Services
+from facecluster.api.services import Services, set_process_services
 from facecluster.engine import FaceEngine
 from facecluster.pipeline import connect
 from facecluster.settings import Settings, get_settings
@@ -58,24 +57,15 @@ class ServeEngine:
 class Api:
     def __init__(self, engine: DeploymentHandle[Any]) -> None:
         current = get_settings()
-        app.state.services = Services(current, connect(current), ServeEngine(engine), JobRunner(current))
-
-
-def settings_env() -> dict[str, str]:
-    """This process's settings variables (FACECLUSTER_* and the seeds' names), for the replicas."""
-    names = {"FACECLUSTER_"}
-    for field in Settings.model_fields.values():
-        alias = field.validation_alias
-        names.update(str(choice) for choice in getattr(alias, "choices", []))
-    return {k: v for k, v in os.environ.items() if k in names or k.startswith("FACECLUSTER_")}
+        set_process_services(Services(current, connect(current), ServeEngine(engine), JobRunner(current)))
 
 
 def build(current: Settings | None = None, *, forward_env: bool = False) -> Any:
     """The application: the ingress bound to the engine deployment, sized from the settings.
-    `forward_env` gives the replicas this process's settings variables."""
+    `forward_env` gives the replicas this process's settings, secrets included."""
     current = current or get_settings()
     batch = current.engine_batch_size
-    runtime_env = {"env_vars": settings_env()} if forward_env else {}
+    runtime_env = {"env_vars": current.to_env(secrets=True)} if forward_env else {}
     engine = FaceEngineDeployment.options(  # type: ignore[attr-defined]
         num_replicas=current.engine_replicas,
         max_ongoing_requests=max(4 * batch, 32),

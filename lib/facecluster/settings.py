@@ -209,6 +209,26 @@ class Settings(BaseSettings):
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").expanduser()
 
+    def to_env(self, *, secrets: bool = False) -> dict[str, str]:
+        """These settings as FACECLUSTER_* variables, for another process (a Ray job, a Serve replica);
+        secrets only when asked for."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None or value == []:
+                continue
+            if isinstance(value, SecretStr) or (isinstance(value, list) and isinstance(value[0], SecretStr)):
+                if not secrets:
+                    continue
+                values = value if isinstance(value, list) else [value]
+                out[f"FACECLUSTER_{name.upper()}"] = ",".join(v.get_secret_value() for v in values)
+            elif isinstance(value, list):
+                out[f"FACECLUSTER_{name.upper()}"] = ",".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                out[f"FACECLUSTER_{name.upper()}"] = "true" if value else "false"
+            else:
+                out[f"FACECLUSTER_{name.upper()}"] = str(value)
+        return out
+
     def masked(self) -> dict[str, Any]:
         """The effective settings as JSON-ready values, secrets and URI passwords masked."""
         out: dict[str, Any] = {}

@@ -7,6 +7,7 @@ import logging
 import shlex
 from typing import Any
 
+from facecluster.backoff import BackendUnavailable
 from facecluster.embedded import mongo_uri
 from facecluster.settings import Settings
 
@@ -19,18 +20,12 @@ class JobNotFound(KeyError):
 
 
 def job_env(settings: Settings) -> dict[str, str]:
-    """What a job needs to reach the same stores and models as the API; secrets stay with the nodes' env."""
-    env = {
-        "FACECLUSTER_DATA_DIR": str(settings.data_dir),
-        "FACECLUSTER_MODELS_DIR": str(settings.resolved_models_dir),
-        "FACECLUSTER_MONGO_DB": settings.mongo_db,
-    }
+    """The API's settings for a job, so it reaches the same stores and models; secrets stay with the
+    nodes' environment (they would show in the dashboard)."""
+    env = settings.to_env()
+    env["FACECLUSTER_MODELS_DIR"] = str(settings.resolved_models_dir)
     if settings.mongo_uri is None:  # the embedded server: a loopback URI without credentials
         env["FACECLUSTER_MONGO_URI"] = mongo_uri(settings)
-    if settings.qdrant_url:
-        env["FACECLUSTER_QDRANT_URL"] = settings.qdrant_url
-    if settings.library_root is not None:
-        env["FACECLUSTER_LIBRARY_ROOT"] = str(settings.library_root)
     return env
 
 
@@ -66,7 +61,13 @@ class JobRunner:
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
-            self._client = JobSubmissionClient(self.settings.ray_dashboard_url)
+            try:
+                self._client = JobSubmissionClient(self.settings.ray_dashboard_url)
+            except (ConnectionError, RuntimeError, OSError) as exc:
+                raise BackendUnavailable(
+                    f"Ray's job API at {self.settings.ray_dashboard_url} did not answer ({exc}); "
+                    "set FACECLUSTER_RAY_DASHBOARD_URL to the head node's dashboard"
+                ) from exc
         return self._client
 
     def submit(self, kind: str, arguments: list[str], library: str | None = None) -> str:

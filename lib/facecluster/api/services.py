@@ -44,8 +44,18 @@ class Services:
         return ProfileStore(self.stores.meta, self.stores.profiles, self.stores.version)
 
 
+_process_services: list[Services] = []
+
+
+def set_process_services(services: Services) -> None:
+    """The services of this process's API (Serve copies the app into its replica, so state can't carry them)."""
+    _process_services[:] = [services]
+
+
 def get_services(request: Request) -> Services:
     services: Services | None = getattr(request.app.state, "services", None)
+    if services is None and _process_services:
+        services = _process_services[0]
     if services is None:
         raise HTTPException(503, "the service is starting")
     return services

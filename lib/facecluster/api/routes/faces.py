@@ -21,7 +21,7 @@ from facecluster.sources import validate_library
 router = APIRouter(prefix="/api/v1/faces", tags=["faces"])
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
 LibraryQuery = Annotated[str | None, Query(description="default: the only library, when there is one")]
-Page = Annotated[int, Query(ge=1)]
+Page = Annotated[int, Query(ge=1, le=1_000_000)]
 PageSize = Annotated[int, Query(ge=1, le=500)]
 
 
@@ -52,7 +52,7 @@ class DualRequest(BaseModel):
     person_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     unknown_method: Method | None = None
     unknown_min_size: int | None = Field(default=None, ge=2, le=10_000)
-    max_faces: int | None = Field(default=None, ge=1)
+    max_faces: int | None = Field(default=None, ge=1, le=1_000_000_000)
     queue: bool = Field(default=True, description="run as a Ray job; false clusters in this request")
 
 
@@ -89,7 +89,7 @@ def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
 class AssignNewRequest(BaseModel):
     library: str | None = None
     person_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
-    max_faces: int | None = Field(default=None, ge=1)
+    max_faces: int | None = Field(default=None, ge=1, le=1_000_000_000)
 
 
 @router.post("/assign", summary="Incremental assignment: new faces to known persons and clusters")

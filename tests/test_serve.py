@@ -1,0 +1,158 @@
+"""The API on a real Ray Serve (`facecluster serve` against a `ray start` cluster), driven by the seeds'
+own curl examples, and a schemathesis run over the OpenAPI spec."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facecluster.embedded import stop_mongo
+
+from .conftest import BIN, SHARED, RayHead, _need, free_port
+
+PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
+
+
+def seed_curls() -> list[str]:
+    """Every curl command of the seed documents, continuation lines joined."""
+    commands = []
+    for path in sorted(_need(SHARED / "seeds").glob("*.txt")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        index = 0
+        while index < len(lines):
+            line = lines[index].strip()
+            if line.startswith("curl "):
+                command = line
+                while command.endswith("\\") and index + 1 < len(lines):
+                    index += 1
+                    command = command[:-1].rstrip() + " " + lines[index].strip()
+                commands.append(command)
+            index += 1
+    return commands
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def served(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """`facecluster serve` on a free loopback port, libraries under a local root; yields its base URL."""
+    root = tmp_path / "libraries"
+    for person in PEOPLE:
+        shutil.copytree(photos_dir / "enrol" / person, root / "my-bucket" / "my-sub" / person)
+    port = free_port()
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_head.gcs,
+        "RAY_AUTH_MODE": "disabled",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FACECLUSTER_MODELS_DIR": str(models_dir),
+        "FACECLUSTER_DATA_DIR": str(data),
+        "FACECLUSTER_LIBRARY_ROOT": str(root),
+        "FACECLUSTER_RAY_DASHBOARD_URL": ray_head.dashboard,
+        "FACE_UNKNOWN_MIN_CLUSTER_SIZE": "2",
+    }
+    server = subprocess.Popen(
+        [str(BIN / "facecluster"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            if get(f"{base}/ready")["ready"]:
+                break
+        except OSError:
+            pass
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the API did not become ready"
+        time.sleep(1)
+    yield base
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+    stop_mongo(data)
+
+
+def curl(command: str, base: str, substitutions: dict[str, str]) -> tuple[int, Any]:
+    """Run a seed's curl command as written, with the host and its placeholders replaced."""
+    command = command.replace("http://localhost:8000", base)
+    for placeholder, value in substitutions.items():
+        command = command.replace(placeholder, value)
+    done = subprocess.run(
+        ["bash", "-c", command + ' -s -w "\\n%{http_code}"'], capture_output=True, text=True, timeout=120
+    )
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body) if body.strip() else None
+
+
+def wait_for_job(base: str, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 400
+    while True:
+        job: dict[str, Any] = get(f"{base}/api/v1/jobs/{job_id}")
+        if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(2)
+
+
+def test_every_seed_curl_example_works_on_ray_serve(served: str, photos_dir: Path) -> None:
+    commands = seed_curls()
+    by_route = {re.search(r"(/[a-z\-]+(?:/[^\s\"?']*)?)", c.split("localhost:8000", 1)[1]).group(1): c  # type: ignore[union-attr]
+                for c in commands}  # fmt: skip
+    face = str(photos_dir / "enrol" / "obama" / "obama.jpg")
+
+    status, body = curl(by_route["/detect-face"], served, {"/path/to/face.jpg": face})
+    assert status == 201, body
+
+    status, body = curl(by_route["/cluster-bucket-persons/my-bucket/my-sub"], served, {})
+    assert status == 202, body
+    job = wait_for_job(served, body["job_id"])
+    assert job["status"] == "SUCCEEDED", job
+    assert job["result"]["ingest"]["images"] == 10 and job["result"]["cluster"]["clusters"] == len(PEOPLE)
+
+    runs = get(f"{served}/person-cluster-status/my-bucket/my-sub")["runs"]
+    assign = next(c for route, c in by_route.items() if route.startswith("/assignments/"))
+    status, body = curl(assign, served, {"<ObjectId>": runs[0]["clustering_id"]})
+    assert status == 200 and body["strategy"] == "centroid" and body["threshold"] == 0.7, body
+
+    cluster_id = get(f"{served}/api/v1/faces/clusters?library=my-bucket/my-sub")["clusters"][0]["cluster_id"]
+    labels = [c for c in commands if "/label" in c]
+    assert len(labels) == 2  # with `clu_abc123def456` and with `{cluster_id}`
+    status, body = curl(labels[0], served, {"clu_abc123def456": cluster_id})
+    assert status == 200 and body["name"] == "Alice", body
+
+    dual = [c for c in commands if "/cluster/dual" in c]
+    status, body = curl(next(c for c in dual if '"queue": false' in c), served, {})
+    assert status == 200 and body["queued"] is False and body["persons"] == 1, body
+    status, body = curl(next(c for c in dual if '"queue": true' in c), served, {})
+    assert status == 200 and body["queued"] is True, body
+    assert wait_for_job(served, body["job_id"])["status"] == "SUCCEEDED"
+
+    status, body = curl(labels[1], served, {"{cluster_id}": cluster_id})
+    assert status == 404  # that cluster is the person Alice now: a clear 404, not a second label
+    # `POST /api/v1/faces/train` arrives with the training issue (#6).
+    assert set(by_route) - {"/api/v1/faces/train"} <= {
+        "/detect-face", "/cluster-bucket-persons/my-bucket/my-sub", "/api/v1/faces/cluster/dual",
+        "/api/v1/faces/clusters/clu_abc123def456/label", "/api/v1/faces/clusters/{cluster_id}/label",
+        next(route for route in by_route if route.startswith("/assignments/")),
+    }  # fmt: skip
