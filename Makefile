@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
 export FACECLUSTER_MODELS_DIR ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-stats faces-pipeline-dual eval-cluster bench-cluster test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
+.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual serve assign eval-cluster bench-cluster bench-serve test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,15 @@ faces-cluster: setup ## cluster LIBRARY's unknown faces (MAX_FACES=, UNKNOWN_MET
 faces-cluster-dual: setup ## dual mode: known persons first, then unknown clusters (PERSON_THRESHOLD=, UNKNOWN_METHOD=, MAX_FACES=)
 	$(BIN)/facecluster cluster --library $(LIBRARY) --method dual $(CLUSTER_OPTIONS)
 
+faces-assign: setup ## incremental assignment: new faces of LIBRARY to known persons and clusters (MAX_FACES=)
+	$(BIN)/facecluster match --library $(LIBRARY) $(if $(MAX_FACES),--max-faces $(MAX_FACES))
+
+assign: setup ## assign LIBRARY's clusters to known users (STRATEGY=centroid|vote, THRESHOLD=)
+	$(BIN)/facecluster assign --library $(LIBRARY) $(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(THRESHOLD),--threshold $(THRESHOLD))
+
+serve: setup ## the HTTP API on Ray Serve (HOST=, PORT=)
+	$(BIN)/facecluster serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
 faces-stats: setup ## persons, clusters, unclustered faces of LIBRARY
 	$(BIN)/facecluster stats --library $(LIBRARY)
 
@@ -55,6 +64,9 @@ faces-pipeline-dual: setup ## ingest SOURCE, cluster (dual), stats (LIMIT=, PERS
 
 eval-cluster: setup ## every clustering method scored on LFW
 	$(BIN)/facecluster eval cluster --images $(SHARED)/data/lfw/images
+
+bench-serve: setup ## 32 clients posting 1-megapixel photos to /detect-face and /api/v1/faces/search for 60 s
+	$(BIN)/facecluster bench serve --images $(SHARED)/data/photos/enrol
 
 bench-cluster: setup ## clustering time and memory at 10k, 30k and 100k faces
 	$(BIN)/facecluster bench cluster --images $(SHARED)/data/lfw/images

@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("--images", type=_existing_path, required=True, help="photos whose faces seed the set")
     grow.add_argument("--sizes", type=_batch_sizes, default=[10_000, 30_000, 100_000])
     grow.add_argument("--method", choices=["graph", "hdbscan", "dbscan", "agglomerative"], default=None)
+    served = bench_actions.add_parser("serve", help="concurrent clients against the API on a local Serve")
+    served.add_argument("--images", type=_existing_path, required=True, help="photos, rescaled to 1 megapixel")
+    served.add_argument("--clients", type=int, default=32)
+    served.add_argument("--seconds", type=float, default=60.0)
     ingest = bench_actions.add_parser("ingest", help="model-only bound vs naive loop vs the Ray pipeline")
     ingest.add_argument("source", metavar="SOURCE", help="a folder or s3://bucket/prefix")
     ingest.add_argument("--limit", type=int, default=None)
@@ -502,6 +506,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.action == "cluster":
         emit(bench_cluster(settings, args.images, args.sizes, method=args.method))
+        return 0
+    if args.action == "serve":
+        from facecluster.benchserve import bench_serve
+
+        emit(bench_serve(settings, args.images, clients=args.clients, seconds=args.seconds))
         return 0
     if args.action == "engine":
         emit(bench_engine(settings, images=args.images, batch_sizes=args.batch_sizes, repeats=args.repeats))
