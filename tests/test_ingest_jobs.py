@@ -210,5 +210,19 @@ def test_pipeline_cluster_stats_and_export_from_the_command_line(
         assert len({f["cluster_id"] for f in clustered}) == 5 and all(
             f["cluster_id"].startswith("clu_") for f in clustered
         )
+
+        def facecluster(*arguments: str) -> list[dict[str, object]]:
+            done = subprocess.run([*run, *arguments], env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+        obama = sorted(str(p) for p in (folder / "obama").iterdir())[:2]
+        added = facecluster("profiles", "add", "obama", *obama)
+        assert [a["faces"] for a in added] == [1, 2]  # the second photo extends the profile
+        assert [p["user_id"] for p in facecluster("profiles", "list")] == ["obama"]
+        report = facecluster("assign", "--library", "enrol", "--strategy", "vote")[0]
+        assert report["assigned"] == 1 and report["unassigned"] == 4  # only Obama has a profile
+        assert facecluster("match", "--library", "enrol")[0]["considered"] >= 0
+        assert facecluster("profiles", "delete", "obama")[0]["assignments_deleted"] == 1
     finally:
         stop_mongo(tmp_path / "data")

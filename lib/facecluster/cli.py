@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import sys
@@ -21,9 +22,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("facecluster")
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def emit(obj: Any) -> None:
-    """One JSON object on its own stdout line."""
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    """One JSON object on its own stdout line (times in ISO 8601)."""
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=_json_value) + "\n")
     sys.stdout.flush()
 
 
