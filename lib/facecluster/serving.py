@@ -29,7 +29,8 @@ class FaceEngineDeployment:
     """Detect, assess and embed uploads; concurrent requests share model batches."""
 
     def __init__(self, batch_size: int, wait_s: float) -> None:
-        self.engine = FaceEngine.from_settings(get_settings())
+        # The replica shares its machine with the HTTP proxy and the ingress: ONNX threads sleep, not spin.
+        self.engine = FaceEngine.from_settings(get_settings().model_copy(update={"ort_spinning": False}))
         self.analyze_batch.set_max_batch_size(batch_size)  # type: ignore[attr-defined]
         self.analyze_batch.set_batch_wait_timeout_s(wait_s)  # type: ignore[attr-defined]
 
