@@ -19,7 +19,7 @@ from pymongo import ReplaceOne
 
 from facecluster.metastore import Doc, MetaStore, now
 from facecluster.registry import EmbedderSpec
-from facecluster.settings import Settings
+from facecluster.settings import Settings, first_set
 from facecluster.vectorstore import Hit, Vectors
 
 Strategy = Literal["centroid", "vote"]
@@ -222,13 +222,7 @@ def assign_options(
     """The call's values, else the settings, else the embedder's calibrated person threshold."""
     return AssignOptions(
         strategy=strategy or settings.assign_strategy,
-        threshold=(
-            threshold
-            if threshold is not None
-            else settings.assign_threshold
-            if settings.assign_threshold is not None
-            else spec.person_match_threshold
-        ),
+        threshold=first_set(threshold, settings.assign_threshold, spec.person_match_threshold),
         min_share=settings.vote_min_share,
         min_margin=settings.vote_min_margin,
     )

@@ -347,20 +347,10 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_match(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.clusterrun import run_options
-    from facecluster.curation import match_new_faces
-    from facecluster.pipeline import connect
-    from facecluster.sources import validate_library
+    from facecluster.pipeline import connect, run_match
 
-    stores = connect(settings)
-    options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=args.person_threshold)
-    summary = match_new_faces(
-        stores.meta,
-        stores.vectors,
-        validate_library(args.library),
-        person_threshold=options.person_threshold,
-        cluster_threshold=options.unknown.merge_threshold,
-        max_faces=args.max_faces,
+    summary = run_match(
+        settings, connect(settings), args.library, person_threshold=args.person_threshold, max_faces=args.max_faces
     )
     ray.shutdown()
     emit(vars(summary))
@@ -370,26 +360,24 @@ def cmd_match(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.assignment import ClusteringNotFound, ClusteringSuperseded, assign_clusters, assign_options
-    from facecluster.pipeline import connect
+    from facecluster.assignment import ClusteringNotFound, ClusteringSuperseded
+    from facecluster.pipeline import connect, run_assignment
     from facecluster.sources import validate_library
 
     stores = connect(settings)
-    options = assign_options(settings, stores.embedder.spec, strategy=args.strategy, threshold=args.threshold)
     names = stores.meta.libraries() if args.all else [validate_library(name) for name in args.library]
     failed = 0
     for library in names:
         try:
-            report = assign_clusters(
-                stores.meta,
-                stores.vectors,
-                stores.profiles,
+            report = run_assignment(
+                settings,
+                stores,
                 library,
-                options,
+                strategy=args.strategy,
+                threshold=args.threshold,
                 clustering_id=args.clustering_id,
                 dry_run=args.dry_run,
                 overwrite=args.overwrite,
-                model_version=stores.version,
             )
         except (ClusteringNotFound, ClusteringSuperseded) as exc:
             log.error("library %s: %s", library, exc)
@@ -403,7 +391,7 @@ def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
 def _add_profile(settings: Settings, args: argparse.Namespace, store: Any) -> int:
     from facecluster.analysis import ProfileRejected, analyze_uploads, profile_face
     from facecluster.engine import FaceEngine
-    from facecluster.profiles import USER_ID_PATTERN, ProfileNotFound
+    from facecluster.profiles import USER_ID_PATTERN
     from facecluster.quality import ProfileChecks
 
     if not USER_ID_PATTERN.fullmatch(args.user_id):
@@ -425,12 +413,7 @@ def _add_profile(settings: Settings, args: argparse.Namespace, store: Any) -> in
             log.error("%s: %s %s", path, exc, exc.details.get("faces", ""))
             code = 1
             continue
-        try:
-            store.get(args.user_id)
-            exists = True
-        except ProfileNotFound:
-            exists = False
-        doc = store.enrol(args.user_id, face, data, create=not exists, replace=replace)
+        doc = store.enrol(args.user_id, face, data, create=not store.exists(args.user_id), replace=replace)
         replace = False
         emit({"user_id": args.user_id, "image": str(path), "face": face.public(), "faces": len(doc["faces"])})
     return code

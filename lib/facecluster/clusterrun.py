@@ -23,7 +23,7 @@ from facecluster.clustering import UNCLUSTERED, ClusterParams, Method, cluster, 
 from facecluster.knn import KnnGraph, knn_graph
 from facecluster.metastore import MetaStore
 from facecluster.registry import EmbedderSpec
-from facecluster.settings import Settings
+from facecluster.settings import Settings, first_set
 from facecluster.vectorstore import Vectors
 
 RunMethod = Literal["dual", "graph", "hdbscan", "dbscan", "agglomerative"]
@@ -263,14 +263,8 @@ def run_options(
             merge_threshold=max(similarity, spec.cluster_merge_threshold),
             min_cluster_size=min_cluster_size or settings.unknown_min_cluster_size,
         ),
-        person_threshold=(
-            person_threshold
-            if person_threshold is not None
-            else settings.person_match_threshold
-            if settings.person_match_threshold is not None
-            else spec.person_match_threshold
-        ),
-        min_quality=settings.cluster_min_quality if min_quality is None else min_quality,
+        person_threshold=first_set(person_threshold, settings.person_match_threshold, spec.person_match_threshold),
+        min_quality=first_set(min_quality, settings.cluster_min_quality),
         max_faces=max_faces or settings.cluster_max_faces,
         model_version=model_version,
     )

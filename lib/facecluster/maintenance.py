@@ -89,15 +89,20 @@ def _detection(doc: dict[str, Any]) -> Detection:
     return Detection(box, float(doc["score"]), np.array(doc["landmarks"], np.float32))
 
 
+def face_record(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored face as `export faces` and the API show it."""
+    return {
+        "face_id": doc["_id"],
+        "image": doc["image"],
+        "bbox": doc["bbox"],
+        "score": doc["score"],
+        "quality": doc["quality"]["score"],
+        "cluster_id": doc.get("cluster_id"),
+        "person_id": doc.get("person_id"),
+    }
+
+
 def export_faces(meta: MetaStore, library: str) -> Iterator[dict[str, Any]]:
     """One record per stored face of `library`."""
     for doc in meta.iter_faces(library):
-        yield {
-            "face_id": doc["_id"],
-            "image": doc["image"],
-            "bbox": doc["bbox"],
-            "score": doc["score"],
-            "quality": doc["quality"]["score"],
-            "cluster_id": doc.get("cluster_id"),
-            "person_id": doc.get("person_id"),
-        }
+        yield face_record(doc)

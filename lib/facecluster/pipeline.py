@@ -21,7 +21,9 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
+from facecluster.assignment import AssignReport, Strategy, assign_clusters, assign_options
 from facecluster.clusterrun import RunSummary, run_clustering, run_options
+from facecluster.curation import MatchSummary, match_new_faces
 from facecluster.embedded import mongo_uri
 from facecluster.embedder import FaceEmbedder
 from facecluster.engine import load_detector, load_embedder, min_confidence, model_version
@@ -254,17 +256,66 @@ def sharded_knn(vectors: Any, k: int, shards: int) -> KnnGraph:
     return KnnGraph(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
-def run_cluster(settings: Settings, library: str, *, shards: int = 1, **overrides: Any) -> RunSummary:
-    """Cluster a library's stored faces (`facecluster cluster`); overrides as `run_options` takes.
-    With `shards` > 1 the neighbour search runs as that many Ray tasks across the cluster."""
+def run_cluster(
+    settings: Settings, library: str, *, shards: int = 1, stores: Connection | None = None, **overrides: Any
+) -> RunSummary:
+    """Cluster a library's stored faces (`facecluster cluster`, the API's inline runs); overrides as
+    `run_options` takes. With `shards` > 1 the neighbour search runs as that many Ray tasks."""
     library = validate_library(library)
-    stores = connect(settings)
+    stores = stores or connect(settings)
     options = run_options(settings, stores.embedder.spec, stores.version, **overrides)
     if shards > 1:
         init_ray(settings)
         neighbours = partial(sharded_knn, shards=shards)
         return run_clustering(stores.meta, stores.vectors, library, options, neighbours)
     return run_clustering(stores.meta, stores.vectors, library, options)
+
+
+def run_match(
+    settings: Settings,
+    stores: Connection,
+    library: str,
+    *,
+    person_threshold: float | None = None,
+    max_faces: int | None = None,
+) -> MatchSummary:
+    """Incremental assignment of a library's new faces (`facecluster match`, `POST /api/v1/faces/assign`)
+    at the run thresholds the settings and the embedder give."""
+    options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=person_threshold)
+    return match_new_faces(
+        stores.meta,
+        stores.vectors,
+        validate_library(library),
+        person_threshold=options.person_threshold,
+        cluster_threshold=options.unknown.merge_threshold,
+        max_faces=max_faces,
+    )
+
+
+def run_assignment(
+    settings: Settings,
+    stores: Connection,
+    library: str,
+    *,
+    strategy: Strategy | None = None,
+    threshold: float | None = None,
+    clustering_id: str | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+) -> AssignReport:
+    """Assign a library's clusters to profiles (`facecluster assign`, `POST /assignments/…`)."""
+    options = assign_options(settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
+    return assign_clusters(
+        stores.meta,
+        stores.vectors,
+        stores.profiles,
+        validate_library(library),
+        options,
+        clustering_id=clustering_id,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        model_version=stores.version,
+    )
 
 
 def run_ingest(

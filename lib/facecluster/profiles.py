@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from typing import Any
 
 import numpy as np
 
 from facecluster.analysis import FaceResult
 from facecluster.clustering import unit
 from facecluster.metastore import Doc, MetaStore, now
-from facecluster.vectorstore import Hit, Vectors
+from facecluster.vectorstore import Vectors
 
 #: A user id: e-mail-like names included (`test.user@demo`).
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}")
@@ -57,6 +56,9 @@ class ProfileStore:
         if doc is None:
             raise ProfileNotFound(user_id)
         return doc
+
+    def exists(self, user_id: str) -> bool:
+        return self.meta.call(lambda: self.meta.db.profiles.count_documents({"_id": user_id}, limit=1)) > 0
 
     def page(self, skip: int = 0, limit: int = 100) -> list[Doc]:
         return self.meta.call(lambda: list(self.meta.db.profiles.find().sort("_id", 1).skip(skip).limit(limit)))
@@ -104,7 +106,3 @@ class ProfileStore:
         self.vectors.delete([point_id(user_id)])
         self.meta.call(lambda: self.meta.db.profiles.delete_one({"_id": user_id}))
         return int(self.meta.call(lambda: self.meta.db.assignments.delete_many({"user_id": user_id}).deleted_count))
-
-    def nearest(self, queries: np.ndarray[Any, np.dtype[np.float32]], limit: int) -> list[list[Hit]]:
-        """The `limit` most similar profiles of each query vector."""
-        return self.vectors.search(queries, limit)

@@ -245,6 +245,14 @@ class Settings(BaseSettings):
         return out
 
 
+def first_set(*values: float | None) -> float:
+    """The first value that is set: a call's value, then a setting, then a calibrated default."""
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError("none of the values is set")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""

@@ -100,10 +100,3 @@ class JobRunner:
             "start_time": info.start_time,
             "end_time": info.end_time,
         }
-
-    def reachable(self) -> bool:
-        try:
-            self.client.list_jobs()
-        except Exception:  # any failure to answer means not ready
-            return False
-        return True

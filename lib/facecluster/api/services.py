@@ -11,9 +11,12 @@ from fastapi import Depends, HTTPException, Path, Request
 
 from facecluster.api.engineclient import EngineClient
 from facecluster.api.jobs import JobRunner
+from facecluster.engine import min_confidence
+from facecluster.maintenance import face_record
 from facecluster.metastore import MetaStore
 from facecluster.pipeline import Connection
 from facecluster.profiles import USER_ID_PATTERN, ProfileStore
+from facecluster.registry import load_registry
 from facecluster.settings import Settings
 from facecluster.sources import validate_library
 
@@ -38,6 +41,11 @@ class Services:
     @property
     def meta(self) -> MetaStore:
         return self.stores.meta
+
+    @property
+    def detector_threshold(self) -> float:
+        """Detections below this are not faces (the settings, else the detector's calibrated value)."""
+        return min_confidence(self.settings, load_registry().detector(self.settings.detector))
 
     @property
     def profiles(self) -> ProfileStore:
@@ -107,14 +115,5 @@ Actor = Annotated[str, Depends(actor)]
 
 
 def face_view(doc: dict[str, Any]) -> dict[str, Any]:
-    """A stored face as the API shows it."""
-    return {
-        "face_id": doc["_id"],
-        "image": doc["image"],
-        "bbox": doc.get("bbox"),
-        "score": doc.get("score"),
-        "quality": doc.get("quality", {}).get("score"),
-        "person_id": doc.get("person_id"),
-        "cluster_id": doc.get("cluster_id"),
-        "label_source": doc.get("label_source"),
-    }
+    """A stored face as the API shows it: the export record and who labelled it."""
+    return {**face_record(doc), "label_source": doc.get("label_source")}

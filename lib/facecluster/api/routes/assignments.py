@@ -2,51 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from facecluster.api.services import RUN_ID, Bucket, Deps, Services, Sub, UserId, library_of
-from facecluster.assignment import (
-    AssignReport,
-    ClusteringNotFound,
-    ClusteringSuperseded,
-    assign_clusters,
-    assign_options,
-)
+from facecluster.assignment import AssignReport, ClusteringNotFound, ClusteringSuperseded, Strategy
+from facecluster.pipeline import run_assignment
 from facecluster.sources import validate_library
 
 router = APIRouter(prefix="/assignments", tags=["assignments"])
 #: The collections the debug routes may show.
 INSPECTABLE = ("images", "faces", "clusters", "runs", "assignments", "persons", "profiles", "audit", "jobs")
-Strategy = Literal["centroid", "vote"]
 
 
-def run_assignment(
-    services: Services,
-    library: str,
-    *,
-    strategy: Strategy | None,
-    threshold: float | None,
-    clustering_id: str | None = None,
-    dry_run: bool = False,
-    overwrite: bool = False,
-) -> AssignReport:
-    stores = services.stores
-    options = assign_options(services.settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
+def assign_or_answer(services: Services, library: str, **options: Any) -> AssignReport:
+    """`run_assignment` on the API's stores; an unknown or superseded run is a 404 or 409."""
     try:
-        return assign_clusters(
-            stores.meta,
-            stores.vectors,
-            stores.profiles,
-            library,
-            options,
-            clustering_id=clustering_id,
-            dry_run=dry_run,
-            overwrite=overwrite,
-            model_version=stores.version,
-        )
+        return run_assignment(services.settings, services.stores, library, **options)
     except ClusteringNotFound as exc:
         raise HTTPException(404, f"clustering not found: {exc.args[0]}") from None
     except ClusteringSuperseded as exc:
@@ -79,7 +53,7 @@ def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, 
     reports = []
     for library in libraries:
         try:
-            report = run_assignment(
+            report = assign_or_answer(
                 services,
                 library,
                 strategy=body.strategy,
@@ -121,10 +95,10 @@ def debug_collection(
     meta = services.meta
     table = meta.db[collection_name]
     sample = meta.call(
-        lambda: table.find_one(
-            {}, {"embedding": 0, "template": 0, "centroid": 0, "faces.embedding": 0, "before": 0, "after": 0}
-        )
+        lambda: table.find_one({}, {"embedding": 0, "template": 0, "centroid": 0, "before": 0, "after": 0})
     )
+    if sample and isinstance(sample.get("faces"), list):  # a profile's enrolment vectors (nested: not projectable here)
+        sample["faces"] = [{k: v for k, v in face.items() if k != "embedding"} for face in sample["faces"]]
     return {
         "collection": collection_name,
         "count": int(meta.call(table.estimated_document_count)),
@@ -177,7 +151,7 @@ def assign_library(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     library = library_of(bucket, sub)
-    report = run_assignment(
+    report = assign_or_answer(
         services,
         library,
         strategy=strategy,

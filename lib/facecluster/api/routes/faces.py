@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
@@ -12,10 +13,9 @@ from pydantic import BaseModel, Field
 from facecluster.api.services import AUDIT_ID, Actor, ClusterId, Deps, FaceId, PersonId, Services, face_view
 from facecluster.api.uploads import analyze_upload
 from facecluster.clustering import ClusterParams, Method
-from facecluster.clusterrun import run_clustering, run_options
-from facecluster.curation import Curator, match_new_faces
-from facecluster.engine import min_confidence
-from facecluster.registry import load_registry
+from facecluster.clusterrun import run_options
+from facecluster.curation import Curator
+from facecluster.pipeline import run_cluster, run_match
 from facecluster.sources import validate_library
 
 router = APIRouter(prefix="/api/v1/faces", tags=["faces"])
@@ -71,18 +71,16 @@ def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
                 arguments += [flag, str(value)]
         job_id = services.jobs.submit("cluster-dual", arguments, library)
         return {"queued": True, "job_id": job_id, "library": library, "status_url": f"/api/v1/jobs/{job_id}"}
-    stores = services.stores
-    options = run_options(
+    summary = run_cluster(
         services.settings,
-        stores.embedder.spec,
-        stores.version,
+        library,
+        stores=services.stores,
         method="dual",
         unknown_method=body.unknown_method,
         person_threshold=body.person_threshold,
         min_cluster_size=body.unknown_min_size,
         max_faces=body.max_faces,
     )
-    summary = run_clustering(stores.meta, stores.vectors, library, options)
     return {"queued": False, "library": library, **summary.to_dict()}
 
 
@@ -96,17 +94,8 @@ class AssignNewRequest(BaseModel):
 def assign_new_faces(services: Deps, body: AssignNewRequest | None = None) -> dict[str, Any]:
     body = body or AssignNewRequest()
     library = resolve_library(services, body.library)
-    stores = services.stores
-    options = run_options(
-        services.settings, stores.embedder.spec, stores.version, person_threshold=body.person_threshold
-    )
-    summary = match_new_faces(
-        stores.meta,
-        stores.vectors,
-        library,
-        person_threshold=options.person_threshold,
-        cluster_threshold=options.unknown.merge_threshold,
-        max_faces=body.max_faces,
+    summary = run_match(
+        services.settings, services.stores, library, person_threshold=body.person_threshold, max_faces=body.max_faces
     )
     return vars(summary)
 
@@ -143,7 +132,7 @@ def get_cluster(services: Deps, cluster_id: ClusterId, page: Page = 1, page_size
     if doc is None:
         raise HTTPException(404, f"cluster {cluster_id} not found")
     skip, limit = _page(page, page_size)
-    projection = {"image": 1, "bbox": 1, "score": 1, "quality.score": 1}
+    projection = {"image": 1, "bbox": 1, "score": 1, "quality": 1}
     faces = meta.call(
         lambda: list(
             meta.db.faces.find({"cluster_id": cluster_id}, projection).sort("quality.score", -1).skip(skip).limit(limit)
@@ -331,12 +320,9 @@ async def search(
 ) -> dict[str, Any]:
     name = None if library is None else resolve_library(services, library)
     _, analysis = await analyze_upload(services, file)
-    threshold = min_confidence(services.settings, load_registry().detector(services.settings.detector))
-    faces = analysis.faces_above(threshold, services.settings.min_face_size)
+    faces = analysis.faces_above(services.detector_threshold, services.settings.min_face_size)
     if not faces:
         return {"faces": []}
-    import numpy as np
-
     queries = np.stack([f.vector for f in faces])
     stores = services.stores
     face_hits = await run_in_threadpool(stores.vectors.search, queries, limit, name)

@@ -80,7 +80,7 @@ def person_details(
         "image": 1,
         "bbox": 1,
         "score": 1,
-        "quality.score": 1,
+        "quality": 1,
         "person_id": 1,
         "cluster_id": 1,
         "label_source": 1,

@@ -10,10 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from facecluster.analysis import ProfileRejected, profile_face
 from facecluster.api.services import Deps, Services, UserId
 from facecluster.api.uploads import analyze_upload
-from facecluster.engine import min_confidence
 from facecluster.profiles import USER_ID_PATTERN, ProfileExists, ProfileNotFound, public
 from facecluster.quality import ProfileChecks
-from facecluster.registry import load_registry
 
 router = APIRouter(tags=["profiles"])
 MinFaceSize = Annotated[int | None, Form(ge=0, le=10_000, description="pixels; default from the settings")]
@@ -30,32 +28,35 @@ def _checks(services: Services, size: int | None, confidence: float | None, blur
     )
 
 
+def _exists(user_id: str) -> HTTPException:
+    return HTTPException(409, f"user {user_id} has a profile: use PUT /update-face/{user_id}")
+
+
+def _missing(user_id: str) -> HTTPException:
+    return HTTPException(404, f"user {user_id} has no profile: create it with POST /detect-face")
+
+
 async def _enrol(
     services: Services, user_id: str, file: UploadFile, checks: ProfileChecks, *, create: bool, replace: bool = False
 ) -> dict[str, Any]:
-    if create:  # a 409 before any model work
-        try:
-            await run_in_threadpool(services.profiles.get, user_id)
-            raise HTTPException(409, f"user {user_id} has a profile: use PUT /update-face/{user_id}")
-        except ProfileNotFound:
-            pass
-    else:
-        try:
-            await run_in_threadpool(services.profiles.get, user_id)
-        except ProfileNotFound:
-            raise HTTPException(404, f"user {user_id} has no profile: create it with POST /detect-face") from None
+    exists = await run_in_threadpool(services.profiles.exists, user_id)  # answered before any model work
+    if create and exists:
+        raise _exists(user_id)
+    if not create and not exists:
+        raise _missing(user_id)
     data, analysis = await analyze_upload(services, file)
-    detector = load_registry().detector(services.settings.detector)
     try:
-        face = profile_face(analysis, checks, min_confidence(services.settings, detector))
+        face = profile_face(analysis, checks, services.detector_threshold)
     except ProfileRejected as exc:
         raise HTTPException(422, {"message": str(exc), **exc.details}) from None
     try:
         doc = await run_in_threadpool(
             lambda: services.profiles.enrol(user_id, face, data, create=create, replace=replace)
         )
-    except ProfileExists:
-        raise HTTPException(409, f"user {user_id} has a profile: use PUT /update-face/{user_id}") from None
+    except ProfileExists:  # created meanwhile by another request
+        raise _exists(user_id) from None
+    except ProfileNotFound:  # deleted meanwhile
+        raise _missing(user_id) from None
     return {
         "user_id": user_id,
         "has_face": True,
@@ -95,13 +96,12 @@ async def update_face(
 @router.get("/debug-quality-settings", summary="The profile quality thresholds in force")
 def quality_settings(services: Deps) -> dict[str, Any]:
     s = services.settings
-    detector = load_registry().detector(s.detector)
     return {
         "min_face_size": s.profile_min_face_size,
         "min_confidence": s.profile_min_confidence,
         "blur_threshold": s.profile_blur_threshold,
         "detector": s.detector,
-        "detector_threshold": min_confidence(s, detector),
+        "detector_threshold": services.detector_threshold,
         "embedder": services.stores.version,
         "quality_weights": {
             "confidence": s.quality_weight_confidence,
