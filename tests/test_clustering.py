@@ -127,6 +127,11 @@ def test_labels_survive_and_ids_stay_across_runs(store_settings: Settings, lfw_d
     faces = list(meta.db.faces.find({"library": "family"}))
     by_cluster = Counter(f["cluster_id"] for f in faces if f.get("cluster_id"))
     assert all(count >= 3 for count in by_cluster.values())
+    # Each cluster's owner is its best-quality face.
+    score = {f["_id"]: f["quality"]["score"] for f in faces}
+    for doc in meta.db.clusters.find({"library": "family"}):
+        members = [f["_id"] for f in faces if f.get("cluster_id") == doc["_id"]]
+        assert score[doc["owner_face_id"]] == max(score[m] for m in members) > 0
     # A human names Colin Powell's cluster and says one of Ariel Sharon's faces is not him.
     powell = [f for f in faces if f["image"].startswith("Colin_Powell/")]
     powell_cluster = Counter(f["cluster_id"] for f in powell).most_common(1)[0][0]

@@ -124,7 +124,7 @@ class MetaStore:
 
     def clustering_faces(self, library: str) -> list[Doc]:
         projection = {
-            "_id": 1, "image": 1, "quality.score": 1, "person_id": 1, "label_source": 1,
+            "_id": 1, "image": 1, "quality": 1, "person_id": 1, "label_source": 1,
             "rejected_persons": 1, "cluster_id": 1,
         }  # fmt: skip
         return self.call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING)))
