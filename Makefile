@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
 export FACECLUSTER_MODELS_DIR ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual serve assign eval-cluster bench-cluster bench-serve test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
+.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual faces-train-matching faces-pipeline-full train-rollback eval-train serve assign eval-cluster bench-cluster bench-serve test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -61,6 +61,20 @@ faces-stats: setup ## persons, clusters, unclustered faces of LIBRARY
 
 faces-pipeline-dual: setup ## ingest SOURCE, cluster (dual), stats (LIMIT=, PERSON_THRESHOLD=, UNKNOWN_METHOD=)
 	$(BIN)/facecluster pipeline $(SOURCE) --library $(LIBRARY) $(if $(LIMIT),--limit $(LIMIT)) $(CLUSTER_OPTIONS)
+
+TRAIN_OPTIONS = $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(MARGIN),--margin $(MARGIN)) $(if $(MIN_FACES),--min-faces $(MIN_FACES))
+
+faces-train-matching: setup ## triplet fine-tuning on the labelled persons, re-project, switch (EPOCHS=20 MARGIN=0.2 MIN_FACES=5)
+	$(BIN)/facecluster train $(TRAIN_OPTIONS)
+
+faces-pipeline-full: setup ## ingest SOURCE, cluster, train, re-cluster, stats (EPOCHS=, MARGIN=, MIN_FACES=, LIMIT=)
+	$(BIN)/facecluster pipeline $(SOURCE) --library $(LIBRARY) $(if $(LIMIT),--limit $(LIMIT)) $(CLUSTER_OPTIONS) --train $(TRAIN_OPTIONS)
+
+train-rollback: setup ## return to the previous vector version
+	$(BIN)/facecluster train --rollback
+
+eval-train: setup ## held-out LFW persons before and after training
+	$(BIN)/facecluster eval train --images $(SHARED)/data/lfw/images $(TRAIN_OPTIONS)
 
 eval-cluster: setup ## every clustering method scored on LFW
 	$(BIN)/facecluster eval cluster --images $(SHARED)/data/lfw/images

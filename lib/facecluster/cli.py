@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("--force", action="store_true", help="redo photos already stored with the same models")
         if name == "pipeline":
             _cluster_arguments(job)
+            job.add_argument("--train", action="store_true", help="then train on the labelled persons and re-cluster")
+            _train_arguments(job)
 
     clustering = commands.add_parser("cluster", help="cluster a library's faces into persons and unknown clusters")
     clustering.add_argument("--library", required=True)
@@ -142,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     profile_actions.add_parser("list", help="one JSON line per profile")
     profile_actions.add_parser("delete", help="delete a profile and its assignments").add_argument("user_id")
 
+    train = commands.add_parser(
+        "train", help="fine-tune a projection head on human-labelled persons, re-project every vector, switch to it"
+    )
+    _train_arguments(train)
+    train.add_argument("--library", default=None, help="train on one library's labels (default: all)")
+    train.add_argument("--no-switch", action="store_true", help="record the trained version without switching to it")
+    chosen_version = train.add_mutually_exclusive_group()
+    chosen_version.add_argument("--rollback", action="store_true", help="return to the previous vector version instead")
+    chosen_version.add_argument(
+        "--activate", metavar="VERSION", default=None, help="switch to a recorded version instead"
+    )
+
     serve = commands.add_parser("serve", help="the HTTP API on Ray Serve")
     serve.add_argument("--host", default=None, help="default: FACECLUSTER_SERVE_HOST (127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="default: FACECLUSTER_SERVE_PORT (8000)")
@@ -160,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     scored = eval_actions.add_parser("cluster", help="every clustering method scored on an LFW-layout folder")
     scored.add_argument("--images", type=_existing_path, required=True, help="DIR/Name/Name_NNNN.jpg")
     scored.add_argument("--limit", type=int, default=None)
+    tuned = eval_actions.add_parser("train", help="held-out persons before and after training on an LFW-layout folder")
+    tuned.add_argument("--images", type=_existing_path, required=True, help="DIR/Name/Name_NNNN.jpg")
+    tuned.add_argument("--min-images", type=int, default=5, help="persons with at least this many photos")
+    tuned.add_argument("--persons", type=int, default=None, help="at most N persons (default: all)")
+    _train_arguments(tuned)
 
     bench = commands.add_parser("bench", help="speed and memory benchmarks")
     bench_actions = bench.add_subparsers(dest="action", required=True)
@@ -179,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("source", metavar="SOURCE", help="a folder or s3://bucket/prefix")
     ingest.add_argument("--limit", type=int, default=None)
     return parser
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=None, help="default: FACE_TRAINING_EPOCHS (20)")
+    parser.add_argument("--margin", type=float, default=None, help="default: FACE_TRIPLET_MARGIN (0.2)")
+    parser.add_argument("--min-faces", type=int, default=None, help="persons with at least N labelled faces (5)")
 
 
 def iter_image_files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -283,7 +308,10 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     result: dict[str, Any] = summary.to_dict()
     if args.command == "pipeline":
         clustered = run_cluster(settings, summary.library, **_cluster_overrides(args))
-        result = {"ingest": result, "cluster": clustered.to_dict(), "stats": _stats(settings, summary.library)}
+        result = {"ingest": result, "cluster": clustered.to_dict()}
+        if args.train:
+            result |= _train_and_recluster(settings, args, summary.library)
+        result["stats"] = _stats(settings, summary.library)
     ray.shutdown()  # flush worker logs before the summary, so it is the last line
     emit(result)
     return 0
@@ -305,6 +333,44 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
     summary = run_cluster(settings, args.library, shards=args.shards, **_cluster_overrides(args))
     ray.shutdown()
     emit(summary.to_dict())
+    return 0
+
+
+def _train_and_recluster(settings: Settings, args: argparse.Namespace, library: str) -> dict[str, Any]:
+    """The full pipeline's second half: train on every labelled person, then cluster again."""
+    from facecluster.pipeline import run_cluster
+    from facecluster.trainjob import run_train
+    from facecluster.versions import NotEnoughLabels
+
+    try:
+        trained = run_train(settings, epochs=args.epochs, margin=args.margin, min_faces=args.min_faces)
+    except NotEnoughLabels as exc:
+        log.warning("training skipped: %s", exc)
+        return {"train": {"skipped": str(exc)}}
+    again = run_cluster(settings, library, **_cluster_overrides(args))
+    return {"train": trained.to_dict(), "recluster": again.to_dict()}
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from facecluster.trainjob import activate, run_rollback, run_train
+
+    if args.rollback:
+        result = run_rollback(settings)
+    elif args.activate:
+        result = activate(settings, args.activate)
+    else:
+        result = run_train(
+            settings,
+            epochs=args.epochs,
+            margin=args.margin,
+            min_faces=args.min_faces,
+            library=args.library,
+            switch=not args.no_switch,
+        ).to_dict()
+    ray.shutdown()
+    emit(result)
     return 0
 
 
@@ -426,7 +492,7 @@ def cmd_profiles(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.profiles import ProfileNotFound, ProfileStore, public
 
     stores = connect(settings)
-    store = ProfileStore(stores.meta, stores.profiles, stores.version)
+    store = ProfileStore(stores.meta, stores.profiles, stores.space)
     code = 0
     if args.action == "list":
         for doc in store.page(0, 10**9):
@@ -471,12 +537,25 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.evaluation import detection_recall, enrolment_separation, report_dict
     from facecluster.verification import verify
 
-    if args.action == "cluster":
+    if args.action in ("cluster", "train"):
         import ray
 
-        from facecluster.evaluation import evaluate_clustering
+        from facecluster.evaluation import evaluate_clustering, evaluate_training
 
-        reports = list(evaluate_clustering(settings, args.images, limit=args.limit))
+        if args.action == "cluster":
+            reports = list(evaluate_clustering(settings, args.images, limit=args.limit))
+        else:
+            reports = list(
+                evaluate_training(
+                    settings,
+                    args.images,
+                    min_images=args.min_images,
+                    persons=args.persons,
+                    epochs=args.epochs,
+                    margin=args.margin,
+                    min_faces=args.min_faces,
+                )
+            )
         ray.shutdown()
         for report in reports:
             emit(report)
@@ -537,14 +616,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "assign": cmd_assign,
         "profiles": cmd_profiles,
         "serve": cmd_serve,
+        "train": cmd_train,
     }
     from facecluster.backoff import BackendUnavailable
     from facecluster.engine import ModelFileMissing
     from facecluster.sources import SourceError
+    from facecluster.versions import NotEnoughLabels, VersionNotFound
 
     try:
         return handlers[args.command](settings, args)
-    except (ModelFileMissing, SourceError, BackendUnavailable) as exc:
+    except (ModelFileMissing, SourceError, BackendUnavailable, NotEnoughLabels, VersionNotFound) as exc:
         log.error("%s", exc)
         return 2
 

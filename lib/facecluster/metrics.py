@@ -74,3 +74,23 @@ def score_clustering(truth: Sequence[str], predicted: Sequence[int] | NDArray[np
         bcubed_f=_f(b_precision, b_recall),
         nmi=float(normalized_mutual_info_score(truth_ids, labels)) if n else 0.0,
     )
+
+
+def tar_at_far(vectors: NDArray[np.float32], labels: list[str], far: float = 1e-3) -> float:
+    """True-accept rate at the threshold that accepts a share `far` of impostor pairs (all pairs)."""
+    same, different = pair_similarities(vectors, labels)
+    if not len(same) or not len(different):
+        return float("nan")
+    threshold = float(np.quantile(different, 1.0 - far))
+    return float((same > threshold).mean())
+
+
+def pair_similarities(
+    vectors: NDArray[np.float32], labels: list[str]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Cosine similarities of every genuine pair and every impostor pair of unit `vectors`."""
+    similarity = np.asarray(vectors, np.float64) @ np.asarray(vectors, np.float64).T
+    names = np.asarray(labels, dtype=object)
+    upper = np.triu(np.ones(similarity.shape, dtype=bool), k=1)
+    same = (names[:, None] == names[None, :]) & upper
+    return similarity[same], similarity[upper & ~same]

@@ -29,11 +29,14 @@ from facecluster.embedder import FaceEmbedder
 from facecluster.engine import load_detector, load_embedder, min_confidence, model_version
 from facecluster.knn import KnnGraph, knn_rows
 from facecluster.metastore import MetaStore
+from facecluster.projection import VectorSpace
+from facecluster.registry import EmbedderSpec
 from facecluster.settings import Settings
 from facecluster.sources import S3Options, Source, parse_source, validate_library
 from facecluster.stages import Batch, DetectStage, EmbedStage, IngestContext, align_batch, decode_batch, skip_done
 from facecluster.stages import write_batch as store_batch
 from facecluster.vectorstore import QdrantConfig, QdrantVectors, Vectors, collection_name
+from facecluster.versions import VersionedVectors, active_space, active_version
 
 log = logging.getLogger(__name__)
 NAMESPACE = "facecluster"
@@ -143,10 +146,10 @@ def _skip_done(batch: Batch, ctx: IngestContext) -> Batch:
 
 
 class _Writer:
-    def __init__(self, ctx: IngestContext, qdrant: QdrantConfig) -> None:
+    def __init__(self, ctx: IngestContext, qdrant: QdrantConfig, space: VectorSpace) -> None:
         self.ctx = ctx
         self.meta = MetaStore(ctx.mongo_uri, ctx.settings.mongo_db, attempts=ctx.settings.store_retries)
-        self.vectors = open_vectors(qdrant, ctx.settings.store_retries)
+        self.vectors = space_vectors(qdrant, space, ctx.settings.store_retries)
 
     def __call__(self, batch: Batch) -> Batch:
         return store_batch(batch, self.ctx, self.meta, self.vectors)
@@ -217,30 +220,60 @@ def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
 
 @dataclass(frozen=True)
 class Connection:
-    """Both stores of the configured embedder's vectors, ready to use."""
+    """Both stores of the configured embedder's active vector version, ready to use."""
 
-    config: StoreConfig
+    config: StoreConfig  # its Qdrant collection holds the embedder's own vectors
     meta: MetaStore
-    vectors: Vectors
+    vectors: Vectors  # the active version's faces (embedder output in, active space out)
     profiles: Vectors  # profile templates, in a collection of their own
     embedder: FaceEmbedder
-    version: str
+    space: VectorSpace
+
+    @property
+    def version(self) -> str:
+        """The active vector version: the embedder version, or it plus a trained head."""
+        return self.space.id
+
+    @property
+    def spec(self) -> EmbedderSpec:
+        """The embedder's spec with the active version's calibrated thresholds."""
+        return self.space.spec(self.embedder.spec)
+
+
+def space_config(base: QdrantConfig, space: VectorSpace, kind: str = "faces") -> QdrantConfig:
+    """The Qdrant collection of one vector version."""
+    return replace(base, collection=collection_name(space.id, space.dim, kind), dim=space.dim)
+
+
+def space_vectors(base: QdrantConfig, space: VectorSpace, attempts: int) -> Vectors:
+    """Face vectors of `space`: the base collection, or it and the trained version's written together."""
+    vectors = open_vectors(base, attempts)
+    if not space.trained:
+        return vectors
+    return VersionedVectors(vectors, open_vectors(space_config(base, space), attempts), space)
 
 
 def connect(settings: Settings) -> Connection:
-    """Open MongoDB and Qdrant (indexes and collections created); Ray is started when the local
-    Qdrant storage needs its owner actor."""
+    """Open MongoDB and Qdrant (indexes and collections created) at the active vector version; Ray is
+    started when the local Qdrant storage needs its owner actor."""
     config, embedder, version = open_stores(settings)
     meta = MetaStore(config.mongo_uri, config.mongo_db, attempts=settings.store_retries)
     meta.ensure_indexes()
     if config.qdrant.local:
         init_ray(settings)
-    vectors = open_vectors(config.qdrant, settings.store_retries)
-    profile_config = replace(config.qdrant, collection=collection_name(version, embedder.dim, "profiles"))
-    profiles = open_vectors(profile_config, settings.store_retries)
+    space = active_space(meta, version, embedder.dim)
+    vectors = space_vectors(config.qdrant, space, settings.store_retries)
+    profiles = open_vectors(space_config(config.qdrant, space, "profiles"), settings.store_retries)
     for store in (vectors, profiles):
         store.ensure_collection()
-    return Connection(config, meta, vectors, profiles, embedder, version)
+    return Connection(config, meta, vectors, profiles, embedder, space)
+
+
+def current(settings: Settings, stores: Connection) -> Connection:
+    """`stores`, or a new connection when another process has switched the active version since."""
+    if active_version(stores.meta, stores.space.base) == stores.version:
+        return stores
+    return connect(settings)
 
 
 @ray.remote
@@ -263,7 +296,7 @@ def run_cluster(
     `run_options` takes. With `shards` > 1 the neighbour search runs as that many Ray tasks."""
     library = validate_library(library)
     stores = stores or connect(settings)
-    options = run_options(settings, stores.embedder.spec, stores.version, **overrides)
+    options = run_options(settings, stores.spec, stores.version, **overrides)
     if shards > 1:
         init_ray(settings)
         neighbours = partial(sharded_knn, shards=shards)
@@ -281,7 +314,7 @@ def run_match(
 ) -> MatchSummary:
     """Incremental assignment of a library's new faces (`facecluster match`, `POST /api/v1/faces/assign`)
     at the run thresholds the settings and the embedder give."""
-    options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=person_threshold)
+    options = run_options(settings, stores.spec, stores.version, person_threshold=person_threshold)
     return match_new_faces(
         stores.meta,
         stores.vectors,
@@ -304,7 +337,7 @@ def run_assignment(
     overwrite: bool = False,
 ) -> AssignReport:
     """Assign a library's clusters to profiles (`facecluster assign`, `POST /assignments/…`)."""
-    options = assign_options(settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
+    options = assign_options(settings, stores.spec, strategy=strategy, threshold=threshold)
     return assign_clusters(
         stores.meta,
         stores.vectors,
@@ -328,7 +361,7 @@ def run_ingest(
     init_ray(settings)
     detector = load_detector(settings)
     stores = connect(settings)
-    meta, embedder, embedder_version = stores.meta, stores.embedder, stores.version
+    meta, embedder, embedder_version = stores.meta, stores.embedder, stores.space.base
     s3 = S3Options.from_settings(settings)
     ctx = IngestContext(
         # Several model processes share the CPUs here: their ONNX threads sleep rather than spin.
@@ -353,7 +386,7 @@ def run_ingest(
     try:
         ds, total = _source_dataset(source, s3, limit)
         log.info("ingest %s into library %r: %d photos (job %s)", source_spec, library, total, ctx.job_id)
-        processed = _execute(_build(ds, ctx, stores.config.qdrant, settings), summary, settings, started)
+        processed = _execute(_build(ds, ctx, stores, settings), summary, settings, started)
         summary.images = total
         summary.skipped = total - processed
     except BaseException as exc:
@@ -365,7 +398,7 @@ def run_ingest(
     return summary
 
 
-def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, settings: Settings) -> Dataset:
+def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settings) -> Dataset:
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus, cpus = float(resources.get("GPU", 0.0)), float(resources.get("CPU", 1.0))
 
@@ -377,6 +410,7 @@ def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, settings: Sett
 
     detect_pool, detect_cpus, detect_gpus = pool(settings.detector_actors, settings.detector_gpus)
     embed_pool, embed_cpus, embed_gpus = pool(settings.embedder_actors, settings.embedder_gpus)
+    qdrant = stores.config.qdrant
     writers = 1 if qdrant.local else settings.write_streams
 
     def skip(batch: Batch) -> Batch:
@@ -410,7 +444,7 @@ def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, settings: Sett
         )
         .map_batches(
             _Writer,
-            fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant},
+            fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant, "space": stores.space},
             batch_size=settings.write_batch_size,
             compute=ActorPoolStrategy(size=writers),
             num_cpus=0.25,

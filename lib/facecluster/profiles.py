@@ -11,10 +11,12 @@ import re
 import uuid
 
 import numpy as np
+from numpy.typing import NDArray
 
 from facecluster.analysis import FaceResult
 from facecluster.clustering import unit
 from facecluster.metastore import Doc, MetaStore, now
+from facecluster.projection import VectorSpace
 from facecluster.vectorstore import Vectors
 
 #: A user id: e-mail-like names included (`test.user@demo`).
@@ -45,11 +47,30 @@ def public(doc: Doc) -> Doc:
     }
 
 
+def template(space: VectorSpace, faces: list[Doc]) -> NDArray[np.float32]:
+    """A profile's template in `space`: the normalised mean of its enrolment faces there."""
+    raw = np.asarray([f["embedding"] for f in faces], dtype=np.float32)
+    return unit(space.project(raw).sum(axis=0)).astype(np.float32)
+
+
 class ProfileStore:
-    def __init__(self, meta: MetaStore, vectors: Vectors, model_version: str) -> None:
+    """Profiles, their templates in `vectors`: the profiles collection of the active version `space`."""
+
+    def __init__(self, meta: MetaStore, vectors: Vectors, space: VectorSpace) -> None:
         self.meta = meta
         self.vectors = vectors
-        self.model_version = model_version
+        self.space = space
+        self.model_version = space.base  # of the enrolment embeddings
+
+    def reproject(self, space: VectorSpace, target: Vectors) -> int:
+        """Every profile of this embedder's templates written into `space`'s collection `target`."""
+        docs = self.meta.call(lambda: list(self.meta.db.profiles.find({"model_version": self.model_version})))
+        for doc in docs:
+            vector = template(space, doc["faces"])
+            target.upsert(
+                [point_id(doc["_id"])], vector[None, :], [{"user_id": doc["_id"], "faces": len(doc["faces"])}]
+            )
+        return len(docs)
 
     def get(self, user_id: str) -> Doc:
         doc = self.meta.call(lambda: self.meta.db.profiles.find_one({"_id": user_id}))
@@ -87,16 +108,16 @@ class ProfileStore:
         }
         kept = [] if existing is None or replace else existing.get("faces", [])
         faces = [f for f in kept if f["face_id"] != entry["face_id"]] + [entry]
-        template = unit(np.asarray([f["embedding"] for f in faces], dtype=np.float32).sum(axis=0)).astype(np.float32)
+        vector = template(self.space, faces)
         doc: Doc = {
             "_id": user_id,
             "faces": faces,
-            "template": template.tolist(),
+            "template": vector.tolist(),
             "model_version": self.model_version,
             "created_at": existing["created_at"] if existing else now(),
             "updated_at": now(),
         }
-        self.vectors.upsert([point_id(user_id)], template[None, :], [{"user_id": user_id, "faces": len(faces)}])
+        self.vectors.upsert([point_id(user_id)], vector[None, :], [{"user_id": user_id, "faces": len(faces)}])
         self.meta.call(lambda: self.meta.db.profiles.replace_one({"_id": user_id}, doc, upsert=True))
         return doc
 

@@ -118,6 +118,20 @@ class Settings(BaseSettings):
     unknown_eps: float | None = Field(default=None, gt=0.0, validation_alias=_env("UNKNOWN_EPS", "FACE_UNKNOWN_EPS"))
     triplet_margin: float = Field(default=0.2, gt=0.0, validation_alias=_env("TRIPLET_MARGIN", "FACE_TRIPLET_MARGIN"))
     training_epochs: int = Field(default=20, gt=0, validation_alias=_env("TRAINING_EPOCHS", "FACE_TRAINING_EPOCHS"))
+    training_min_faces: int = Field(
+        default=5, ge=2, validation_alias=_env("TRAINING_MIN_FACES", "FACE_TRAINING_MIN_FACES")
+    )
+    training_mining: Literal["batch-hard", "semi-hard"] = Field(
+        default="batch-hard", validation_alias=_env("TRAINING_MINING")
+    )
+    training_workers: int = Field(
+        default=1, ge=1, validation_alias=_env("TRAINING_WORKERS"), description="Ray Train workers"
+    )
+    heads_dir: Path | None = Field(
+        default=None,
+        validation_alias=_env("HEADS_DIR"),
+        description="Where trained projection heads are checkpointed; default <models_dir>/heads.",
+    )
 
     # Backing services; unset means the embedded default under data_dir.
     mongo_uri: SecretStr | None = Field(default=None, validation_alias=_env("MONGO_URI", "MONGO_URI", "MONGODB_URL"))
@@ -208,6 +222,10 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").expanduser()
+
+    @property
+    def resolved_heads_dir(self) -> Path:
+        return (self.heads_dir or self.resolved_models_dir / "heads").expanduser()
 
     def to_env(self, *, secrets: bool = False) -> dict[str, str]:
         """These settings as FACECLUSTER_* variables, for another process (a Ray job, a Serve replica);

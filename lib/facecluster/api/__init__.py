@@ -15,6 +15,7 @@ from facecluster.backoff import BackendUnavailable
 from facecluster.curation import Conflict, NotFound
 from facecluster.settings import Settings
 from facecluster.sources import SourceError
+from facecluster.versions import NotEnoughLabels, VersionNotFound
 
 
 class UploadLimit:
@@ -66,6 +67,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         )
     app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
 
-    for error, status in ((NotFound, 404), (Conflict, 409), (SourceError, 422), (BackendUnavailable, 503)):
+    for error, status in (
+        (NotFound, 404),
+        (VersionNotFound, 404),
+        (Conflict, 409),
+        (NotEnoughLabels, 409),
+        (SourceError, 422),
+        (BackendUnavailable, 503),
+    ):
         app.add_exception_handler(error, _answer(status))
     return app

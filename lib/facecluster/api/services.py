@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from facecluster.api.jobs import JobRunner
 from facecluster.engine import min_confidence
 from facecluster.maintenance import face_record
 from facecluster.metastore import MetaStore
-from facecluster.pipeline import Connection
+from facecluster.pipeline import Connection, current
 from facecluster.profiles import USER_ID_PATTERN, ProfileStore
 from facecluster.registry import load_registry
 from facecluster.settings import Settings
@@ -29,14 +30,25 @@ AUDIT_ID = r"^aud_[0-9a-f]{12}$"
 FACE_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 JOB_ID = r"^[A-Za-z0-9_\-]{1,64}$"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+#: How often the API looks for a switch of the active vector version (one small MongoDB read).
+VERSION_CHECK_S = 1.0
 
 
 @dataclass
 class Services:
     settings: Settings
-    stores: Connection
+    connection: Connection
     engine: EngineClient
     jobs: JobRunner
+    checked_at: float = 0.0
+
+    @property
+    def stores(self) -> Connection:
+        """The stores at the active vector version: a training job may switch it while the API runs."""
+        if time.monotonic() - self.checked_at >= VERSION_CHECK_S:
+            self.connection = current(self.settings, self.connection)
+            self.checked_at = time.monotonic()
+        return self.connection
 
     @property
     def meta(self) -> MetaStore:
@@ -49,7 +61,7 @@ class Services:
 
     @property
     def profiles(self) -> ProfileStore:
-        return ProfileStore(self.stores.meta, self.stores.profiles, self.stores.version)
+        return ProfileStore(self.stores.meta, self.stores.profiles, self.stores.space)
 
 
 _process_services: list[Services] = []

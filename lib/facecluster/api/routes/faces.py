@@ -17,6 +17,7 @@ from facecluster.clusterrun import run_options
 from facecluster.curation import Curator
 from facecluster.pipeline import run_cluster, run_match
 from facecluster.sources import validate_library
+from facecluster.versions import list_versions
 
 router = APIRouter(prefix="/api/v1/faces", tags=["faces"])
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
@@ -82,6 +83,49 @@ def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
         max_faces=body.max_faces,
     )
     return {"queued": False, "library": library, **summary.to_dict()}
+
+
+class TrainRequest(BaseModel):
+    epochs: int | None = Field(default=None, ge=1, le=1000, description="default: FACE_TRAINING_EPOCHS")
+    margin: float | None = Field(default=None, gt=0.0, le=1.0, description="default: FACE_TRIPLET_MARGIN")
+    min_faces: int | None = Field(default=None, ge=2, le=10_000, description="persons with at least N labelled faces")
+    library: str | None = Field(default=None, description="train on one library's labels (default: all)")
+    queue: bool = Field(default=True, description="run as a Ray job; false trains in this request")
+
+
+@router.post("/train", summary="Triplet fine-tuning on the labelled persons; re-projects every vector and switches")
+def train(services: Deps, body: TrainRequest | None = None) -> dict[str, Any]:
+    body = body or TrainRequest()
+    library = None if body.library is None else resolve_library(services, body.library)
+    if body.queue:
+        arguments = ["train"]
+        for flag, value in (
+            ("--epochs", body.epochs),
+            ("--margin", body.margin),
+            ("--min-faces", body.min_faces),
+            ("--library", library),
+        ):
+            if value is not None:
+                arguments += [flag, str(value)]
+        job_id = services.jobs.submit("train", arguments, library)
+        return {"queued": True, "job_id": job_id, "status_url": f"/api/v1/jobs/{job_id}"}
+    from facecluster.trainjob import run_train  # torch and Ray Train load only where training runs
+
+    report = run_train(
+        services.settings, epochs=body.epochs, margin=body.margin, min_faces=body.min_faces, library=library
+    )
+    return {"queued": False, **report.to_dict()}
+
+
+@router.get("/versions", summary="The active vector version and the trained ones")
+def versions(services: Deps) -> dict[str, Any]:
+    stores = services.stores
+    trained = list_versions(stores.meta, stores.space.base)
+    return {
+        "active": stores.version,
+        "base": stores.space.base,
+        "versions": [{"version": d.pop("_id"), **d} for d in trained],
+    }
 
 
 class AssignNewRequest(BaseModel):
@@ -163,7 +207,7 @@ def split_cluster(
     body = body or SplitRequest()
     library = _library_of(services, "clusters", cluster_id, "cluster")
     stores = services.stores
-    options = run_options(services.settings, stores.embedder.spec, stores.version, unknown_method="graph")
+    options = run_options(services.settings, stores.spec, stores.version, unknown_method="graph")
     threshold = body.threshold if body.threshold is not None else min(0.95, options.unknown.threshold + 0.1)
     params = ClusterParams(
         method="graph",
@@ -323,8 +367,8 @@ async def search(
     faces = analysis.faces_above(services.detector_threshold, services.settings.min_face_size)
     if not faces:
         return {"faces": []}
-    queries = np.stack([f.vector for f in faces])
     stores = services.stores
+    queries = stores.space.project(np.stack([f.vector for f in faces]))
     face_hits = await run_in_threadpool(stores.vectors.search, queries, limit, name)
     profile_hits = await run_in_threadpool(stores.profiles.search, queries, min(limit, 5))
     persons = await run_in_threadpool(_person_names, services, face_hits)
