@@ -12,7 +12,7 @@ import torch
 
 from facecluster.clustering import unit
 from facecluster.engine import FaceEngine
-from facecluster.projection import apply_head, map_thresholds, weights_from_bytes, weights_to_bytes
+from facecluster.projection import apply_head, weights_from_bytes, weights_to_bytes
 from facecluster.settings import Settings
 from facecluster.training import HeadNet, split_persons, triplet_loss, validation_loss
 from facecluster.versions import NotEnoughLabels
@@ -50,14 +50,6 @@ def test_head_starts_as_identity_and_numpy_matches_torch() -> None:
         expected = net(torch.from_numpy(x)).numpy()
     assert np.allclose(apply_head(weights, x), expected, atol=1e-5)
     assert np.allclose(HeadNet.from_weights(weights)(torch.from_numpy(x)).detach().numpy(), expected, atol=1e-5)
-
-
-def test_thresholds_follow_the_pairs_into_the_new_space() -> None:
-    # Impostors below 0.2, genuine pairs above 0.6: a threshold in the gap stays where it is.
-    base = np.concatenate([np.linspace(-0.2, 0.2, 50), np.linspace(0.6, 0.9, 10)])
-    assert map_thresholds(base, base, {"t": 0.5, "high": 0.95}) == {"t": 0.5, "high": 0.95}
-    squeezed = map_thresholds(base, base * 0.5, {"t": 0.5, "low": -0.3})
-    assert squeezed == {"t": pytest.approx(0.25), "low": pytest.approx(-0.2)}
 
 
 def test_split_is_by_person_and_needs_enough_persons() -> None:
@@ -124,7 +116,6 @@ def test_train_reproject_switch_and_rollback(
     trained = connect(settings)
     assert trained.version == report.version == active_version(trained.meta, base)
     assert np.allclose(trained.vectors.fetch(ids), apply_head(checkpoint, raw), atol=1e-5)
-    assert trained.spec.person_match_threshold == report.thresholds["person_match"]
     hits = trained.profiles.search(trained.space.project(face.vector[None, :]), 1)
     assert hits[0][0].payload["user_id"] == "first.user" and hits[0][0].similarity > 0.99
     summary = run_cluster(settings, "family", stores=trained)

@@ -30,7 +30,6 @@ from facecluster.engine import load_detector, load_embedder, min_confidence, mod
 from facecluster.knn import KnnGraph, knn_rows
 from facecluster.metastore import MetaStore
 from facecluster.projection import VectorSpace
-from facecluster.registry import EmbedderSpec
 from facecluster.settings import Settings
 from facecluster.sources import S3Options, Source, parse_source, validate_library
 from facecluster.stages import Batch, DetectStage, EmbedStage, IngestContext, align_batch, decode_batch, skip_done
@@ -234,11 +233,6 @@ class Connection:
         """The active vector version: the embedder version, or it plus a trained head."""
         return self.space.id
 
-    @property
-    def spec(self) -> EmbedderSpec:
-        """The embedder's spec with the active version's calibrated thresholds."""
-        return self.space.spec(self.embedder.spec)
-
 
 def space_config(base: QdrantConfig, space: VectorSpace, kind: str = "faces") -> QdrantConfig:
     """The Qdrant collection of one vector version."""
@@ -296,7 +290,7 @@ def run_cluster(
     `run_options` takes. With `shards` > 1 the neighbour search runs as that many Ray tasks."""
     library = validate_library(library)
     stores = stores or connect(settings)
-    options = run_options(settings, stores.spec, stores.version, **overrides)
+    options = run_options(settings, stores.embedder.spec, stores.version, **overrides)
     if shards > 1:
         init_ray(settings)
         neighbours = partial(sharded_knn, shards=shards)
@@ -314,7 +308,7 @@ def run_match(
 ) -> MatchSummary:
     """Incremental assignment of a library's new faces (`facecluster match`, `POST /api/v1/faces/assign`)
     at the run thresholds the settings and the embedder give."""
-    options = run_options(settings, stores.spec, stores.version, person_threshold=person_threshold)
+    options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=person_threshold)
     return match_new_faces(
         stores.meta,
         stores.vectors,
@@ -337,7 +331,7 @@ def run_assignment(
     overwrite: bool = False,
 ) -> AssignReport:
     """Assign a library's clusters to profiles (`facecluster assign`, `POST /assignments/…`)."""
-    options = assign_options(settings, stores.spec, strategy=strategy, threshold=threshold)
+    options = assign_options(settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
     return assign_clusters(
         stores.meta,
         stores.vectors,

@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ from ray.train.torch import TorchTrainer
 
 from facecluster.clustering import unit
 from facecluster.metastore import MetaStore
-from facecluster.metrics import pair_similarities, tar_at_far
+from facecluster.metrics import tar_at_far
 from facecluster.pipeline import Connection, connect, init_ray, open_vectors, space_config
 from facecluster.profiles import ProfileStore
-from facecluster.projection import VectorSpace, map_thresholds, spec_thresholds, weights_from_bytes, weights_to_bytes
+from facecluster.projection import VectorSpace, weights_from_bytes, weights_to_bytes
 from facecluster.settings import Settings
 from facecluster.training import HeadNet, TrainOptions, pk_batches, split_persons, train_epoch, validation_loss
 from facecluster.vectorstore import QdrantConfig, face_payload
@@ -62,7 +62,6 @@ class TrainReport:
     switched: bool
     checkpoint: str
     seconds: float
-    thresholds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,15 +236,9 @@ def run_train(
     log.info("training %s on %d labelled faces (%s)", head_id, len(ids), options)
     head, metrics, (train_rows, val_rows) = fit_head(settings, vectors, labels, options, head_id)
     identity = HeadNet(vectors.shape[1], options.hidden)
-    trained = VectorSpace(f"{base}+{head_id}", base, vectors.shape[1], head.weights())
+    space = VectorSpace(f"{base}+{head_id}", base, vectors.shape[1], head.weights())
     val_labels = [labels[i] for i in val_rows]
-    before, after = unit(vectors[val_rows]).astype(np.float32), trained.project(vectors[val_rows])
-    thresholds = map_thresholds(
-        pair_similarities(before, val_labels)[1],
-        pair_similarities(after, val_labels)[1],
-        spec_thresholds(stores.embedder.spec),
-    )
-    space = VectorSpace(trained.id, base, trained.dim, trained.weights, thresholds)
+    before, after = unit(vectors[val_rows]).astype(np.float32), space.project(vectors[val_rows])
     val_t = (torch.from_numpy(before), torch.from_numpy(np.unique(val_labels, return_inverse=True)[1]))
     report = TrainReport(
         version=space.id,
@@ -265,7 +258,6 @@ def run_train(
         switched=False,
         checkpoint=str(settings.resolved_heads_dir / head_id),
         seconds=0.0,
-        thresholds=thresholds,
     )
     details = {"options": options.to_dict(), "faces": len(ids), "library": library, "report": report.to_dict()}
     save_checkpoint(Path(report.checkpoint), space, details)
@@ -284,7 +276,7 @@ def save_checkpoint(folder: Path, space: VectorSpace, details: dict[str, Any]) -
     assert space.weights is not None
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "head.npz").write_bytes(weights_to_bytes(space.weights))
-    meta = {"version": space.id, "base": space.base, "dim": space.dim, "thresholds": space.thresholds, **details}
+    meta = {"version": space.id, "base": space.base, "dim": space.dim, **details}
     (folder / "head.json").write_text(json.dumps(meta, indent=2, default=str))
 
 

@@ -52,7 +52,7 @@ def load_space(meta: MetaStore, version: str) -> VectorSpace:
 
 
 def record_space(meta: MetaStore, space: VectorSpace, details: Doc) -> None:
-    """Store a trained version (weights, thresholds and what it was trained on); not yet active."""
+    """Store a trained version (weights and what it was trained on); not yet active."""
     if space.weights is None:
         raise ValueError("only trained versions are recorded")
     doc: Doc = {
@@ -60,7 +60,6 @@ def record_space(meta: MetaStore, space: VectorSpace, details: Doc) -> None:
         "base": space.base,
         "dim": space.dim,
         "weights": base64.b64encode(weights_to_bytes(space.weights)).decode("ascii"),
-        "thresholds": space.thresholds,
         "created_at": now(),
         **details,
     }
