@@ -259,6 +259,15 @@ def test_search_finds_the_person_and_the_profile(client: TestClient, photos_dir:
     assert face["profiles"][0]["user_id"] == "kit_harington"
 
 
+def test_training_without_enough_labels_is_a_409_that_says_so(client: TestClient) -> None:
+    refused = client.post("/api/v1/faces/train", json={"epochs": 2, "margin": 0.2, "queue": False})
+    assert refused.status_code == 409
+    assert "at least 4 labelled persons with 5 or more faces" in refused.json()["detail"]
+    assert client.post("/api/v1/faces/train", json={"epochs": 0}).status_code == 422
+    versions = client.get("/api/v1/faces/versions").json()
+    assert versions["active"] == versions["base"] and versions["versions"] == []
+
+
 def test_bad_requests_are_4xx_that_say_what_is_wrong(client: TestClient) -> None:
     assert client.get("/person-details/my-bucket/my-sub/not-an-id").status_code == 422
     assert client.get("/person-cluster-status/my..bucket/x").status_code in (404, 422)

@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ def get(url: str) -> Any:
         return json.loads(response.read())
 
 
-@pytest.fixture
-def served(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def serving(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Path, **env_extra: str) -> Iterator[str]:
     """`facecluster serve` on a free loopback port, libraries under a local root; yields its base URL."""
     root = tmp_path / "libraries"
     for person in PEOPLE:
@@ -65,6 +66,7 @@ def served(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Path
         "FACECLUSTER_LIBRARY_ROOT": str(root),
         "FACECLUSTER_RAY_DASHBOARD_URL": ray_head.dashboard,
         "FACE_UNKNOWN_MIN_CLUSTER_SIZE": "2",
+        **env_extra,
     }
     server = subprocess.Popen(
         [str(BIN / "facecluster"), "serve", "--port", str(port)],
@@ -84,13 +86,21 @@ def served(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Path
         assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "the API did not become ready"
         time.sleep(1)
-    yield base
-    server.send_signal(signal.SIGTERM)
     try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-    stop_mongo(data)
+        yield base
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        stop_mongo(data)
+
+
+@pytest.fixture
+def served(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Path) -> Iterator[str]:
+    with serving(ray_head, photos_dir, models_dir, tmp_path) as base:
+        yield base
 
 
 def curl(command: str, base: str, substitutions: dict[str, str]) -> tuple[int, Any]:
@@ -150,8 +160,14 @@ def test_every_seed_curl_example_works_on_ray_serve(served: str, photos_dir: Pat
 
     status, body = curl(labels[1], served, {"{cluster_id}": cluster_id})
     assert status == 404  # that cluster is the person Alice now: a clear 404, not a second label
-    # `POST /api/v1/faces/train` arrives with the training issue (#6).
-    assert set(by_route) - {"/api/v1/faces/train"} <= {
+    # Training is a Ray job too; one labelled person is not enough, and the job says so.
+    status, body = curl(by_route["/api/v1/faces/train"], served, {})
+    assert status == 200 and body["queued"] is True, body
+    job = wait_for_job(served, body["job_id"])
+    assert job["status"] == "FAILED" and "at least 4 labelled persons" in job["message"], job
+
+    assert set(by_route) <= {
+        "/api/v1/faces/train",
         "/detect-face", "/cluster-bucket-persons/my-bucket/my-sub", "/api/v1/faces/cluster/dual",
         "/api/v1/faces/clusters/clu_abc123def456/label", "/api/v1/faces/clusters/{cluster_id}/label",
         next(route for route in by_route if route.startswith("/assignments/")),
