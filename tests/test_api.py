@@ -236,6 +236,42 @@ def test_label_merge_move_reject_and_undo(client: TestClient) -> None:
     assert client.get(f"/person-details/my-bucket/my-sub/{bob}").status_code == 404
 
 
+def test_review_reads_thumbnails_faces_stats_and_hides(client: TestClient) -> None:
+    import cv2
+    import numpy as np
+
+    assert client.get("/api/v1/faces/libraries").json() == {"libraries": [LIBRARY]}
+    page = client.get("/ui")
+    assert page.status_code == 200 and "facecluster review" in page.text
+    cluster = _clusters(client)[0]
+    thumb = client.get(f"/api/v1/faces/faces/{cluster['owner_face_id']}/thumbnail", params={"size": 96})
+    assert thumb.headers["content-type"] == "image/jpeg" and "immutable" in thumb.headers["cache-control"]
+    pixels = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR)
+    assert pixels.shape == (96, 96, 3) and pixels.std() > 20  # a face, not a grey square
+    assert client.get("/api/v1/faces/faces/00000000-0000-0000-0000-000000000000/thumbnail").status_code == 404
+    assert client.get(f"/api/v1/faces/faces/{cluster['owner_face_id']}/thumbnail?size=4").status_code == 422
+
+    stats = client.get("/api/v1/faces/stats", params={"library": LIBRARY}).json()
+    similarity = stats["centroid_similarity"]
+    assert (
+        len(similarity["bins"]) == len(similarity["counts"]) == 20 and sum(similarity["counts"]) == similarity["faces"]
+    )
+    assert similarity["faces"] > 0 and sum(similarity["counts"][10:]) == similarity["faces"]  # all above 0.5
+    assert stats["latest_run"]["run_id"].startswith("run_")
+
+    person = client.post("/api/v1/faces/persons", json={"name": "Hidden Harry", "library": LIBRARY}).json()
+    pid = person["person_id"]
+    assert client.patch(f"/api/v1/faces/persons/{pid}", json={"hidden": True}).json()["hidden"] is True
+    listed = client.get("/api/v1/faces/persons", params={"library": LIBRARY}).json()["persons"]
+    assert pid not in [p["person_id"] for p in listed]
+    shown = client.get("/api/v1/faces/persons", params={"library": LIBRARY, "hidden": True}).json()["persons"]
+    assert pid in [p["person_id"] for p in shown]
+    assert client.patch(f"/api/v1/faces/persons/{pid}", json={}).status_code == 422
+    assert client.get(f"/api/v1/faces/persons/{pid}/faces").json() == {
+        "person_id": pid, "library": LIBRARY, "total": 0, "faces": []
+    }  # fmt: skip
+
+
 def test_split_and_cluster_dual_inline(client: TestClient) -> None:
     ran = client.post("/api/v1/faces/cluster/dual", json={"library": LIBRARY, "person_threshold": 0.4, "queue": False})
     assert ran.status_code == 200, ran.text

@@ -74,8 +74,9 @@ class Curator:
             raise NotFound(f"cluster {cluster_id} not found in library {self.library}")
         return doc
 
-    def persons(self, *, skip: int = 0, limit: int = 50) -> tuple[int, list[Doc]]:
-        """Active persons, most faces first, with their face counts."""
+    def persons(self, *, skip: int = 0, limit: int = 50, hidden: bool = False) -> tuple[int, list[Doc]]:
+        """Active persons (hidden ones with `hidden`), most faces first, with their face counts and
+        best-quality face."""
         counts = {
             row["_id"]: row["n"]
             for row in self.meta.call(
@@ -90,10 +91,19 @@ class Curator:
             )
         }
         docs = self.meta.call(lambda: list(self.meta.db.persons.find({"library": self.library, "merged_into": None})))
+        docs = [d for d in docs if hidden or not d.get("hidden")]
         for doc in docs:
             doc["faces"] = counts.get(doc["_id"], 0)
         docs.sort(key=lambda d: (-d["faces"], d["name"]))
-        return len(docs), docs[skip : skip + limit]
+        page = docs[skip : skip + limit]
+        for doc in page:
+            best = self.meta.call(
+                lambda doc=doc: self.meta.db.faces.find_one(  # type: ignore[misc]
+                    {"library": self.library, "person_id": doc["_id"]}, {"_id": 1}, sort=[("quality.score", -1)]
+                )
+            )
+            doc["owner_face_id"] = None if best is None else best["_id"]
+        return len(docs), page
 
     def person_by_name(self, name: str) -> Doc | None:
         query = {"library": self.library, "name": name, "merged_into": None}
@@ -173,6 +183,13 @@ class Curator:
         renamed = {**person, "name": name}
         self._change("rename_person", person_id, [], {}, persons={person_id: renamed}, details={"name": name})
         return renamed
+
+    def hide_person(self, person_id: str, hidden: bool) -> Doc:
+        """Hide a person from the galleries (or show them again); their faces keep their label."""
+        person = {**self.active_person(person_id), "hidden": hidden}
+        action = "hide_person" if hidden else "show_person"
+        self._change(action, person_id, [], {}, persons={person_id: person}, details={"hidden": hidden})
+        return person
 
     def label_cluster(self, cluster_id: str, name: str) -> Doc:
         """The cluster's faces become the person `name` (an existing one of that name, else a new one)."""

@@ -9,7 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from facecluster.api.routes import assignments, faces, library, profiles, system
+from facecluster.api.routes import assignments, faces, library, profiles, review, system
 from facecluster.api.services import Services, guard
 from facecluster.backoff import BackendUnavailable
 from facecluster.curation import Conflict, NotFound
@@ -54,7 +54,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.services = services
-    for router in (system.router, profiles.router, library.router, assignments.router, faces.router):
+    for router in (system.router, profiles.router, library.router, assignments.router, review.router, faces.router):
         app.include_router(router)
     origins = settings.cors_origins
     if origins:

@@ -207,7 +207,7 @@ def split_cluster(
     body = body or SplitRequest()
     library = _library_of(services, "clusters", cluster_id, "cluster")
     stores = services.stores
-    options = run_options(services.settings, stores.spec, stores.version, unknown_method="graph")
+    options = run_options(services.settings, stores.embedder.spec, stores.version, unknown_method="graph")
     threshold = body.threshold if body.threshold is not None else min(0.95, options.unknown.threshold + 0.1)
     params = ClusterParams(
         method="graph",
@@ -220,10 +220,15 @@ def split_cluster(
 
 @router.get("/persons", summary="Persons, most faces first")
 def list_persons(
-    services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50
+    services: Deps,
+    library: LibraryQuery = None,
+    page: Page = 1,
+    page_size: PageSize = 50,
+    hidden: Annotated[bool, Query(description="include hidden persons")] = False,
 ) -> dict[str, Any]:
     name = resolve_library(services, library)
-    total, docs = _curator(services, "anonymous", name).persons(skip=(page - 1) * page_size, limit=page_size)
+    curator = _curator(services, "anonymous", name)
+    total, docs = curator.persons(skip=(page - 1) * page_size, limit=page_size, hidden=hidden)
     return {
         "library": name,
         "total": total,
@@ -245,14 +250,20 @@ def create_person(services: Deps, actor: Actor, body: PersonRequest) -> dict[str
     return {"person_id": doc.pop("_id"), **doc}
 
 
-class RenameRequest(BaseModel):
-    name: Name
+class PersonUpdate(BaseModel):
+    name: Name | None = None
+    hidden: bool | None = Field(default=None, description="hide from the galleries, or show again")
 
 
-@router.patch("/persons/{person_id}", summary="Rename a person")
-def rename_person(services: Deps, actor: Actor, person_id: PersonId, body: RenameRequest) -> dict[str, Any]:
+@router.patch("/persons/{person_id}", summary="Rename a person, or hide or show them")
+def update_person(services: Deps, actor: Actor, person_id: PersonId, body: PersonUpdate) -> dict[str, Any]:
+    if body.name is None and body.hidden is None:
+        raise HTTPException(422, "give a name, hidden, or both")
     library = _library_of(services, "persons", person_id, "person")
-    doc = _curator(services, actor, library).rename_person(person_id, body.name.strip())
+    curator = _curator(services, actor, library)
+    doc = curator.rename_person(person_id, body.name.strip()) if body.name is not None else {}
+    if body.hidden is not None:
+        doc = curator.hide_person(person_id, body.hidden)
     return {"person_id": doc.pop("_id"), **doc}
 
 
