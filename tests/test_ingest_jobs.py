@@ -188,7 +188,7 @@ def test_pipeline_cluster_stats_and_export_from_the_command_line(
     shutil.copytree(photos_dir / "enrol", folder)
     try:
         done = subprocess.run(
-            [str(BIN / "facecluster"), "pipeline", str(folder), "--min-cluster-size", "2"],
+            [str(BIN / "facecluster"), "pipeline", str(folder), "--min-cluster-size", "2", "--train", "--epochs", "2"],
             env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
@@ -197,6 +197,8 @@ def test_pipeline_cluster_stats_and_export_from_the_command_line(
         # Five people with 2-3 photos each: one cluster each at a minimum size of 2.
         assert result["cluster"]["method"] == "dual" and result["cluster"]["clusters"] == 5
         assert result["stats"]["clusters"] == 5 and result["stats"]["faces_per_person"]["2"] >= 1
+        # The full pipeline trains only on human labels; none yet, so it says so and goes on.
+        assert "at least 4 labelled persons" in result["train"]["skipped"] and "recluster" not in result
 
         run = [str(BIN / "facecluster")]
         stats = json.loads(subprocess.run([*run, "stats", "--library", "enrol"], env=env, capture_output=True,
@@ -224,5 +226,7 @@ def test_pipeline_cluster_stats_and_export_from_the_command_line(
         assert report["assigned"] == 1 and report["unassigned"] == 4  # only Obama has a profile
         assert facecluster("match", "--library", "enrol")[0]["considered"] >= 0
         assert facecluster("profiles", "delete", "obama")[0]["assignments_deleted"] == 1
+        refused = subprocess.run([*run, "train", "--rollback"], env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and "nothing to roll back" in refused.stderr
     finally:
         stop_mongo(tmp_path / "data")
