@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,24 @@ def test_search_finds_the_person_and_the_profile(client: TestClient, photos_dir:
     assert face["faces"][0]["similarity"] > 0.99  # the photo itself is in the library
     assert all(hit["image"].startswith("kit_harington/") for hit in face["faces"][:2])
     assert face["profiles"][0]["user_id"] == "kit_harington"
+
+
+def test_one_clustering_run_per_library_at_a_time(client: TestClient, services: Services) -> None:
+    from facecluster.metastore import Busy
+
+    meta = services.meta
+    with meta.locked(f"clustering of {LIBRARY}", "elsewhere:1", ttl_s=60):
+        with pytest.raises(Busy, match="held by elsewhere:1"), meta.locked(f"clustering of {LIBRARY}", "me:2", 60):
+            pass
+        busy = client.post("/api/v1/faces/cluster/dual", json={"library": LIBRARY, "queue": False})
+        assert busy.status_code == 409 and "in progress: held by elsewhere:1" in busy.json()["detail"]
+    # A crashed holder's lock lapses and is taken over; a finished run releases its own.
+    with meta.locked(f"clustering of {LIBRARY}", "crashed:3", ttl_s=0.001):
+        time.sleep(0.01)
+        with meta.locked(f"clustering of {LIBRARY}", "me:4", ttl_s=60):
+            assert meta.db.locks.find_one({"_id": f"clustering of {LIBRARY}"})["holder"] == "me:4"
+    assert meta.db.locks.count_documents({}) == 0
+    assert client.post("/api/v1/faces/cluster/dual", json={"library": LIBRARY, "queue": False}).status_code == 200
 
 
 def test_training_without_enough_labels_is_a_409_that_says_so(client: TestClient) -> None:

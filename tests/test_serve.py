@@ -165,6 +165,9 @@ def test_every_seed_curl_example_works_on_ray_serve(served: str, photos_dir: Pat
     assert status == 200 and body["queued"] is True, body
     job = wait_for_job(served, body["job_id"])
     assert job["status"] == "FAILED" and "at least 4 labelled persons" in job["message"], job
+    status, stopped = curl(f"curl -X DELETE http://localhost:8000/api/v1/jobs/{body['job_id']}", served, {})
+    assert status == 200 and stopped["stop_requested"] is False and stopped["status"] == "FAILED"  # it had ended
+    assert curl("curl -X DELETE http://localhost:8000/api/v1/jobs/raysubmit_none", served, {})[0] == 404
 
     assert set(by_route) <= {
         "/api/v1/faces/train",

@@ -620,12 +620,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     from facecluster.backoff import BackendUnavailable
     from facecluster.engine import ModelFileMissing
+    from facecluster.metastore import Busy
     from facecluster.sources import SourceError
     from facecluster.versions import NotEnoughLabels, VersionNotFound
 
     try:
         return handlers[args.command](settings, args)
-    except (ModelFileMissing, SourceError, BackendUnavailable, NotEnoughLabels, VersionNotFound) as exc:
+    except (ModelFileMissing, SourceError, BackendUnavailable, NotEnoughLabels, VersionNotFound, Busy) as exc:
         log.error("%s", exc)
         return 2
 

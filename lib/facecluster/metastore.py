@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    NetworkTimeout,
+    ServerSelectionTimeoutError,
+)
 
 from facecluster.backoff import with_retries
 
@@ -22,6 +30,10 @@ _TRANSIENT = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionT
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class Busy(RuntimeError):
+    """A named lock that another process holds."""
 
 
 class MetaStore:
@@ -128,6 +140,27 @@ class MetaStore:
             "rejected_persons": 1, "cluster_id": 1,
         }  # fmt: skip
         return self.call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING)))
+
+    @contextmanager
+    def locked(self, name: str, holder: str, ttl_s: float) -> Iterator[None]:
+        """Hold the lock `name` (a `locks` document) for the block; `Busy` when another holder has it.
+        A lock older than `ttl_s` (its holder crashed) is taken over."""
+        started = time.time()  # epoch seconds: compared as numbers by every MongoDB-wire server
+        fields = {"holder": holder, "since": now(), "expires": started + ttl_s}
+        try:
+            self.call(lambda: self.db.locks.insert_one({"_id": name, **fields}))
+        except DuplicateKeyError:
+            stale = {"_id": name, "expires": {"$lt": started}}
+            if self.call(lambda: self.db.locks.update_one(stale, {"$set": fields}).modified_count) != 1:
+                held = self.call(lambda: self.db.locks.find_one({"_id": name})) or {}
+                raise Busy(
+                    f"{name} is in progress: held by {held.get('holder')} since {held.get('since')}, "
+                    f"for at most {max(0.0, float(held.get('expires', started)) - started):.0f} s more"
+                ) from None
+        try:
+            yield
+        finally:
+            self.call(lambda: self.db.locks.delete_one({"_id": name, "holder": holder}))
 
     def update_faces(self, updates: Sequence[tuple[str, Doc]]) -> None:
         """`$set` fields on faces: [(face id, fields), …] in one bulk write."""

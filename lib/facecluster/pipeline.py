@@ -11,8 +11,10 @@ import hashlib
 import itertools
 import logging
 import os
+import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
@@ -27,7 +29,7 @@ from facecluster.curation import MatchSummary, match_new_faces
 from facecluster.embedded import mongo_uri
 from facecluster.embedder import FaceEmbedder
 from facecluster.engine import load_detector, load_embedder, min_confidence, model_version
-from facecluster.knn import KnnGraph, knn_rows
+from facecluster.knn import KnnGraph, knn_graph, knn_rows
 from facecluster.metastore import MetaStore
 from facecluster.projection import VectorSpace
 from facecluster.settings import Settings
@@ -287,15 +289,18 @@ def run_cluster(
     settings: Settings, library: str, *, shards: int = 1, stores: Connection | None = None, **overrides: Any
 ) -> RunSummary:
     """Cluster a library's stored faces (`facecluster cluster`, the API's inline runs); overrides as
-    `run_options` takes. With `shards` > 1 the neighbour search runs as that many Ray tasks."""
+    `run_options` takes. With `shards` > 1 the neighbour search runs as that many Ray tasks. One run
+    per library at a time: another one meanwhile is `Busy`."""
     library = validate_library(library)
     stores = stores or connect(settings)
     options = run_options(settings, stores.embedder.spec, stores.version, **overrides)
+    neighbours: Callable[[Any, int], KnnGraph] = knn_graph
     if shards > 1:
         init_ray(settings)
         neighbours = partial(sharded_knn, shards=shards)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    with stores.meta.locked(f"clustering of {library}", holder, settings.cluster_lock_s):
         return run_clustering(stores.meta, stores.vectors, library, options, neighbours)
-    return run_clustering(stores.meta, stores.vectors, library, options)
 
 
 def run_match(

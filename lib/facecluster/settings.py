@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     cluster_method: Literal["dual", "graph", "hdbscan", "dbscan", "agglomerative"] = Field(
         default="dual", validation_alias=_env("CLUSTER_METHOD")
     )
+    cluster_lock_s: float = Field(
+        default=3600.0,
+        gt=0,
+        validation_alias=_env("CLUSTER_LOCK_S"),
+        description="One clustering run per library at a time; a crashed run's lock lapses after this.",
+    )
     cluster_min_quality: float = Field(default=0.0, ge=0.0, le=1.0, validation_alias=_env("CLUSTER_MIN_QUALITY"))
     cluster_max_faces: int | None = Field(default=None, gt=0, validation_alias=_env("CLUSTER_MAX_FACES", "MAX_FACES"))
     unknown_eps: float | None = Field(default=None, gt=0.0, validation_alias=_env("UNKNOWN_EPS", "FACE_UNKNOWN_EPS"))

@@ -9,10 +9,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from facecluster.api.jobs import JobNotFound
 from facecluster.api.routes import assignments, faces, library, profiles, review, system
 from facecluster.api.services import Services, guard
 from facecluster.backoff import BackendUnavailable
 from facecluster.curation import Conflict, NotFound
+from facecluster.metastore import Busy
 from facecluster.settings import Settings
 from facecluster.sources import SourceError
 from facecluster.versions import NotEnoughLabels, VersionNotFound
@@ -69,9 +71,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     for error, status in (
         (NotFound, 404),
+        (JobNotFound, 404),
         (VersionNotFound, 404),
         (Conflict, 409),
         (NotEnoughLabels, 409),
+        (Busy, 409),
         (SourceError, 422),
         (BackendUnavailable, 503),
     ):

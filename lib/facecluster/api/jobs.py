@@ -79,13 +79,23 @@ class JobRunner:
         log.info("submitted %s job %s: %s", kind, job_id, entrypoint)
         return job_id
 
-    def status(self, job_id: str) -> dict[str, Any]:
+    def _info(self, job_id: str) -> Any:
         try:
-            info = self.client.get_job_info(job_id)
+            return self.client.get_job_info(job_id)
         except RuntimeError as exc:
             if "does not exist" in str(exc) or "404" in str(exc):
                 raise JobNotFound(job_id) from None
             raise
+
+    def stop(self, job_id: str) -> dict[str, Any]:
+        """Ask Ray to stop the job (a no-op once it has finished); its state afterwards."""
+        self._info(job_id)
+        stopped = bool(self.client.stop_job(job_id))
+        log.info("stop of job %s requested: %s", job_id, "stopping" if stopped else "already finished")
+        return {**self.status(job_id), "stop_requested": stopped}
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        info = self._info(job_id)
         logs = self.client.get_job_logs(job_id)
         status = str(info.status.value if hasattr(info.status, "value") else info.status)
         return {

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
-from facecluster.api.jobs import JobNotFound
 from facecluster.api.services import JOB_ID, Deps, Services
 
 router = APIRouter(tags=["system"])
+JobId = Annotated[str, Path(pattern=JOB_ID)]  # an unknown one is JobNotFound: 404
 
 
 def probe(services: Services) -> dict[str, Any]:
@@ -43,8 +43,10 @@ def ready(services: Deps) -> JSONResponse:
 
 
 @router.get("/api/v1/jobs/{job_id}", summary="A Ray job's status, progress and result")
-def job_status(services: Deps, job_id: Annotated[str, Path(pattern=JOB_ID)]) -> dict[str, Any]:
-    try:
-        return services.jobs.status(job_id)
-    except JobNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+def job_status(services: Deps, job_id: JobId) -> dict[str, Any]:
+    return services.jobs.status(job_id)
+
+
+@router.delete("/api/v1/jobs/{job_id}", summary="Stop a Ray job; an ingest resumes where it stopped when started again")
+def stop_job(services: Deps, job_id: JobId) -> dict[str, Any]:
+    return services.jobs.stop(job_id)
