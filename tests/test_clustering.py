@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facecluster.clustering import UNCLUSTERED, ClusterParams, cluster, enforce_rules, match_known, stable_ids
+from facecluster.clustering import UNCLUSTERED, ClusterParams, cluster, enforce_rules, match_known, stable_ids, unit
 from facecluster.engine import FaceEngine
-from facecluster.knn import knn_graph
+from facecluster.knn import knn_graph, knn_rows
 from facecluster.metrics import score_clustering
 from facecluster.settings import Settings
 from facecluster.verification import embed_central_faces
@@ -95,11 +95,12 @@ def test_each_method_finds_the_people(lfw_people: tuple[np.ndarray, list[str], l
 
 def test_knn_graph_matches_brute_force(lfw_people: tuple[np.ndarray, list[str], list[str]]) -> None:
     vectors = lfw_people[0]
-    graph = knn_graph(vectors, 5, block_bytes=7 * 4 * len(vectors))  # blocks of 7 rows
+    _, similarities = knn_rows(vectors, slice(0, len(vectors)), 5, block_bytes=7 * 4 * len(vectors))  # 7-row blocks
     full = vectors @ vectors.T
     np.fill_diagonal(full, -np.inf)
     expected = np.sort(full, axis=1)[:, ::-1][:, :5]
-    assert np.allclose(graph.similarities, expected, atol=1e-5)
+    assert np.allclose(similarities, expected, atol=1e-5)
+    assert np.allclose(knn_graph(vectors, 5).similarities, expected, atol=1e-5)
 
 
 def _copy_people(lfw_dir: Path, target: Path, people: list[str], photos: slice) -> None:
@@ -108,6 +109,20 @@ def _copy_people(lfw_dir: Path, target: Path, people: list[str], photos: slice) 
         folder.mkdir(parents=True, exist_ok=True)
         for path in sorted((lfw_dir / "images" / name).glob("*.jpg"))[photos]:
             shutil.copy(path, folder / path.name)
+
+
+def test_hnsw_graph_finds_the_exact_neighbours(lfw_people: tuple[np.ndarray, list[str], list[str]]) -> None:
+    from facecluster.knn import hnsw_graph
+
+    vectors = unit(lfw_people[0]).astype(np.float32)
+    exact, approximate = knn_graph(vectors, 7), hnsw_graph(vectors, 7)
+    assert approximate.indices.shape == exact.indices.shape
+    assert not (approximate.indices == np.arange(len(vectors))[:, None]).any()  # never itself
+    recall = np.mean([len(set(a) & set(e)) / 7 for a, e in zip(approximate.indices, exact.indices, strict=True)])
+    assert recall >= 0.98
+    assert np.allclose(approximate.similarities[:, 0], exact.similarities[:, 0], atol=1e-5)
+    # Above the exact limit, knn_graph is this index.
+    assert np.array_equal(knn_graph(vectors, 7, exact_max=10).indices, approximate.indices)
 
 
 @pytest.mark.usefixtures("ray_cluster")

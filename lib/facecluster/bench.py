@@ -218,10 +218,10 @@ def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = No
     }
 
 
-def _cluster_once(vectors: NDArray[np.float32], method: Method, threshold: float, k: int) -> dict[str, float]:
+def _cluster_once(vectors: NDArray[np.float32], method: Method, threshold: float, k: int) -> dict[str, Any]:
     """One timed clustering in a fresh process, so its peak memory is its own."""
     from facecluster.clustering import ClusterParams, cluster
-    from facecluster.knn import knn_graph
+    from facecluster.knn import EXACT_MAX, knn_graph
 
     start = time.perf_counter()
     graph = knn_graph(vectors, k)
@@ -231,6 +231,7 @@ def _cluster_once(vectors: NDArray[np.float32], method: Method, threshold: float
     total = time.perf_counter() - start
     return {
         "faces": len(vectors),
+        "search": "exact" if len(vectors) <= EXACT_MAX else "hnsw",
         "seconds": round(total, 2),
         "knn_seconds": round(knn_seconds, 2),
         "cluster_seconds": round(total - knn_seconds, 2),
