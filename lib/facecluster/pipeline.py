@@ -149,10 +149,15 @@ def _skip_done(batch: Batch, ctx: IngestContext) -> Batch:
 class _Writer:
     def __init__(self, ctx: IngestContext, qdrant: QdrantConfig, space: VectorSpace) -> None:
         self.ctx = ctx
+        self.qdrant = qdrant
         self.meta = MetaStore(ctx.mongo_uri, ctx.settings.mongo_db, attempts=ctx.settings.store_retries)
+        self.space = space
         self.vectors = space_vectors(qdrant, space, ctx.settings.store_retries)
 
     def __call__(self, batch: Batch) -> Batch:
+        if active_version(self.meta, self.space.base) != self.space.id:  # switched while the ingest runs
+            self.space = active_space(self.meta, self.space.base, self.space.dim)
+            self.vectors = space_vectors(self.qdrant, self.space, self.ctx.settings.store_retries)
         return store_batch(batch, self.ctx, self.meta, self.vectors)
 
 

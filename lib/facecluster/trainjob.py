@@ -179,15 +179,19 @@ class _Reproject:
         return {"points": len(kept)}
 
 
-def reproject(settings: Settings, stores: Connection, space: VectorSpace, *, chunk: int = 1024) -> tuple[int, int]:
-    """Write every stored face (all libraries) and profile into `space`'s collections; idempotent:
-    a re-run rewrites the same points, and points of faces that are gone are removed."""
+def reproject(
+    settings: Settings, stores: Connection, space: VectorSpace, *, missing_only: bool = False, chunk: int = 1024
+) -> tuple[int, int]:
+    """Write every stored face (all libraries; with `missing_only`, those `space` lacks) and every
+    profile into `space`'s collections; idempotent: a re-run rewrites the same points, and points of
+    faces that are gone are removed."""
     init_ray(settings)
     base = stores.config.qdrant
     target = open_vectors(space_config(base, space), settings.store_retries)
     target.ensure_collection()
     ids = sorted(open_vectors(base, settings.store_retries).ids())
-    chunks = [{"ids": ids[i : i + chunk]} for i in range(0, len(ids), chunk)]
+    todo = sorted(set(ids) - target.ids()) if missing_only else ids
+    chunks = [{"ids": todo[i : i + chunk]} for i in range(0, len(todo), chunk)]
     written = 0
     if chunks:
         ds = ray.data.from_items(chunks, override_num_blocks=len(chunks)).map(
@@ -287,12 +291,14 @@ def activate(settings: Settings, version: str, stores: Connection | None = None)
     stores = stores or connect(settings)
     base = stores.space.base
     written = profiles = 0
-    if version != base:
-        space = load_space(stores.meta, version)
+    space = None if version == base else load_space(stores.meta, version)
+    if space is not None:
         if space.base != base:
             raise VersionNotFound(f"{version} derives from {space.base}, not from the configured embedder {base}")
         written, profiles = reproject(settings, stores, space)
     replaced = switch_space(stores.meta, base, version)
+    if space is not None:  # faces an ingest stored between the re-projection and the switch
+        written += reproject(settings, stores, space, missing_only=True)[0]
     log.info("active vector version: %s (was %s)", version, replaced)
     return {"version": version, "previous": replaced, "reprojected": written, "profiles": profiles}
 
