@@ -40,7 +40,8 @@ def _curator(services: Services, actor: str, library: str) -> Curator:
     return Curator(services.meta, services.stores.vectors, library, actor)
 
 
-def _library_of(services: Services, collection: str, key: str, what: str) -> str:
+def owning_library(services: Services, collection: str, key: str, what: str) -> str:
+    """The library of the face, person, cluster or audit entry `key` of `collection`; 404 when unknown."""
     meta = services.meta
     doc = meta.call(lambda: meta.db[collection].find_one({"_id": key}, {"library": 1}))
     if doc is None:
@@ -191,7 +192,7 @@ class LabelRequest(BaseModel):
 
 @router.post("/clusters/{cluster_id}/label", summary="Name a cluster: its faces become that person")
 def label_cluster(services: Deps, actor: Actor, cluster_id: ClusterId, body: LabelRequest) -> dict[str, Any]:
-    library = _library_of(services, "clusters", cluster_id, "cluster")
+    library = owning_library(services, "clusters", cluster_id, "cluster")
     return _curator(services, actor, library).label_cluster(cluster_id, body.name.strip())
 
 
@@ -205,7 +206,7 @@ def split_cluster(
     services: Deps, actor: Actor, cluster_id: ClusterId, body: SplitRequest | None = None
 ) -> dict[str, Any]:
     body = body or SplitRequest()
-    library = _library_of(services, "clusters", cluster_id, "cluster")
+    library = owning_library(services, "clusters", cluster_id, "cluster")
     stores = services.stores
     options = run_options(services.settings, stores.embedder.spec, stores.version, unknown_method="graph")
     threshold = body.threshold if body.threshold is not None else min(0.95, options.unknown.threshold + 0.1)
@@ -259,7 +260,7 @@ class PersonUpdate(BaseModel):
 def update_person(services: Deps, actor: Actor, person_id: PersonId, body: PersonUpdate) -> dict[str, Any]:
     if body.name is None and body.hidden is None:
         raise HTTPException(422, "give a name, hidden, or both")
-    library = _library_of(services, "persons", person_id, "person")
+    library = owning_library(services, "persons", person_id, "person")
     curator = _curator(services, actor, library)
     doc = curator.rename_person(person_id, body.name.strip()) if body.name is not None else {}
     if body.hidden is not None:
@@ -273,13 +274,13 @@ class MergeRequest(BaseModel):
 
 @router.post("/persons/{person_id}/merge", summary="Merge this person into another")
 def merge_person(services: Deps, actor: Actor, person_id: PersonId, body: MergeRequest) -> dict[str, Any]:
-    library = _library_of(services, "persons", person_id, "person")
+    library = owning_library(services, "persons", person_id, "person")
     return _curator(services, actor, library).merge_persons(person_id, body.into_person_id)
 
 
 @router.get("/persons/{person_id}/photos", summary="The photos a person is in, with their face boxes")
 def person_photos(services: Deps, person_id: PersonId, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
-    library = _library_of(services, "persons", person_id, "person")
+    library = owning_library(services, "persons", person_id, "person")
     meta = services.meta
     faces = meta.call(
         lambda: list(
@@ -318,7 +319,7 @@ class MoveRequest(BaseModel):
 
 @router.post("/persons/{person_id}/faces/remove", summary="Bulk-remove faces from a person")
 def remove_faces(services: Deps, actor: Actor, person_id: PersonId, body: FacesRequest) -> dict[str, Any]:
-    library = _library_of(services, "persons", person_id, "person")
+    library = owning_library(services, "persons", person_id, "person")
     return _curator(services, actor, library).remove_faces(person_id, body.face_ids)
 
 
@@ -326,7 +327,7 @@ def remove_faces(services: Deps, actor: Actor, person_id: PersonId, body: FacesR
 def move_faces(services: Deps, actor: Actor, person_id: PersonId, body: MoveRequest) -> dict[str, Any]:
     if (body.to_person_id is None) == (body.new_name is None):
         raise HTTPException(422, "give exactly one of to_person_id and new_name")
-    library = _library_of(services, "persons", person_id, "person")
+    library = owning_library(services, "persons", person_id, "person")
     name = body.new_name.strip() if body.new_name else None
     return _curator(services, actor, library).move_faces(person_id, body.face_ids, to=body.to_person_id, name=name)
 
@@ -337,19 +338,19 @@ class PersonRef(BaseModel):
 
 @router.post("/faces/{face_id}/assign", summary="Assign one face to a person")
 def assign_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) -> dict[str, Any]:
-    library = _library_of(services, "faces", face_id, "face")
+    library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).assign_face(face_id, body.person_id)
 
 
 @router.post("/faces/{face_id}/unassign", summary="Take one face from its person")
 def unassign_face(services: Deps, actor: Actor, face_id: FaceId) -> dict[str, Any]:
-    library = _library_of(services, "faces", face_id, "face")
+    library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).unassign_face(face_id)
 
 
 @router.post("/faces/{face_id}/not-person", summary='"Not this person": never match the face to it again')
 def reject_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) -> dict[str, Any]:
-    library = _library_of(services, "faces", face_id, "face")
+    library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).reject_face(face_id, body.person_id)
 
 
@@ -362,7 +363,7 @@ def audit_log(services: Deps, library: LibraryQuery = None, page: Page = 1, page
 
 @router.post("/audit/{audit_id}/undo", summary="Undo a change")
 def undo(services: Deps, actor: Actor, audit_id: Annotated[str, Path(pattern=AUDIT_ID)]) -> dict[str, Any]:
-    library = _library_of(services, "audit", audit_id, "audit entry")
+    library = owning_library(services, "audit", audit_id, "audit entry")
     return _curator(services, actor, library).undo(audit_id)
 
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
-from facecluster.api.routes.faces import LibraryQuery, Page, PageSize, _library_of, resolve_library
+from facecluster.api.routes.faces import LibraryQuery, Page, PageSize, owning_library, resolve_library
 from facecluster.api.services import Deps, FaceId, PersonId, Services, face_view
 from facecluster.clustering import unit
 from facecluster.imagedecode import ImageDecodeError, decode_image
@@ -82,7 +82,7 @@ def _cached_thumbnail(
 
 @router.get("/api/v1/faces/persons/{person_id}/faces", tags=["faces"], summary="A person's faces, best quality first")
 def person_faces(services: Deps, person_id: PersonId, page: Page = 1, page_size: PageSize = 100) -> dict[str, Any]:
-    library = _library_of(services, "persons", person_id, "person")
+    library = owning_library(services, "persons", person_id, "person")
     meta = services.meta
     query = {"library": library, "person_id": person_id}
     total = int(meta.call(lambda: meta.db.faces.count_documents(query)))
