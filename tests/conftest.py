@@ -144,4 +144,8 @@ def ray_head() -> Iterator[RayHead]:
         time.sleep(0.5)
     yield RayHead(address, f"127.0.0.1:{gcs}")
     os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # its graceful stop takes about 30 s; the test is over
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
