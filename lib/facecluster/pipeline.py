@@ -240,6 +240,11 @@ class Connection:
         """The active vector version: the embedder version, or it plus a trained head."""
         return self.space.id
 
+    @property
+    def own_vectors(self) -> Vectors:
+        """The embedder's own vectors (the base collection), whichever version is active."""
+        return self.vectors.base if isinstance(self.vectors, VersionedVectors) else self.vectors
+
 
 def space_config(base: QdrantConfig, space: VectorSpace, kind: str = "faces") -> QdrantConfig:
     """The Qdrant collection of one vector version."""

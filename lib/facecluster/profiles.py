@@ -62,12 +62,12 @@ class ProfileStore:
         self.space = space
         self.model_version = space.base  # of the enrolment embeddings
 
-    def reproject(self, space: VectorSpace, target: Vectors) -> int:
-        """Every profile of this embedder's templates written into `space`'s collection `target`."""
+    def reproject(self) -> int:
+        """Every profile of this embedder: its template in this store's space, written to its collection."""
         docs = self.meta.call(lambda: list(self.meta.db.profiles.find({"model_version": self.model_version})))
         for doc in docs:
-            vector = template(space, doc["faces"])
-            target.upsert(
+            vector = template(self.space, doc["faces"])
+            self.vectors.upsert(
                 [point_id(doc["_id"])], vector[None, :], [{"user_id": doc["_id"], "faces": len(doc["faces"])}]
             )
         return len(docs)

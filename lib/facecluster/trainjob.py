@@ -68,7 +68,8 @@ class TrainReport:
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: P×K batches of its share, validation each epoch, checkpoint on improvement."""
+    """One Ray Train worker: P×K batches of its share, then the validation loss; rank 0 reports a
+    checkpoint every epoch (Ray keeps the best), and patience epochs without a better loss stop it."""
     options = TrainOptions(**config["options"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -147,7 +148,7 @@ def fit_head(
 
 def labelled_vectors(stores: Connection, library: str | None) -> tuple[list[str], np.ndarray, list[str]]:
     """Face ids, embedder vectors and person ids of every human-labelled face (of one library or all)."""
-    base = open_vectors(stores.config.qdrant, 3)
+    base = stores.own_vectors
     query: dict[str, Any] = {"label_source": "human", "person_id": {"$ne": None}}
     if library is not None:
         query["library"] = library
@@ -189,7 +190,7 @@ def reproject(
     base = stores.config.qdrant
     target = open_vectors(space_config(base, space), settings.store_retries)
     target.ensure_collection()
-    ids = sorted(open_vectors(base, settings.store_retries).ids())
+    ids = sorted(stores.own_vectors.ids())
     todo = sorted(set(ids) - target.ids()) if missing_only else ids
     chunks = [{"ids": todo[i : i + chunk]} for i in range(0, len(todo), chunk)]
     written = 0
@@ -209,7 +210,7 @@ def reproject(
     target.delete(sorted(target.ids() - set(ids)))
     profiles = open_vectors(space_config(base, space, "profiles"), settings.store_retries)
     profiles.ensure_collection()
-    count = ProfileStore(stores.meta, profiles, space).reproject(space, profiles)
+    count = ProfileStore(stores.meta, profiles, space).reproject()
     log.info("re-projected %d faces and %d profiles into %s", written, count, space.id)
     return written, count
 
@@ -251,7 +252,7 @@ def run_train(
         faces=len(train_rows),
         validation_persons=len(set(val_labels)),
         epochs=options.epochs,
-        best_epoch=int(metrics.get("epoch", 0)),
+        best_epoch=int(metrics["epoch"]),
         train_loss=round(float(metrics["train_loss"]), 5),
         validation_loss_before=round(validation_loss(identity, *val_t, options.margin), 5),
         validation_loss=round(validation_loss(head, *val_t, options.margin), 5),

@@ -19,6 +19,18 @@ class JobNotFound(KeyError):
         return f"job {self.args[0]} not found"
 
 
+def options(*pairs: tuple[str, object]) -> list[str]:
+    """Command-line options of the values that are set: `(flag, value)` → `flag value`; `True` gives the
+    flag alone; `None` and `False` give nothing."""
+    out: list[str] = []
+    for flag, value in pairs:
+        if value is True:
+            out.append(flag)
+        elif value is not None and value is not False:
+            out += [flag, str(value)]
+    return out
+
+
 def job_env(settings: Settings) -> dict[str, str]:
     """The API's settings for a job, so it reaches the same stores and models; secrets stay with the
     nodes' environment (they would show in the dashboard)."""

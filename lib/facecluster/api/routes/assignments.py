@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
+from facecluster.api.jobs import options
 from facecluster.api.services import RUN_ID, Bucket, Deps, Services, Sub, UserId, library_of
 from facecluster.assignment import AssignReport, ClusteringNotFound, ClusteringSuperseded, Strategy
 from facecluster.pipeline import run_assignment
@@ -41,13 +42,13 @@ def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, 
     body = body or BatchRequest()
     libraries = [validate_library(name) for name in body.libraries or services.meta.libraries()]
     if body.queue:
-        arguments = ["assign", *[a for name in libraries for a in ("--library", name)]]
-        arguments += [
-            *(["--strategy", body.strategy] if body.strategy else []),
-            *(["--threshold", str(body.threshold)] if body.threshold is not None else []),
-            *(["--overwrite"] if body.overwrite else []),
-            *(["--dry-run"] if body.dry_run else []),
-        ]
+        flags = options(
+            ("--strategy", body.strategy),
+            ("--threshold", body.threshold),
+            ("--overwrite", body.overwrite),
+            ("--dry-run", body.dry_run),
+        )
+        arguments = ["assign", *[a for name in libraries for a in ("--library", name)], *flags]
         job_id = services.jobs.submit("assign-batch", arguments)
         return {"job_id": job_id, "libraries": libraries, "status_url": f"/api/v1/jobs/{job_id}"}
     reports = []

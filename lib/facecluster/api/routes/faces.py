@@ -10,7 +10,18 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFil
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from facecluster.api.services import AUDIT_ID, Actor, ClusterId, Deps, FaceId, PersonId, Services, face_view
+from facecluster.api.jobs import options
+from facecluster.api.services import (
+    AUDIT_ID,
+    PERSON_ID,
+    Actor,
+    ClusterId,
+    Deps,
+    FaceId,
+    PersonId,
+    Services,
+    face_view,
+)
 from facecluster.api.uploads import analyze_upload
 from facecluster.clustering import ClusterParams, Method
 from facecluster.clusterrun import run_options
@@ -62,15 +73,13 @@ class DualRequest(BaseModel):
 def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
     library = resolve_library(services, body.library)
     if body.queue:
-        arguments = ["cluster", "--library", library, "--method", "dual"]
-        for flag, value in (
+        flags = options(
             ("--person-threshold", body.person_threshold),
             ("--unknown-method", body.unknown_method),
             ("--min-cluster-size", body.unknown_min_size),
             ("--max-faces", body.max_faces),
-        ):
-            if value is not None:
-                arguments += [flag, str(value)]
+        )
+        arguments = ["cluster", "--library", library, "--method", "dual", *flags]
         job_id = services.jobs.submit("cluster-dual", arguments, library)
         return {"queued": True, "job_id": job_id, "library": library, "status_url": f"/api/v1/jobs/{job_id}"}
     summary = run_cluster(
@@ -99,15 +108,15 @@ def train(services: Deps, body: TrainRequest | None = None) -> dict[str, Any]:
     body = body or TrainRequest()
     library = None if body.library is None else resolve_library(services, body.library)
     if body.queue:
-        arguments = ["train"]
-        for flag, value in (
-            ("--epochs", body.epochs),
-            ("--margin", body.margin),
-            ("--min-faces", body.min_faces),
-            ("--library", library),
-        ):
-            if value is not None:
-                arguments += [flag, str(value)]
+        arguments = [
+            "train",
+            *options(
+                ("--epochs", body.epochs),
+                ("--margin", body.margin),
+                ("--min-faces", body.min_faces),
+                ("--library", library),
+            ),
+        ]
         job_id = services.jobs.submit("train", arguments, library)
         return {"queued": True, "job_id": job_id, "status_url": f"/api/v1/jobs/{job_id}"}
     from facecluster.trainjob import run_train  # torch and Ray Train load only where training runs
@@ -269,7 +278,7 @@ def update_person(services: Deps, actor: Actor, person_id: PersonId, body: Perso
 
 
 class MergeRequest(BaseModel):
-    into_person_id: str = Field(pattern=r"^per_[0-9a-f]{12}$")
+    into_person_id: str = Field(pattern=PERSON_ID)
 
 
 @router.post("/persons/{person_id}/merge", summary="Merge this person into another")
@@ -313,7 +322,7 @@ class FacesRequest(BaseModel):
 
 class MoveRequest(BaseModel):
     face_ids: FaceIds
-    to_person_id: str | None = Field(default=None, pattern=r"^per_[0-9a-f]{12}$")
+    to_person_id: str | None = Field(default=None, pattern=PERSON_ID)
     new_name: Name | None = None
 
 
@@ -333,7 +342,7 @@ def move_faces(services: Deps, actor: Actor, person_id: PersonId, body: MoveRequ
 
 
 class PersonRef(BaseModel):
-    person_id: str = Field(pattern=r"^per_[0-9a-f]{12}$")
+    person_id: str = Field(pattern=PERSON_ID)
 
 
 @router.post("/faces/{face_id}/assign", summary="Assign one face to a person")
