@@ -1,7 +1,7 @@
 """k-nearest-neighbour graphs of unit vectors: memory O(N·k), never N×N.
 
 Up to `EXACT_MAX` vectors the search is exact, in blocks of matrix products; above it, an HNSW
-index (faiss) finds the neighbours in O(N log N) with a recall of about 0.99 (BENCHMARKS.md)."""
+index (faiss) finds the neighbours in O(N log N) with a recall of 0.97–0.98 (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
