@@ -6,7 +6,7 @@ of a large library over the cluster's workers.
 
 import sys
 
-from facecluster.cli import main
+from facecluster.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["cluster", *sys.argv[1:]]))

@@ -5,7 +5,7 @@ A thin entrypoint: the same code as `facecluster detect`.
 
 import sys
 
-from facecluster.cli import main
+from facecluster.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["detect", *sys.argv[1:]]))

@@ -6,7 +6,7 @@ cluster through RAY_ADDRESS, so the run shows in the dashboard's job list.
 
 import sys
 
-from facecluster.cli import main
+from facecluster.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["ingest", *sys.argv[1:]]))

@@ -6,7 +6,7 @@ cluster's GPUs when it has them), Ray Data re-projects every stored vector, the 
 
 import sys
 
-from facecluster.cli import main
+from facecluster.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

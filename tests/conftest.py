@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from facecluster.engine import FaceEngine
-from facecluster.imagedecode import decode_image
+from facecluster.engine.decode import decode_image
+from facecluster.engine.faces import FaceEngine
 from facecluster.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -93,7 +93,7 @@ def ray_cluster() -> Iterator[None]:
 @pytest.fixture
 def store_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     """Settings on a fresh data directory: embedded MongoDB-wire server and local Qdrant of its own."""
-    from facecluster.embedded import stop_mongo
+    from facecluster.store.embedded import stop_mongo
 
     data = tmp_path / "data"
     yield settings.model_copy(update={"data_dir": data, "write_batch_size": 4, "progress_interval_s": 0.5})

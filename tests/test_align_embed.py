@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from facecluster.align import ARCFACE_TEMPLATE, crop_faces, crop_matrix, similarity_transform
-from facecluster.embedder import normalize_crops
-from facecluster.engine import FaceEngine, load_embedder
-from facecluster.evaluation import enrolment_separation
-from facecluster.registry import load_registry
+from facecluster.engine.align import ARCFACE_TEMPLATE, crop_faces, crop_matrix, similarity_transform
+from facecluster.engine.embedder import normalize_crops
+from facecluster.engine.faces import FaceEngine, load_embedder
+from facecluster.engine.registry import load_registry
+from facecluster.eval.accuracy import enrolment_separation
 from facecluster.settings import Settings
 
 from .conftest import load

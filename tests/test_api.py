@@ -16,8 +16,8 @@ from facecluster.api import create_app
 from facecluster.api.engineclient import LocalEngine
 from facecluster.api.jobs import JobRunner
 from facecluster.api.services import Services
-from facecluster.engine import FaceEngine
-from facecluster.pipeline import connect, run_cluster, run_ingest
+from facecluster.engine.faces import FaceEngine
+from facecluster.ingest.pipeline import connect, run_cluster, run_ingest
 from facecluster.settings import Settings
 
 LIBRARY = "my-bucket/my-sub"
@@ -27,7 +27,7 @@ PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
 @pytest.fixture(scope="module")
 def api_settings(settings: Settings, photos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A library `my-bucket/my-sub` of the enrolment photos, ingested and clustered."""
-    from facecluster.embedded import stop_mongo
+    from facecluster.store.embedded import stop_mongo
 
     root = tmp_path_factory.mktemp("libraries")
     folder = root / "my-bucket" / "my-sub"
@@ -306,7 +306,7 @@ def test_search_finds_the_person_and_the_profile(client: TestClient, photos_dir:
 
 
 def test_one_clustering_run_per_library_at_a_time(client: TestClient, services: Services) -> None:
-    from facecluster.metastore import Busy
+    from facecluster.store.meta import Busy
 
     meta = services.meta
     with meta.locked(f"clustering of {LIBRARY}", "elsewhere:1", ttl_s=60):
@@ -347,7 +347,7 @@ def test_bad_requests_are_4xx_that_say_what_is_wrong(client: TestClient) -> None
 def test_api_keys_guard_mutating_and_debug_routes(services: Services) -> None:
     from pydantic import SecretStr
 
-    from facecluster.serving import check_bind
+    from facecluster.api.serving import check_bind
 
     keyed = services.settings.model_copy(update={"api_keys": [SecretStr("ops:s3cret")]})
     with TestClient(create_app(keyed, services)) as client:

@@ -9,12 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facecluster.clustering import UNCLUSTERED, ClusterParams, cluster, enforce_rules, match_known, stable_ids, unit
-from facecluster.engine import FaceEngine
-from facecluster.knn import knn_graph, knn_rows
-from facecluster.metrics import score_clustering
+from facecluster.cluster.knn import knn_graph, knn_rows
+from facecluster.cluster.methods import (
+    UNCLUSTERED,
+    ClusterParams,
+    cluster,
+    enforce_rules,
+    match_known,
+    stable_ids,
+    unit,
+)
+from facecluster.engine.faces import FaceEngine
+from facecluster.eval.metrics import score_clustering
+from facecluster.eval.verification import embed_central_faces
 from facecluster.settings import Settings
-from facecluster.verification import embed_central_faces
 
 
 def test_pairwise_and_bcubed_by_hand() -> None:
@@ -112,7 +120,7 @@ def _copy_people(lfw_dir: Path, target: Path, people: list[str], photos: slice) 
 
 
 def test_hnsw_graph_finds_the_exact_neighbours(lfw_people: tuple[np.ndarray, list[str], list[str]]) -> None:
-    from facecluster.knn import hnsw_graph
+    from facecluster.cluster.knn import hnsw_graph
 
     vectors = unit(lfw_people[0]).astype(np.float32)
     exact, approximate = knn_graph(vectors, 7), hnsw_graph(vectors, 7)
@@ -127,8 +135,8 @@ def test_hnsw_graph_finds_the_exact_neighbours(lfw_people: tuple[np.ndarray, lis
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_labels_survive_and_ids_stay_across_runs(store_settings: Settings, lfw_dir: Path, tmp_path: Path) -> None:
-    from facecluster.metastore import MetaStore
-    from facecluster.pipeline import open_stores, run_cluster, run_ingest
+    from facecluster.ingest.pipeline import open_stores, run_cluster, run_ingest
+    from facecluster.store.meta import MetaStore
 
     people = ["Alejandro_Toledo", "Ariel_Sharon", "Colin_Powell", "Hugo_Chavez"]
     folder = tmp_path / "library"
@@ -181,7 +189,7 @@ def test_labels_survive_and_ids_stay_across_runs(store_settings: Settings, lfw_d
 def test_sharded_neighbour_search_equals_the_single_process_one(
     lfw_people: tuple[np.ndarray, list[str], list[str]],
 ) -> None:
-    from facecluster.pipeline import sharded_knn
+    from facecluster.ingest.pipeline import sharded_knn
 
     vectors = lfw_people[0]
     single, sharded = knn_graph(vectors, 7), sharded_knn(vectors, 7, shards=3)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facecluster.detector import Detection, letterbox, nms
-from facecluster.engine import FaceEngine, load_detector
-from facecluster.evaluation import detection_recall, read_boxes
-from facecluster.registry import load_registry
+from facecluster.engine.detector import Detection, letterbox, nms
+from facecluster.engine.faces import FaceEngine, load_detector
+from facecluster.engine.registry import load_registry
+from facecluster.eval.accuracy import detection_recall, read_boxes
 from facecluster.settings import Settings
 
 from .conftest import load

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecluster.imagedecode import ImageDecodeError, decode_image
+from facecluster.engine.decode import ImageDecodeError, decode_image
 
 LIMITS = {"max_bytes": 50_000_000, "max_pixels": 50_000_000}
 

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from facecluster.maintenance import check_stores, export_faces, repair_stores
-from facecluster.metastore import MetaStore
-from facecluster.pipeline import IngestSummary, open_stores, open_vectors, run_ingest
+from facecluster.ingest.maintenance import check_stores, export_faces, repair_stores
+from facecluster.ingest.pipeline import IngestSummary, open_stores, open_vectors, run_ingest
 from facecluster.settings import Settings
-from facecluster.vectorstore import Vectors
+from facecluster.store.meta import MetaStore
+from facecluster.store.vectors import Vectors
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -212,7 +212,7 @@ def test_s3_source_and_manifest(store_settings: Settings, photos_dir: Path, s3_s
 
 
 def test_unreachable_mongodb_is_named(store_settings: Settings, photos_dir: Path) -> None:
-    from facecluster.backoff import BackendUnavailable
+    from facecluster.store.backoff import BackendUnavailable
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -224,7 +224,7 @@ def test_unreachable_mongodb_is_named(store_settings: Settings, photos_dir: Path
 
 
 def test_unreachable_qdrant_is_named(store_settings: Settings, photos_dir: Path) -> None:
-    from facecluster.backoff import BackendUnavailable
+    from facecluster.store.backoff import BackendUnavailable
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from facecluster.embedded import stop_mongo
+from facecluster.store.embedded import stop_mongo
 
 from .conftest import ROOT, RayHead
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from facecluster.modelstore import (
+from facecluster.engine.modelstore import (
     ModelFetchError,
     derive_dynamic_batch,
     git_blob_id,
@@ -21,7 +21,7 @@ from facecluster.modelstore import (
     sha256_of,
     verify_models,
 )
-from facecluster.registry import load_registry
+from facecluster.engine.registry import load_registry
 
 
 @pytest.fixture

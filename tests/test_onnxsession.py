@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from facecluster.onnxsession import cached_session, select_providers
+from facecluster.engine.sessions import cached_session, select_providers
 
 BUILT_IN = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 

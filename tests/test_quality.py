@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facecluster.align import ARCFACE_TEMPLATE
-from facecluster.engine import FaceEngine
-from facecluster.quality import ProfileChecks, pose_symmetry
+from facecluster.engine.align import ARCFACE_TEMPLATE
+from facecluster.engine.faces import FaceEngine
+from facecluster.engine.quality import ProfileChecks, pose_symmetry
 
 from .conftest import load
 

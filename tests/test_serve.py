@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from facecluster.embedded import stop_mongo
+from facecluster.store.embedded import stop_mongo
 
 from .conftest import BIN, SHARED, RayHead, _need, free_port
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from facecluster.clustering import unit
-from facecluster.engine import FaceEngine
-from facecluster.projection import apply_head, weights_from_bytes, weights_to_bytes
+from facecluster.cluster.methods import unit
+from facecluster.engine.faces import FaceEngine
+from facecluster.engine.projection import apply_head, weights_from_bytes, weights_to_bytes
 from facecluster.settings import Settings
-from facecluster.training import HeadNet, split_persons, triplet_loss, validation_loss
-from facecluster.versions import NotEnoughLabels
+from facecluster.store.versions import NotEnoughLabels
+from facecluster.train.trainer import HeadNet, split_persons, triplet_loss, validation_loss
 
 
 def _embeddings(*rows: list[float]) -> torch.Tensor:
@@ -75,13 +75,13 @@ def _library(lfw_dir: Path, target: Path, persons: int, photos: int) -> list[str
 def test_train_reproject_switch_and_rollback(
     store_settings: Settings, engine: FaceEngine, lfw_dir: Path, tmp_path: Path
 ) -> None:
-    from facecluster.analysis import analyze_uploads, profile_face
-    from facecluster.evaluation import labelled_faces
-    from facecluster.pipeline import connect, run_cluster, run_ingest
-    from facecluster.profiles import ProfileStore
-    from facecluster.quality import ProfileChecks
-    from facecluster.trainjob import activate, labelled_vectors, reproject, run_rollback, run_train
-    from facecluster.versions import active_version, load_space
+    from facecluster.engine.analysis import analyze_uploads, profile_face
+    from facecluster.engine.quality import ProfileChecks
+    from facecluster.eval.accuracy import labelled_faces
+    from facecluster.ingest.pipeline import connect, run_cluster, run_ingest
+    from facecluster.people.profiles import ProfileStore
+    from facecluster.store.versions import active_version, load_space
+    from facecluster.train.job import activate, labelled_vectors, reproject, run_rollback, run_train
 
     settings = store_settings.model_copy(update={"heads_dir": tmp_path / "heads"})
     folder = tmp_path / "photos"

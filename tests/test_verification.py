@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facecluster.engine import FaceEngine
-from facecluster.verification import best_threshold, cross_validate, read_pairs, verify
+from facecluster.engine.faces import FaceEngine
+from facecluster.eval.verification import best_threshold, cross_validate, read_pairs, verify
 
 
 def test_best_threshold_separates_a_separable_set() -> None:

@@ -1,4 +1,4 @@
-"""The HTTP API (FastAPI); `facecluster.serving` runs it on Ray Serve."""
+"""The HTTP API (FastAPI); `facecluster.api.serving` runs it on Ray Serve."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from facecluster.api.jobs import JobNotFound
 from facecluster.api.routes import assignments, faces, library, profiles, review, system
 from facecluster.api.services import Services, guard
-from facecluster.backoff import BackendUnavailable
-from facecluster.curation import Conflict, NotFound
-from facecluster.metastore import Busy
+from facecluster.ingest.sources import SourceError
+from facecluster.people.curation import Conflict, NotFound
 from facecluster.settings import Settings
-from facecluster.sources import SourceError
-from facecluster.versions import NotEnoughLabels, VersionNotFound
+from facecluster.store.backoff import BackendUnavailable
+from facecluster.store.meta import Busy
+from facecluster.store.versions import NotEnoughLabels, VersionNotFound
 
 
 class UploadLimit:

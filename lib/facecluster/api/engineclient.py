@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from facecluster.analysis import ImageAnalysis, analyze_uploads
-from facecluster.engine import FaceEngine
+from facecluster.engine.analysis import ImageAnalysis, analyze_uploads
+from facecluster.engine.faces import FaceEngine
 
 
 class EngineClient(Protocol):

@@ -7,9 +7,9 @@ import logging
 import shlex
 from typing import Any
 
-from facecluster.backoff import BackendUnavailable
-from facecluster.embedded import mongo_uri
 from facecluster.settings import Settings
+from facecluster.store.backoff import BackendUnavailable
+from facecluster.store.embedded import mongo_uri
 
 log = logging.getLogger(__name__)
 

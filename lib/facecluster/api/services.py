@@ -12,14 +12,14 @@ from fastapi import Depends, HTTPException, Path, Request
 
 from facecluster.api.engineclient import EngineClient
 from facecluster.api.jobs import JobRunner
-from facecluster.engine import min_confidence
-from facecluster.maintenance import face_record
-from facecluster.metastore import MetaStore
-from facecluster.pipeline import Connection, current
-from facecluster.profiles import USER_ID_PATTERN, ProfileStore
-from facecluster.registry import load_registry
+from facecluster.engine.faces import min_confidence
+from facecluster.engine.registry import load_registry
+from facecluster.ingest.maintenance import face_record
+from facecluster.ingest.pipeline import Connection, current
+from facecluster.ingest.sources import validate_library
+from facecluster.people.profiles import USER_ID_PATTERN, ProfileStore
 from facecluster.settings import Settings
-from facecluster.sources import validate_library
+from facecluster.store.meta import MetaStore
 
 #: One part of a library name: the seed's bucket and sub-bucket.
 PART = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,62}$"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import HTTPException, UploadFile
 
-from facecluster.analysis import ImageAnalysis
 from facecluster.api.services import Services
+from facecluster.engine.analysis import ImageAnalysis
 
 
 async def read_upload(file: UploadFile, limit: int) -> bytes:

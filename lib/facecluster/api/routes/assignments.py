@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 
 from facecluster.api.jobs import options
 from facecluster.api.services import RUN_ID, Bucket, Deps, Services, Sub, UserId, library_of
-from facecluster.assignment import AssignReport, ClusteringNotFound, ClusteringSuperseded, Strategy
-from facecluster.pipeline import run_assignment
-from facecluster.sources import validate_library
+from facecluster.cluster.assignment import AssignReport, ClusteringNotFound, ClusteringSuperseded, Strategy
+from facecluster.ingest.pipeline import run_assignment
+from facecluster.ingest.sources import validate_library
 
 router = APIRouter(prefix="/assignments", tags=["assignments"])
 #: The collections the debug routes may show.

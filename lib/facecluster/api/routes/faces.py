@@ -23,12 +23,12 @@ from facecluster.api.services import (
     face_view,
 )
 from facecluster.api.uploads import analyze_upload
-from facecluster.clustering import ClusterParams, Method
-from facecluster.clusterrun import run_options
-from facecluster.curation import Curator
-from facecluster.pipeline import run_cluster, run_match
-from facecluster.sources import validate_library
-from facecluster.versions import list_versions
+from facecluster.cluster.methods import ClusterParams, Method
+from facecluster.cluster.run import run_options
+from facecluster.ingest.pipeline import run_cluster, run_match
+from facecluster.ingest.sources import validate_library
+from facecluster.people.curation import Curator
+from facecluster.store.versions import list_versions
 
 router = APIRouter(prefix="/api/v1/faces", tags=["faces"])
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
@@ -119,7 +119,7 @@ def train(services: Deps, body: TrainRequest | None = None) -> dict[str, Any]:
         ]
         job_id = services.jobs.submit("train", arguments, library)
         return {"queued": True, "job_id": job_id, "status_url": f"/api/v1/jobs/{job_id}"}
-    from facecluster.trainjob import run_train  # torch and Ray Train load only where training runs
+    from facecluster.train.job import run_train  # torch and Ray Train load only where training runs
 
     report = run_train(
         services.settings, epochs=body.epochs, margin=body.margin, min_faces=body.min_faces, library=library

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from facecluster.analysis import ProfileRejected, profile_face
 from facecluster.api.services import Deps, Services, UserId
 from facecluster.api.uploads import analyze_upload
-from facecluster.profiles import USER_ID_PATTERN, ProfileExists, ProfileNotFound, public
-from facecluster.quality import ProfileChecks
+from facecluster.engine.analysis import ProfileRejected, profile_face
+from facecluster.engine.quality import ProfileChecks
+from facecluster.people.profiles import USER_ID_PATTERN, ProfileExists, ProfileNotFound, public
 
 router = APIRouter(tags=["profiles"])
 MinFaceSize = Annotated[int | None, Form(ge=0, le=10_000, description="pixels; default from the settings")]

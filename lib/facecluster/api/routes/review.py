@@ -15,11 +15,11 @@ from fastapi.responses import HTMLResponse
 
 from facecluster.api.routes.faces import LibraryQuery, Page, PageSize, owning_library, resolve_library
 from facecluster.api.services import Deps, FaceId, PersonId, Services, face_view
-from facecluster.clustering import unit
-from facecluster.imagedecode import ImageDecodeError, decode_image
-from facecluster.sources import S3Options, SourceError, read_uri
-from facecluster.stats import library_stats
-from facecluster.thumbnails import face_thumbnail
+from facecluster.cluster.methods import unit
+from facecluster.engine.decode import ImageDecodeError, decode_image
+from facecluster.engine.thumbnails import face_thumbnail
+from facecluster.ingest.sources import S3Options, SourceError, read_uri
+from facecluster.people.stats import library_stats
 
 router = APIRouter(tags=["review"])
 #: Faces whose centroid similarity the statistics sample at most.

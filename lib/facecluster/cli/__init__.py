@@ -1,0 +1,1 @@
+"""The `facecluster` console script."""

@@ -1,0 +1,1 @@
+"""Neighbour graphs, clustering methods, clustering runs, incremental matching and cluster-to-profile assignment."""

@@ -1,0 +1,270 @@
+"""A clustering run over one library's stored faces, written back to MongoDB and Qdrant.
+
+Faces a human labelled keep their person (must-links) and seed the known persons; "not this
+person" (`rejected_persons`) is a cannot-link. Machine assignments are stored with
+`label_source = "auto"` and never count as human labels in later runs. Cluster ids are stable: a
+cluster that keeps most of its faces keeps its id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from facecluster.cluster.knn import KnnGraph, knn_graph
+from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, Method, cluster, match_known, stable_ids, unit
+from facecluster.engine.registry import EmbedderSpec
+from facecluster.settings import Settings, first_set
+from facecluster.store.meta import MetaStore
+from facecluster.store.vectors import Vectors
+
+RunMethod = Literal["dual", "graph", "hdbscan", "dbscan", "agglomerative"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    method: RunMethod
+    unknown: ClusterParams  # the unknown-face method (the method itself unless dual)
+    person_threshold: float
+    min_quality: float = 0.0
+    max_faces: int | None = None
+    model_version: str = ""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    method: str
+    faces: int
+    clusters: int
+    persons: int
+    unclustered: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _quality(face: dict[str, Any]) -> float:
+    return float(face.get("quality", {}).get("score", 0.0))
+
+
+def _labels_of(doc: dict[str, Any]) -> tuple[str | None, str | None]:
+    return doc.get("person_id"), doc.get("label_source")
+
+
+def run_clustering(
+    meta: MetaStore,
+    vectors: Vectors,
+    library: str,
+    options: RunOptions,
+    neighbours: Callable[[NDArray[np.float32], int], KnnGraph] = knn_graph,
+) -> RunSummary:
+    """One run; `neighbours` builds the k-NN graph (a Ray job passes a sharded builder)."""
+    started = time.monotonic()
+    run_id = f"run_{uuid.uuid4().hex[:12]}"
+    faces = meta.clustering_faces(library)
+    human = [f for f in faces if f.get("label_source") == "human" and f.get("person_id")]
+    others = [
+        f
+        for f in faces
+        if not (f.get("label_source") == "human" and f.get("person_id")) and _quality(f) >= options.min_quality
+    ]
+    others.sort(key=lambda f: -_quality(f))
+    if options.max_faces is not None:
+        others = others[: max(0, options.max_faces - len(human))]
+    ids = [f["_id"] for f in human + others]
+    matrix = unit(vectors.fetch(ids)).astype(np.float32) if ids else np.zeros((0, 1), np.float32)
+    human_vectors, other_vectors = matrix[: len(human)], matrix[len(human) :]
+    other_images = [f["image"] for f in others]
+
+    person_ids, centroids = person_centroids([f["person_id"] for f in human], human_vectors)
+    position = {p: i for i, p in enumerate(person_ids)}
+    rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in others]
+
+    assigned = np.full(len(others), UNCLUSTERED, dtype=np.int64)
+    similarity = np.zeros(len(others), np.float32)
+    if options.method == "dual":
+        assigned, similarity = match_known(other_vectors, other_images, centroids, options.person_threshold, rejected)
+    unknown = np.flatnonzero(assigned == UNCLUSTERED)
+    unknown_vectors = other_vectors[unknown]
+    graph = neighbours(unknown_vectors, options.unknown.k) if len(unknown) > 1 else None
+    labels = cluster(unknown_vectors, [other_images[i] for i in unknown], options.unknown, knn=graph)
+
+    groups = [
+        [others[unknown[i]]["_id"] for i in np.flatnonzero(labels == value)]
+        for value in range(labels.max(initial=-1) + 1)
+    ]
+    previous: dict[str, set[str]] = defaultdict(set)
+    for face in faces:
+        if face.get("cluster_id"):
+            previous[face["cluster_id"]].add(face["_id"])
+    cluster_ids = stable_ids(previous, groups)
+
+    new_state: dict[str, dict[str, Any]] = {}
+    for face in faces:  # default: no cluster; auto person assignments lapse unless renewed
+        person, source = _labels_of(face)
+        state = {"cluster_id": None, "person_id": person, "label_source": source}
+        if source == "auto":
+            state.update(person_id=None, label_source=None, person_similarity=None)
+        new_state[face["_id"]] = state
+    for index in np.flatnonzero(assigned >= 0).tolist():
+        new_state[others[index]["_id"]].update(
+            person_id=person_ids[int(assigned[index])],
+            label_source="auto",
+            person_similarity=round(float(similarity[index]), 4),
+        )
+    for cluster_id, group in zip(cluster_ids, groups, strict=True):
+        for face_id in group:
+            new_state[face_id]["cluster_id"] = cluster_id
+    write_labels(meta, vectors, faces, new_state)
+
+    now = dt.datetime.now(dt.UTC)
+    docs = cluster_docs(library, run_id, cluster_ids, groups, faces, ids, matrix, new_state, now)
+    meta.replace_clusters(library, docs)
+    persons = {s["person_id"] for s in new_state.values() if s.get("person_id")}
+    considered = {f["_id"] for f in human + others}
+    unclustered = sum(1 for f in considered if not new_state[f]["person_id"] and not new_state[f]["cluster_id"])
+    summary = RunSummary(
+        run_id=run_id,
+        method=options.method,
+        faces=len(considered),
+        clusters=len(groups),
+        persons=len(persons),
+        unclustered=unclustered,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    meta.record_run(
+        {
+            "_id": run_id,
+            "library": library,
+            "method": options.method,
+            "params": {**asdict(options.unknown), "person_threshold": options.person_threshold,
+                       "min_quality": options.min_quality, "max_faces": options.max_faces},
+            "model_version": options.model_version,
+            "counts": {**summary.to_dict(), "auto_assigned": int((assigned >= 0).sum())},
+            "started_at": now - dt.timedelta(seconds=summary.seconds),
+            "finished_at": now,
+        }
+    )  # fmt: skip
+    return summary
+
+
+def person_centroids(persons: list[str], vectors: NDArray[np.float32]) -> tuple[list[str], NDArray[np.float32]]:
+    """Known persons (sorted) and their centroids: the normalised mean of their faces' `vectors`."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, person in enumerate(persons):
+        members[person].append(index)
+    person_ids = sorted(members)
+    if not person_ids:
+        return [], np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 1), np.float32)
+    return person_ids, unit(np.stack([vectors[members[p]].sum(axis=0) for p in person_ids])).astype(np.float32)
+
+
+def write_labels(
+    meta: MetaStore, vectors: Vectors, faces: list[dict[str, Any]], new_state: dict[str, dict[str, Any]]
+) -> None:
+    """Write only what changed, to MongoDB and to the Qdrant payloads."""
+    changed: list[tuple[str, dict[str, Any]]] = []
+    for face in faces:
+        state = new_state[face["_id"]]
+        if any(face.get(key) != value for key, value in state.items()):
+            changed.append((face["_id"], state))
+    meta.update_faces(changed)
+    by_payload: dict[tuple[Any, Any], list[str]] = defaultdict(list)
+    for face_id, state in changed:
+        by_payload[(state["cluster_id"], state["person_id"])].append(face_id)
+    vectors.set_payloads(
+        [
+            ({"cluster_id": cluster_id, "person_id": person_id}, ids)
+            for (cluster_id, person_id), ids in by_payload.items()
+        ]
+    )
+
+
+def cluster_docs(
+    library: str,
+    run_id: str,
+    cluster_ids: list[str],
+    groups: list[list[str]],
+    faces: list[dict[str, Any]],
+    ids: list[str],
+    matrix: NDArray[np.float32],
+    new_state: dict[str, dict[str, Any]],
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Per cluster: size, owner face (best quality), normalised centroid, and photo statistics."""
+    by_id = {f["_id"]: f for f in faces}
+    row = {face_id: i for i, face_id in enumerate(ids)}
+    identities: dict[str, set[str]] = defaultdict(set)  # image -> the clusters and persons in it
+    for face_id, state in new_state.items():
+        who = state["cluster_id"] or state["person_id"]
+        if who:
+            identities[by_id[face_id]["image"]].add(who)
+    docs = []
+    for cluster_id, group in zip(cluster_ids, groups, strict=True):
+        images = {by_id[f]["image"] for f in group}
+        multi = sum(1 for image in images if len(identities[image]) > 1)
+        owner = max(group, key=lambda f: _quality(by_id[f]))
+        centroid = unit(matrix[[row[f] for f in group]].sum(axis=0))
+        docs.append(
+            {
+                "_id": cluster_id,
+                "library": library,
+                "run_id": run_id,
+                "size": len(group),
+                "owner_face_id": owner,
+                "centroid": [round(float(v), 6) for v in centroid],
+                "images": len(images),
+                "single_person_images": len(images) - multi,
+                "multi_person_images": multi,
+                "updated_at": now,
+            }
+        )
+    return docs
+
+
+def run_options(
+    settings: Settings,
+    spec: EmbedderSpec,
+    model_version: str,
+    *,
+    method: RunMethod | None = None,
+    unknown_method: Method | None = None,
+    person_threshold: float | None = None,
+    min_cluster_size: int | None = None,
+    eps: float | None = None,
+    threshold: float | None = None,
+    max_faces: int | None = None,
+    min_quality: float | None = None,
+) -> RunOptions:
+    """Options of one run: the call's values, else the settings (seed names), else the registry's
+    calibrated values for the embedding model. `eps` is a cosine distance, as in the first seed."""
+    chosen = method or settings.cluster_method
+    unknown: Method = (
+        (unknown_method or settings.unknown_clustering_method or spec.unknown_method) if chosen == "dual" else chosen
+    )
+    epsilon = eps if eps is not None else settings.unknown_eps
+    calibrated = spec.cluster_thresholds[unknown]
+    similarity = threshold if threshold is not None else (1.0 - epsilon if epsilon is not None else calibrated)
+    return RunOptions(
+        method=chosen,
+        unknown=ClusterParams(
+            method=unknown,
+            threshold=similarity,
+            merge_threshold=max(similarity, spec.cluster_merge_threshold),
+            min_cluster_size=min_cluster_size or settings.unknown_min_cluster_size,
+        ),
+        person_threshold=first_set(person_threshold, settings.person_match_threshold, spec.person_match_threshold),
+        min_quality=first_set(min_quality, settings.cluster_min_quality),
+        max_faces=max_faces or settings.cluster_max_faces,
+        model_version=model_version,
+    )

@@ -1,0 +1,1 @@
+"""Accuracy harnesses and speed benchmarks."""

@@ -1,0 +1,285 @@
+"""Benchmarks: model speed by batch size and peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from numpy.typing import NDArray
+
+from facecluster.cluster.methods import Method
+from facecluster.engine.align import crop_faces
+from facecluster.engine.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_image
+from facecluster.engine.detector import Detection
+from facecluster.engine.faces import load_detector, load_embedder
+from facecluster.settings import Settings
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _median_seconds(run: Callable[[], object], repeats: int) -> float:
+    run()  # warm-up: first-call allocations and graph set-up are not what we measure
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _load_images(settings: Settings, folder: Path | None, count: int) -> list[NDArray[np.uint8]]:
+    if folder is None:
+        rng = np.random.default_rng(0)
+        return [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(count)]
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not files:
+        raise ValueError(f"no images under {folder}")
+    images = [
+        decode_image(p.read_bytes(), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels).pixels
+        for p in files
+    ]
+    return [images[i % len(images)] for i in range(count)]
+
+
+def bench_engine(
+    settings: Settings, *, images: Path | None, batch_sizes: list[int], repeats: int = 3
+) -> dict[str, Any]:
+    """Detector ms per image (model only and with letterbox) and embedder ms per face, per batch size."""
+    detector = load_detector(settings)
+    embedder = load_embedder(settings)
+    photos = _load_images(settings, images, max(batch_sizes))
+    boxes = [detector.letterbox(image) for image in photos]
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (max(batch_sizes), embedder.size, embedder.size, 3), dtype=np.uint8)
+    rows = []
+    for size in batch_sizes:
+        model_only = _median_seconds(partial(detector.detect_letterboxed, boxes[:size], batch_size=size), repeats)
+        end_to_end = _median_seconds(
+            partial(detector.detect, photos[:size], batch_size=size, retry_padded=False), repeats
+        )
+        embed = _median_seconds(partial(embedder.embed, crops[:size], batch_size=size), repeats)
+        rows.append(
+            {
+                "batch": size,
+                "detector_ms_per_image": round(1000 * model_only / size, 2),
+                "detector_end_to_end_ms_per_image": round(1000 * end_to_end / size, 2),
+                "embedder_ms_per_face": round(1000 * embed / size, 3),
+            }
+        )
+    return {
+        "detector": detector.spec.name,
+        "embedder": embedder.spec.name,
+        "provider": detector.session.get_providers()[0],
+        "images": str(images) if images else "synthetic 1280x720",
+        "image_sizes": sorted({f"{p.shape[1]}x{p.shape[0]}" for p in photos}),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "rows": rows,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
+
+
+class _PeakMemory:
+    """Peak summed RSS of this process and all its descendants (Ray workers, the embedded stores)."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> float:
+        me = psutil.Process()
+        total = 0
+        for process in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> _PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _rates(images: int, faces: int, seconds: float, peak_mib: float) -> dict[str, float]:
+    return {
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 2),
+        "faces_per_s": round(faces / seconds, 2),
+        "peak_rss_mib": round(peak_mib, 1),
+    }
+
+
+def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = None) -> dict[str, Any]:
+    """(a) the models on pre-decoded images in one process, (b) a naive per-image, per-face loop as
+    the seed's original ran, (c) the Ray pipeline end to end into throw-away embedded stores."""
+    from facecluster.engine.faces import FaceEngine, keep_faces
+    from facecluster.ingest.pipeline import run_ingest
+    from facecluster.ingest.sources import S3Options, parse_source, read_uri
+    from facecluster.store.embedded import stop_mongo
+
+    source = parse_source(source_spec)
+    s3 = S3Options.from_settings(settings)
+    items = list(itertools.islice(source.items(s3), limit))
+    engine = FaceEngine.from_settings(settings)
+    limits = {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
+
+    def faces_of(found: list[Detection]) -> list[Detection]:
+        return keep_faces(found, min_confidence=engine.min_confidence, min_face_size=settings.min_face_size)
+
+    def decoded() -> list[NDArray[np.uint8]]:
+        out = []
+        for item in items:
+            with contextlib.suppress(ImageDecodeError):
+                out.append(decode_image(read_uri(item.uri, s3), **limits).pixels)
+        return out
+
+    # (a) Model-only bound: decoding is done beforehand and not timed.
+    pixels = decoded()
+    batch = settings.detect_batch_size
+    with _PeakMemory() as memory:
+        start = time.perf_counter()
+        faces_a = 0
+        for first in range(0, len(pixels), batch):
+            chunk = pixels[first : first + batch]
+            found = engine.detector.detect(chunk, batch_size=batch)
+            crops = [
+                crop_faces(image, faces_of(f), engine.embedder.size, engine.embedder.alignment)
+                for image, f in zip(chunk, found, strict=True)
+            ]
+            flat = np.concatenate(crops)
+            faces_a += len(flat)
+            engine.embedder.embed(flat, batch_size=settings.embed_batch_size)
+        a = _rates(len(pixels), faces_a, time.perf_counter() - start, memory.peak)
+    del pixels
+
+    # (b) Naive loop: read, decode, detect one image, embed one face at a time.
+    with _PeakMemory() as memory:
+        start = time.perf_counter()
+        faces_b = images_b = 0
+        for item in items:
+            try:
+                image = decode_image(read_uri(item.uri, s3), **limits).pixels
+            except ImageDecodeError:
+                continue
+            images_b += 1
+            for face in faces_of(engine.detector.detect([image], batch_size=1)[0]):
+                crop = crop_faces(image, [face], engine.embedder.size, engine.embedder.alignment)
+                engine.embedder.embed(crop, batch_size=1)
+                faces_b += 1
+        b = _rates(images_b, faces_b, time.perf_counter() - start, memory.peak)
+
+    # (c) The Ray pipeline, with store writes, into a throw-away data directory.
+    with tempfile.TemporaryDirectory(prefix="facecluster-bench-") as scratch:
+        data_dir = Path(scratch)
+        try:
+            with _PeakMemory() as memory:
+                start = time.perf_counter()
+                summary = run_ingest(settings.model_copy(update={"data_dir": data_dir}), source_spec, limit=limit)
+                c = _rates(summary.images - summary.failed, summary.faces, time.perf_counter() - start, memory.peak)
+        finally:
+            stop_mongo(data_dir)
+    return {
+        "source": source_spec,
+        "images": len(items),
+        "faces": summary.faces,
+        "provider": engine.detector.session.get_providers()[0],
+        "cpus": os.cpu_count(),
+        "a_model_only": a,
+        "b_naive_loop": b,
+        "c_ray_pipeline": c,
+        "c_over_a": round(c["images_per_s"] / a["images_per_s"], 3),
+        "c_over_b": round(c["images_per_s"] / b["images_per_s"], 3),
+    }
+
+
+def _cluster_once(vectors: NDArray[np.float32], method: Method, threshold: float, k: int) -> dict[str, Any]:
+    """One timed clustering in a fresh process, so its peak memory is its own."""
+    from facecluster.cluster.knn import EXACT_MAX, knn_graph, knn_rows
+    from facecluster.cluster.methods import ClusterParams, cluster
+
+    start = time.perf_counter()
+    graph = knn_graph(vectors, k)
+    knn_seconds = time.perf_counter() - start
+    params = ClusterParams(method=method, threshold=threshold, merge_threshold=threshold, k=k)
+    labels = cluster(vectors, [str(i) for i in range(len(vectors))], params, knn=graph)
+    total = time.perf_counter() - start
+    # Neighbour recall against the exact search on the first 3,000 rows, measured after the time and
+    # the peak memory are read, so neither includes it.
+    seconds, rss = round(total, 2), round(peak_rss_mib(), 1)
+    sample = min(3000, len(vectors))
+    exact, _ = knn_rows(vectors, slice(0, sample), k)
+    recall = np.mean(
+        [len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(graph.indices[:sample], exact, strict=True)]
+    )
+    return {
+        "faces": len(vectors),
+        "search": "exact" if len(vectors) <= EXACT_MAX else "hnsw",
+        "neighbour_recall": round(float(recall), 4),
+        "seconds": seconds,
+        "knn_seconds": round(knn_seconds, 2),
+        "cluster_seconds": round(total - knn_seconds, 2),
+        "clusters": int(labels.max(initial=-1) + 1),
+        "peak_rss_mib": rss,
+    }
+
+
+def bench_cluster(
+    settings: Settings, images: Path, sizes: list[int], *, method: Method | None = None
+) -> dict[str, Any]:
+    """Clustering time and memory at each size, on real embeddings grown with noisy copies."""
+    import multiprocessing
+
+    from facecluster.engine.faces import FaceEngine
+    from facecluster.engine.registry import load_registry
+    from facecluster.eval.verification import embed_central_faces
+
+    engine = FaceEngine.from_settings(settings)
+    spec = load_registry().embedder(settings.embedder)
+    chosen = method or spec.unknown_method
+    paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = embed_central_faces(engine, paths)
+    base = np.stack([v for v in found.values() if v is not None]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    # Copies at cosine ~0.8 to their original: like further photos of the same person.
+    sigma = np.sqrt((1 / 0.8**2 - 1) / base.shape[1])
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for size in sizes:
+        picks = np.concatenate([np.arange(len(base)), rng.integers(0, len(base), max(0, size - len(base)))])[:size]
+        grown = base[picks] + (np.arange(size) >= len(base))[:, None] * rng.normal(0, sigma, (size, base.shape[1]))
+        grown = (grown / np.linalg.norm(grown, axis=1, keepdims=True)).astype(np.float32)
+        with context.Pool(1) as pool:
+            rows.append(pool.apply(_cluster_once, (grown, chosen, spec.cluster_thresholds[chosen], 20)))
+    return {
+        "method": chosen,
+        "real_embeddings": len(base),
+        "growth": "sizes beyond the real embeddings are noisy copies of them (cosine ~0.8 to the original)",
+        "cpus": os.cpu_count(),
+        "rows": rows,
+    }

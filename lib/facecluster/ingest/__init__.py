@@ -1,0 +1,1 @@
+"""Photo sources, the per-batch stages and the Ray Data ingest pipeline."""

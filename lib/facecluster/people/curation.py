@@ -1,0 +1,442 @@
+"""People work on a library: label and split clusters; create, rename and merge persons; move,
+remove, assign and reject faces; match new faces without re-clustering. Every human change is
+written to the `audit` collection with who, what, when and the state before, so it can be undone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, cluster, match_known, unit
+from facecluster.cluster.run import cluster_docs, person_centroids, write_labels
+from facecluster.store.meta import Doc, MetaStore, now
+from facecluster.store.vectors import Vectors
+
+#: The face fields a change touches (and an undo restores).
+FIELDS = ("person_id", "label_source", "cluster_id", "rejected_persons", "person_similarity")
+
+
+class NotFound(KeyError):
+    """A face, person, cluster or audit entry that does not exist (in this library)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Conflict(ValueError):
+    """A change that contradicts the current state (a duplicate name, an undo of changed faces, …)."""
+
+
+def _state(face: Doc) -> Doc:
+    return {field: face.get(field) for field in FIELDS}
+
+
+@dataclass
+class Curator:
+    """Changes to one library's persons and clusters, made by `actor`."""
+
+    meta: MetaStore
+    vectors: Vectors
+    library: str
+    actor: str = "anonymous"
+
+    # Reading.
+    def _faces(self, query: Doc) -> list[Doc]:
+        return self.meta.call(lambda: list(self.meta.db.faces.find({"library": self.library, **query})))
+
+    def face(self, face_id: str) -> Doc:
+        found = self._faces({"_id": face_id})
+        if not found:
+            raise NotFound(f"face {face_id} not found in library {self.library}")
+        return found[0]
+
+    def person(self, person_id: str) -> Doc:
+        doc = self.meta.call(lambda: self.meta.db.persons.find_one({"_id": person_id, "library": self.library}))
+        if doc is None:
+            raise NotFound(f"person {person_id} not found in library {self.library}")
+        return doc
+
+    def active_person(self, person_id: str) -> Doc:
+        doc = self.person(person_id)
+        if doc.get("merged_into"):
+            raise Conflict(f"person {person_id} was merged into {doc['merged_into']}")
+        return doc
+
+    def cluster(self, cluster_id: str) -> Doc:
+        doc = self.meta.call(lambda: self.meta.db.clusters.find_one({"_id": cluster_id, "library": self.library}))
+        if doc is None:
+            raise NotFound(f"cluster {cluster_id} not found in library {self.library}")
+        return doc
+
+    def persons(self, *, skip: int = 0, limit: int = 50, hidden: bool = False) -> tuple[int, list[Doc]]:
+        """Active persons (hidden ones with `hidden`), most faces first, with their face counts and
+        best-quality face."""
+        counts = {
+            row["_id"]: row["n"]
+            for row in self.meta.call(
+                lambda: list(
+                    self.meta.db.faces.aggregate(
+                        [
+                            {"$match": {"library": self.library, "person_id": {"$ne": None}}},
+                            {"$group": {"_id": "$person_id", "n": {"$sum": 1}}},
+                        ]
+                    )
+                )
+            )
+        }
+        docs = self.meta.call(lambda: list(self.meta.db.persons.find({"library": self.library, "merged_into": None})))
+        docs = [d for d in docs if hidden or not d.get("hidden")]
+        for doc in docs:
+            doc["faces"] = counts.get(doc["_id"], 0)
+        docs.sort(key=lambda d: (-d["faces"], d["name"]))
+        page = docs[skip : skip + limit]
+        for doc in page:
+            best = self.meta.call(
+                lambda doc=doc: self.meta.db.faces.find_one(  # type: ignore[misc]
+                    {"library": self.library, "person_id": doc["_id"]}, {"_id": 1}, sort=[("quality.score", -1)]
+                )
+            )
+            doc["owner_face_id"] = None if best is None else best["_id"]
+        return len(docs), page
+
+    def person_by_name(self, name: str) -> Doc | None:
+        query = {"library": self.library, "name": name, "merged_into": None}
+        return self.meta.call(lambda: self.meta.db.persons.find_one(query))
+
+    # Changing, with the audit trail.
+    def _change(
+        self,
+        action: str,
+        target: str,
+        faces: Sequence[Doc],
+        new_states: dict[str, Doc],
+        *,
+        persons: dict[str, Doc | None] | None = None,
+        clusters: dict[str, Doc | None] | None = None,
+        details: Doc | None = None,
+    ) -> Doc:
+        """Apply face states and person/cluster documents (None deletes); record the before state."""
+        persons, clusters = persons or {}, clusters or {}
+        before_persons = {p: self.meta.call(lambda p=p: self.meta.db.persons.find_one({"_id": p})) for p in persons}  # type: ignore[misc]
+        before_clusters = {c: self.meta.call(lambda c=c: self.meta.db.clusters.find_one({"_id": c})) for c in clusters}  # type: ignore[misc]
+        entry = {
+            "_id": f"aud_{uuid.uuid4().hex[:12]}",
+            "library": self.library,
+            "actor": self.actor,
+            "action": action,
+            "target": target,
+            "details": details or {},
+            "at": now(),
+            "faces": len(new_states),
+            "before": {
+                "faces": {f["_id"]: _state(f) for f in faces if f["_id"] in new_states},
+                "persons": before_persons,
+                "clusters": before_clusters,
+            },
+            "after": {"faces": new_states, "persons": persons, "clusters": clusters},
+            "undone_by": None,
+        }
+        self.meta.call(lambda: self.meta.db.audit.insert_one(entry))
+        full = {f["_id"]: {**_state(f), **new_states[f["_id"]]} for f in faces if f["_id"] in new_states}
+        write_labels(self.meta, self.vectors, [f for f in faces if f["_id"] in full], full)
+        for person_id, doc in persons.items():
+            self._put("persons", person_id, doc)
+        for cluster_id, doc in clusters.items():
+            self._put("clusters", cluster_id, doc)
+        return entry
+
+    def _put(self, collection: str, key: str, doc: Doc | None) -> None:
+        table = self.meta.db[collection]
+        if doc is None:
+            self.meta.call(lambda: table.delete_one({"_id": key}))
+        else:
+            self.meta.call(lambda: table.replace_one({"_id": key}, doc, upsert=True))
+
+    def _new_person(self, name: str) -> Doc:
+        if self.person_by_name(name) is not None:
+            raise Conflict(f"a person named {name!r} exists in library {self.library}")
+        return {
+            "_id": f"per_{uuid.uuid4().hex[:12]}",
+            "library": self.library,
+            "name": name,
+            "merged_into": None,
+            "created_at": now(),
+            "created_by": self.actor,
+        }
+
+    def create_person(self, name: str) -> Doc:
+        person = self._new_person(name)
+        self._change("create_person", person["_id"], [], {}, persons={person["_id"]: person})
+        return person
+
+    def rename_person(self, person_id: str, name: str) -> Doc:
+        person = self.active_person(person_id)
+        other = self.person_by_name(name)
+        if other is not None and other["_id"] != person_id:
+            raise Conflict(f"a person named {name!r} exists in library {self.library}")
+        renamed = {**person, "name": name}
+        self._change("rename_person", person_id, [], {}, persons={person_id: renamed}, details={"name": name})
+        return renamed
+
+    def hide_person(self, person_id: str, hidden: bool) -> Doc:
+        """Hide a person from the galleries (or show them again); their faces keep their label."""
+        person = {**self.active_person(person_id), "hidden": hidden}
+        action = "hide_person" if hidden else "show_person"
+        self._change(action, person_id, [], {}, persons={person_id: person}, details={"hidden": hidden})
+        return person
+
+    def label_cluster(self, cluster_id: str, name: str) -> Doc:
+        """The cluster's faces become the person `name` (an existing one of that name, else a new one)."""
+        self.cluster(cluster_id)
+        person = self.person_by_name(name) or self._new_person(name)
+        faces = self._faces({"cluster_id": cluster_id})
+        states = {f["_id"]: self._labelled(f, person["_id"]) for f in faces}
+        self._change(
+            "label_cluster",
+            cluster_id,
+            faces,
+            states,
+            persons={person["_id"]: person},
+            clusters={cluster_id: None},
+            details={"name": name},
+        )
+        return {"cluster_id": cluster_id, "person_id": person["_id"], "name": name, "faces": len(faces)}
+
+    @staticmethod
+    def _labelled(face: Doc, person_id: str) -> Doc:
+        rejected = [p for p in face.get("rejected_persons") or [] if p != person_id]
+        return {
+            "person_id": person_id,
+            "label_source": "human",
+            "cluster_id": None,
+            "rejected_persons": rejected,
+            "person_similarity": None,
+        }
+
+    @staticmethod
+    def _cleared(face: Doc, reject: str | None = None) -> Doc:
+        rejected = list(face.get("rejected_persons") or [])
+        if reject and reject not in rejected:
+            rejected.append(reject)
+        return {
+            "person_id": None,
+            "label_source": None,
+            "cluster_id": None,
+            "rejected_persons": rejected,
+            "person_similarity": None,
+        }
+
+    def split_cluster(self, cluster_id: str, params: ClusterParams) -> Doc:
+        """Re-cluster one cluster's faces with `params` (tighter); faces that fit no part become unclustered."""
+        old = self.cluster(cluster_id)
+        faces = sorted(self._faces({"cluster_id": cluster_id}), key=lambda f: f["_id"])
+        ids = [f["_id"] for f in faces]
+        matrix = unit(self.vectors.fetch(ids)).astype(np.float32)
+        labels = cluster(matrix, [f["image"] for f in faces], params)
+        groups = [[ids[i] for i in np.flatnonzero(labels == v)] for v in range(labels.max(initial=UNCLUSTERED) + 1)]
+        new_ids = [f"clu_{uuid.uuid4().hex[:12]}" for _ in groups]
+        states = {f["_id"]: {**_state(f), "cluster_id": None} for f in faces}
+        for new_id, group in zip(new_ids, groups, strict=True):
+            for face_id in group:
+                states[face_id]["cluster_id"] = new_id
+        neighbours = self.meta.faces_of_images(self.library, sorted({f["image"] for f in faces}))
+        context = {f["_id"]: {**_state(f), **states.get(f["_id"], {})} for f in neighbours}
+        docs = cluster_docs(
+            self.library,
+            old["run_id"],
+            new_ids,
+            groups,
+            [*faces, *[f for f in neighbours if f["_id"] not in states]],
+            ids,
+            matrix,
+            context,
+            now(),
+        )
+        changed = {cluster_id: None, **{doc["_id"]: doc for doc in docs}}
+        self._change("split_cluster", cluster_id, faces, states, clusters=changed, details={"into": new_ids})
+        return {
+            "cluster_id": cluster_id,
+            "clusters": [{"cluster_id": d["_id"], "size": d["size"]} for d in docs],
+            "unclustered": int((labels == UNCLUSTERED).sum()),
+        }
+
+    def merge_persons(self, source_id: str, into_id: str) -> Doc:
+        """Every face of `source_id` goes to `into_id`; the source is marked merged and takes no more faces."""
+        if source_id == into_id:
+            raise Conflict("a person cannot be merged into itself")
+        source, into = self.active_person(source_id), self.active_person(into_id)
+        faces = self._faces({"person_id": source_id})
+        states = {f["_id"]: {"person_id": into_id} for f in faces}
+        merged = {**source, "merged_into": into_id, "merged_at": now()}
+        self._change(
+            "merge_persons", source_id, faces, states, persons={source_id: merged}, details={"into": into["_id"]}
+        )
+        return {"person_id": into_id, "merged": source_id, "faces_moved": len(faces)}
+
+    def _person_faces(self, person_id: str, face_ids: Sequence[str]) -> list[Doc]:
+        faces = self._faces({"_id": {"$in": list(face_ids)}})
+        found = {f["_id"] for f in faces if f.get("person_id") == person_id}
+        missing = [f for f in face_ids if f not in found]
+        if missing:
+            raise NotFound(f"{len(missing)} faces are not faces of person {person_id} (first: {missing[0]})")
+        return faces
+
+    def remove_faces(self, person_id: str, face_ids: Sequence[str]) -> Doc:
+        """Take faces from a person; they become unclustered and never go back to it automatically."""
+        self.person(person_id)
+        faces = self._person_faces(person_id, face_ids)
+        states = {f["_id"]: self._cleared(f, reject=person_id) for f in faces}
+        self._change("remove_faces", person_id, faces, states)
+        return {"person_id": person_id, "removed": len(faces)}
+
+    def move_faces(self, person_id: str, face_ids: Sequence[str], *, to: str | None, name: str | None) -> Doc:
+        """Move faces to the person `to`, or to a new person called `name`."""
+        self.person(person_id)
+        faces = self._person_faces(person_id, face_ids)
+        persons: dict[str, Doc | None] = {}
+        if to is not None:
+            target = self.active_person(to)
+        elif name is not None:
+            target = self.person_by_name(name) or self._new_person(name)
+            persons[target["_id"]] = target
+        else:
+            raise Conflict("say where the faces go: `to_person_id` or `new_name`")
+        states = {f["_id"]: self._labelled(f, target["_id"]) for f in faces}
+        self._change("move_faces", person_id, faces, states, persons=persons, details={"to": target["_id"]})
+        return {"from": person_id, "to": target["_id"], "moved": len(faces)}
+
+    def assign_face(self, face_id: str, person_id: str) -> Doc:
+        face, _ = self.face(face_id), self.active_person(person_id)
+        self._change(
+            "assign_face", face_id, [face], {face_id: self._labelled(face, person_id)}, details={"person_id": person_id}
+        )
+        return {"face_id": face_id, "person_id": person_id}
+
+    def unassign_face(self, face_id: str) -> Doc:
+        face = self.face(face_id)
+        self._change("unassign_face", face_id, [face], {face_id: self._cleared(face)})
+        return {"face_id": face_id, "person_id": None}
+
+    def reject_face(self, face_id: str, person_id: str) -> Doc:
+        """ "Not this person": the face leaves `person_id` (if it was there) and is never matched to it again."""
+        face, _ = self.face(face_id), self.person(person_id)
+        state = self._cleared(face, reject=person_id)
+        if face.get("person_id") != person_id:  # keep its current person, only remember the rejection
+            state.update(
+                person_id=face.get("person_id"),
+                label_source=face.get("label_source"),
+                cluster_id=face.get("cluster_id"),
+                person_similarity=face.get("person_similarity"),
+            )
+        self._change("reject_face", face_id, [face], {face_id: state}, details={"person_id": person_id})
+        return {"face_id": face_id, "rejected_persons": state["rejected_persons"]}
+
+    def audit(self, *, skip: int = 0, limit: int = 50) -> list[Doc]:
+        query = {"library": self.library}
+        projection = {"before": 0, "after": 0}
+        return self.meta.call(
+            lambda: list(self.meta.db.audit.find(query, projection).sort("at", -1).skip(skip).limit(limit))
+        )
+
+    def undo(self, audit_id: str) -> Doc:
+        """Restore the state before change `audit_id`, if its faces have not changed since."""
+        entry = self.meta.call(lambda: self.meta.db.audit.find_one({"_id": audit_id, "library": self.library}))
+        if entry is None:
+            raise NotFound(f"audit entry {audit_id} not found in library {self.library}")
+        if entry.get("undone_by"):
+            raise Conflict(f"{audit_id} was undone by {entry['undone_by']}")
+        after, before = entry["after"], entry["before"]
+        faces = self._faces({"_id": {"$in": list(after["faces"])}})
+        for face in faces:
+            expected = after["faces"][face["_id"]]
+            if any(face.get(k) != v for k, v in expected.items()):
+                raise Conflict(f"face {face['_id']} changed after {audit_id}: undo the later change first")
+        undo = self._change(
+            "undo", audit_id, faces, before["faces"], persons=before["persons"], clusters=before["clusters"]
+        )
+        self.meta.call(lambda: self.meta.db.audit.update_one({"_id": audit_id}, {"$set": {"undone_by": undo["_id"]}}))
+        return {"undone": audit_id, "audit_id": undo["_id"], "faces": len(faces)}
+
+
+@dataclass
+class MatchSummary:
+    library: str
+    considered: int
+    to_persons: int
+    to_clusters: int
+    seconds: float
+
+
+def match_new_faces(
+    meta: MetaStore,
+    vectors: Vectors,
+    library: str,
+    *,
+    person_threshold: float,
+    cluster_threshold: float,
+    max_faces: int | None = None,
+) -> MatchSummary:
+    """Incremental assignment: faces with neither a person nor a cluster go to the most similar known
+    person (human-labelled faces' centroid), else to the most similar existing cluster; no re-clustering."""
+    started = dt.datetime.now(dt.UTC)
+    fields = {"image": 1, "person_id": 1, "label_source": 1, "rejected_persons": 1, "cluster_id": 1, "quality": 1}
+    pending = meta.call(
+        lambda: list(
+            meta.db.faces.find({"library": library, "person_id": None, "cluster_id": None}, fields)
+            .sort("quality.score", -1)
+            .limit(max_faces or 0)
+        )
+    )
+    human = meta.call(
+        lambda: list(
+            meta.db.faces.find(
+                {"library": library, "label_source": "human", "person_id": {"$ne": None}}, {"person_id": 1}
+            )
+        )
+    )
+    if not pending:
+        return MatchSummary(library, 0, 0, 0, 0.0)
+    matrix = unit(vectors.fetch([f["_id"] for f in pending])).astype(np.float32)
+    images = [f["image"] for f in pending]
+    persons, centroids = (
+        person_centroids(
+            [f["person_id"] for f in human], unit(vectors.fetch([f["_id"] for f in human])).astype(np.float32)
+        )
+        if human
+        else ([], np.zeros((0, matrix.shape[1]), np.float32))
+    )
+    position = {p: i for i, p in enumerate(persons)}
+    rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in pending]
+    to_person, similarity = match_known(matrix, images, centroids, person_threshold, rejected)
+    clusters = meta.call(lambda: list(meta.db.clusters.find({"library": library}, {"centroid": 1})))
+    rest = np.flatnonzero(to_person == UNCLUSTERED)
+    cluster_centroids = np.asarray([c["centroid"] for c in clusters], np.float32).reshape(
+        len(clusters), matrix.shape[1]
+    )
+    to_cluster, _ = match_known(matrix[rest], [images[i] for i in rest], cluster_centroids, cluster_threshold)
+    states: dict[str, Doc] = {}
+    for index in np.flatnonzero(to_person >= 0).tolist():
+        states[pending[index]["_id"]] = {
+            "cluster_id": None,
+            "person_id": persons[int(to_person[index])],
+            "label_source": "auto",
+            "person_similarity": round(float(similarity[index]), 4),
+        }
+    grown: dict[str, int] = defaultdict(int)
+    for offset in np.flatnonzero(to_cluster >= 0).tolist():
+        cluster_id = clusters[int(to_cluster[offset])]["_id"]
+        states[pending[int(rest[offset])]["_id"]] = {"cluster_id": cluster_id, "person_id": None}
+        grown[cluster_id] += 1
+    write_labels(meta, vectors, [f for f in pending if f["_id"] in states], states)
+    for cluster_id, count in grown.items():
+        meta.call(lambda c=cluster_id, n=count: meta.db.clusters.update_one({"_id": c}, {"$inc": {"size": n}}))  # type: ignore[misc]
+    seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    return MatchSummary(
+        library, len(pending), int((to_person >= 0).sum()), int((to_cluster >= 0).sum()), round(seconds, 3)
+    )

@@ -1,0 +1,220 @@
+"""Face vectors in Qdrant: one collection per embedding model version, typed payloads."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from facecluster.store.backoff import with_retries
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Payload fields with an index (on a Qdrant server; the local mode has none).
+PAYLOAD_INDEXES: dict[str, models.PayloadSchemaType] = {
+    "library": models.PayloadSchemaType.KEYWORD,
+    "image": models.PayloadSchemaType.KEYWORD,
+    "person_id": models.PayloadSchemaType.KEYWORD,
+    "cluster_id": models.PayloadSchemaType.KEYWORD,
+    "quality": models.PayloadSchemaType.FLOAT,
+}
+_TRANSIENT = (ResponseHandlingException, httpx.TransportError, ConnectionError, TimeoutError)
+
+
+def face_payload(face: dict[str, Any]) -> dict[str, Any]:
+    """The Qdrant payload of a stored face document: typed fields, the indexed ones included."""
+    return {
+        "library": face["library"],
+        "image": face["image"],
+        "face_index": face["face_index"],
+        "score": face["score"],
+        "quality": face["quality"]["score"],
+        "face_size": face["quality"]["face_size"],
+        "person_id": face.get("person_id"),
+        "cluster_id": face.get("cluster_id"),
+        "detector": face["detector"],
+        "embedder": face["embedder"],
+    }
+
+
+def collection_name(model_id: str, dim: int, kind: str = "faces") -> str:
+    """The collection for one embedding model version: `faces_<model>_<dim>d` (`profiles_…` for profiles)."""
+    slug = re.sub(r"[^a-z0-9]+", "_", model_id.lower()).strip("_")
+    return f"{kind}_{slug}_{dim}d"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result: point id, cosine similarity and payload."""
+
+    id: str
+    similarity: float
+    payload: dict[str, Any]
+
+
+def _library_filter(library: str | None) -> models.Filter | None:
+    if library is None:
+        return None
+    return models.Filter(must=[models.FieldCondition(key="library", match=models.MatchValue(value=library))])
+
+
+@dataclass(frozen=True, slots=True)
+class QdrantConfig:
+    """Where the vectors live: a server URL, or a folder for the local (embedded) mode."""
+
+    url: str | None
+    api_key: str | None
+    path: str | None
+    collection: str
+    dim: int
+
+    @property
+    def local(self) -> bool:
+        return self.url is None
+
+
+class Vectors(Protocol):
+    """What the pipeline and `check` need from the vector store."""
+
+    def ensure_collection(self) -> None: ...
+    def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[dict[str, Any]]) -> None: ...
+    def delete(self, ids: Sequence[str]) -> None: ...
+    def ids(self, library: str | None = None) -> set[str]: ...
+    def count(self) -> int: ...
+    def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]: ...
+    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None: ...
+    def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]: ...
+    def delete_library(self, library: str) -> None: ...
+
+
+class QdrantVectors:
+    """`Vectors` on a Qdrant client; calls to a server are retried with backoff."""
+
+    def __init__(
+        self, config: QdrantConfig, *, attempts: int = 5, batch: int = 256, client: QdrantClient | None = None
+    ) -> None:
+        self.config = config
+        self.attempts = attempts
+        self.batch = batch
+        if client is not None:
+            self.client = client
+        elif config.local:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # local mode's advice to use a server for large sets
+                self.client = QdrantClient(path=config.path)
+        else:
+            self.client = QdrantClient(url=config.url, api_key=config.api_key, timeout=30)
+
+    def _call(self, call: Callable[[], T]) -> T:
+        where = "local storage" if self.config.local else self.config.url
+        return with_retries(call, backend=f"Qdrant at {where}", attempts=self.attempts, retry_on=_TRANSIENT)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ensure_collection(self) -> None:
+        name = self.config.collection
+        if self._call(lambda: self.client.collection_exists(name)):
+            return
+        vectors = models.VectorParams(size=self.config.dim, distance=models.Distance.COSINE)
+        try:
+            self._call(lambda: self.client.create_collection(name, vectors_config=vectors))
+        except (UnexpectedResponse, ValueError) as exc:  # created meanwhile by another writer
+            if not self.client.collection_exists(name):
+                raise exc
+        if not self.config.local:
+            for field, schema in PAYLOAD_INDEXES.items():
+                self._call(partial(self.client.create_payload_index, name, field, schema, wait=True))
+
+    def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(ids), self.batch):
+            end = start + self.batch
+            points = models.Batch(
+                ids=list(ids[start:end]), vectors=vectors[start:end].tolist(), payloads=list(payloads[start:end])
+            )
+            self._call(partial(self.client.upsert, self.config.collection, points=points, wait=True))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            selector = models.PointIdsList(points=list(ids))
+            self._call(lambda: self.client.delete(self.config.collection, points_selector=selector, wait=True))
+
+    def ids(self, library: str | None = None) -> set[str]:
+        """Every point id, of one library or of all, by paginated scroll."""
+        query = _library_filter(library)
+        found: set[str] = set()
+        offset: Any = None
+        while True:
+            page, offset = self._call(
+                partial(
+                    self.client.scroll,
+                    self.config.collection,
+                    scroll_filter=query,
+                    limit=1024,
+                    offset=offset,
+                    with_payload=False,
+                )
+            )
+            found.update(str(point.id) for point in page)
+            if offset is None:
+                return found
+
+    def count(self) -> int:
+        return int(self._call(lambda: self.client.count(self.config.collection, exact=True).count))
+
+    def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]:
+        """The vectors of `ids`, in order; a missing one is an error that names it."""
+        found: dict[str, list[float]] = {}
+        for start in range(0, len(ids), 1024):
+            chunk = list(ids[start : start + 1024])
+            points = self._call(
+                partial(self.client.retrieve, self.config.collection, chunk, with_payload=False, with_vectors=True)
+            )
+            found.update({str(p.id): p.vector for p in points})  # type: ignore[misc]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} faces have no vector (first: {missing[0]}); run `facecluster check --repair`"
+            )
+        return np.array([found[i] for i in ids], dtype=np.float32).reshape(len(ids), self.config.dim)
+
+    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
+        """Set payload fields on groups of points: [(fields, point ids), …], in batched requests."""
+        operations = [
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=list(points)))
+            for fields, points in updates
+            if points
+        ]
+        for start in range(0, len(operations), 256):
+            chunk = operations[start : start + 256]
+            self._call(partial(self.client.batch_update_points, self.config.collection, chunk, wait=True))
+
+    def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
+        """The `limit` nearest points of each query vector, in batched requests."""
+        if limit <= 0 or len(queries) == 0:
+            return [[] for _ in range(len(queries))]
+        requests = [
+            models.QueryRequest(query=q.tolist(), limit=limit, filter=_library_filter(library), with_payload=True)
+            for q in np.asarray(queries, dtype=np.float32)
+        ]
+        out: list[list[Hit]] = []
+        for start in range(0, len(requests), 256):
+            chunk = requests[start : start + 256]
+            answers = self._call(partial(self.client.query_batch_points, self.config.collection, chunk))
+            out.extend([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in a.points] for a in answers)
+        return out
+
+    def delete_library(self, library: str) -> None:
+        selector = models.FilterSelector(filter=_library_filter(library))
+        self._call(lambda: self.client.delete(self.config.collection, points_selector=selector, wait=True))
