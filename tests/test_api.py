@@ -16,9 +16,11 @@ from facecluster.api import create_app
 from facecluster.api.engineclient import LocalEngine
 from facecluster.api.jobs import JobRunner
 from facecluster.api.services import Services
+from facecluster.cluster.commands import run_cluster
 from facecluster.engine.faces import FaceEngine
-from facecluster.ingest.pipeline import connect, run_cluster, run_ingest
+from facecluster.ingest.pipeline import run_ingest
 from facecluster.settings import Settings
+from facecluster.store.connection import connect
 
 LIBRARY = "my-bucket/my-sub"
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")

@@ -135,7 +135,9 @@ def test_hnsw_graph_finds_the_exact_neighbours(lfw_people: tuple[np.ndarray, lis
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_labels_survive_and_ids_stay_across_runs(store_settings: Settings, lfw_dir: Path, tmp_path: Path) -> None:
-    from facecluster.ingest.pipeline import open_stores, run_cluster, run_ingest
+    from facecluster.cluster.commands import run_cluster
+    from facecluster.ingest.pipeline import run_ingest
+    from facecluster.store.connection import open_stores
     from facecluster.store.meta import MetaStore
 
     people = ["Alejandro_Toledo", "Ariel_Sharon", "Colin_Powell", "Hugo_Chavez"]
@@ -189,7 +191,7 @@ def test_labels_survive_and_ids_stay_across_runs(store_settings: Settings, lfw_d
 def test_sharded_neighbour_search_equals_the_single_process_one(
     lfw_people: tuple[np.ndarray, list[str], list[str]],
 ) -> None:
-    from facecluster.ingest.pipeline import sharded_knn
+    from facecluster.cluster.commands import sharded_knn
 
     vectors = lfw_people[0]
     single, sharded = knn_graph(vectors, 7), sharded_knn(vectors, 7, shards=3)

@@ -15,8 +15,9 @@ from PIL import Image
 from pydantic import SecretStr
 
 from facecluster.ingest.maintenance import check_stores, export_faces, repair_stores
-from facecluster.ingest.pipeline import IngestSummary, open_stores, open_vectors, run_ingest
+from facecluster.ingest.pipeline import IngestSummary, run_ingest
 from facecluster.settings import Settings
+from facecluster.store.connection import open_stores, open_vectors
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import Vectors
 

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from facecluster.cluster.methods import unit
 from facecluster.engine.faces import FaceEngine
-from facecluster.engine.projection import apply_head, weights_from_bytes, weights_to_bytes
+from facecluster.engine.projection import apply_head, unit, weights_from_bytes, weights_to_bytes
 from facecluster.settings import Settings
 from facecluster.store.versions import NotEnoughLabels
 from facecluster.train.trainer import HeadNet, split_persons, triplet_loss, validation_loss
@@ -75,11 +74,13 @@ def _library(lfw_dir: Path, target: Path, persons: int, photos: int) -> list[str
 def test_train_reproject_switch_and_rollback(
     store_settings: Settings, engine: FaceEngine, lfw_dir: Path, tmp_path: Path
 ) -> None:
+    from facecluster.cluster.commands import run_cluster
     from facecluster.engine.analysis import analyze_uploads, profile_face
     from facecluster.engine.quality import ProfileChecks
     from facecluster.eval.accuracy import labelled_faces
-    from facecluster.ingest.pipeline import connect, run_cluster, run_ingest
+    from facecluster.ingest.pipeline import run_ingest
     from facecluster.people.profiles import ProfileStore
+    from facecluster.store.connection import connect
     from facecluster.store.versions import active_version, load_space
     from facecluster.train.job import activate, labelled_vectors, reproject, run_rollback, run_train
 

@@ -15,10 +15,10 @@ from facecluster.api.jobs import JobRunner
 from facecluster.engine.faces import min_confidence
 from facecluster.engine.registry import load_registry
 from facecluster.ingest.maintenance import face_record
-from facecluster.ingest.pipeline import Connection, current
 from facecluster.ingest.sources import validate_library
 from facecluster.people.profiles import USER_ID_PATTERN, ProfileStore
 from facecluster.settings import Settings
+from facecluster.store.connection import Connection, current
 from facecluster.store.meta import MetaStore
 
 #: One part of a library name: the seed's bucket and sub-bucket.

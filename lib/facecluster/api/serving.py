@@ -16,8 +16,8 @@ from facecluster.api.jobs import JobRunner
 from facecluster.api.services import Services, set_process_services
 from facecluster.engine.analysis import ImageAnalysis, analyze_uploads
 from facecluster.engine.faces import FaceEngine
-from facecluster.ingest.pipeline import connect
 from facecluster.settings import Settings, get_settings
+from facecluster.store.connection import connect
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -95,7 +95,7 @@ def check_bind(current: Settings, host: str) -> None:
 
 def run(current: Settings, host: str, port: int, *, blocking: bool = True) -> None:
     """Start Serve on `host:port` with the application (`facecluster serve`)."""
-    from facecluster.ingest.pipeline import init_ray
+    from facecluster.runtime import init_ray
 
     check_bind(current, host)
     init_ray(current)

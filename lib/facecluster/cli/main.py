@@ -302,7 +302,8 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.ingest.pipeline import run_cluster, run_ingest
+    from facecluster.cluster.commands import run_cluster
+    from facecluster.ingest.pipeline import run_ingest
 
     summary = run_ingest(settings, args.source, library=args.library, limit=args.limit, force=args.force)
     result: dict[str, Any] = summary.to_dict()
@@ -328,7 +329,7 @@ def _stats(settings: Settings, library: str | None) -> dict[str, Any]:
 def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.ingest.pipeline import run_cluster
+    from facecluster.cluster.commands import run_cluster
 
     summary = run_cluster(settings, args.library, shards=args.shards, **_cluster_overrides(args))
     ray.shutdown()
@@ -338,7 +339,7 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
 
 def _train_and_recluster(settings: Settings, args: argparse.Namespace, library: str) -> dict[str, Any]:
     """The full pipeline's second half: train on every labelled person, then cluster again."""
-    from facecluster.ingest.pipeline import run_cluster
+    from facecluster.cluster.commands import run_cluster
     from facecluster.store.versions import NotEnoughLabels
     from facecluster.train.job import run_train
 
@@ -383,7 +384,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
     from facecluster.ingest.maintenance import check_stores, repair_stores
-    from facecluster.ingest.pipeline import connect
+    from facecluster.store.connection import connect
 
     stores = connect(settings)
     meta, vectors, embedder = stores.meta, stores.vectors, stores.embedder
@@ -413,7 +414,8 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_match(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.ingest.pipeline import connect, run_match
+    from facecluster.cluster.commands import run_match
+    from facecluster.store.connection import connect
 
     summary = run_match(
         settings, connect(settings), args.library, person_threshold=args.person_threshold, max_faces=args.max_faces
@@ -427,8 +429,9 @@ def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
     from facecluster.cluster.assignment import ClusteringNotFound, ClusteringSuperseded
-    from facecluster.ingest.pipeline import connect, run_assignment
+    from facecluster.cluster.commands import run_assignment
     from facecluster.ingest.sources import validate_library
+    from facecluster.store.connection import connect
 
     stores = connect(settings)
     names = stores.meta.libraries() if args.all else [validate_library(name) for name in args.library]
@@ -488,8 +491,8 @@ def _add_profile(settings: Settings, args: argparse.Namespace, store: Any) -> in
 def cmd_profiles(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.ingest.pipeline import connect
     from facecluster.people.profiles import ProfileNotFound, ProfileStore, public
+    from facecluster.store.connection import connect
 
     stores = connect(settings)
     store = ProfileStore(stores.meta, stores.profiles, stores.space)

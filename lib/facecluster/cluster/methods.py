@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from scipy.sparse.csgraph import connected_components
 
 from facecluster.cluster.knn import KnnGraph, knn_graph
+from facecluster.engine.projection import unit
 
 UNCLUSTERED = -1
 Method = Literal["graph", "hdbscan", "dbscan", "agglomerative"]
@@ -47,11 +48,6 @@ class ClusterParams:
     @property
     def density(self) -> int:
         return self.min_samples if self.min_samples is not None else max(1, self.min_cluster_size - 1)
-
-
-def unit(vectors: NDArray[np.floating]) -> NDArray[np.float64]:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float64)
 
 
 class _Groups:

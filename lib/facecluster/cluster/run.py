@@ -20,7 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facecluster.cluster.knn import KnnGraph, knn_graph
-from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, Method, cluster, match_known, stable_ids, unit
+from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, Method, cluster, match_known, stable_ids
+from facecluster.engine.projection import unit
 from facecluster.engine.registry import EmbedderSpec
 from facecluster.settings import Settings, first_set
 from facecluster.store.meta import MetaStore

@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from facecluster.cluster.methods import unit
-
 #: The weights of a head, by name: fc1 (hidden × d), fc1_bias, fc2 (d × hidden), fc2_bias.
 Weights = dict[str, NDArray[np.float32]]
 WEIGHT_NAMES = ("fc1", "fc1_bias", "fc2", "fc2_bias")
@@ -39,6 +37,12 @@ def weights_to_bytes(weights: Weights) -> bytes:
 def weights_from_bytes(data: bytes) -> Weights:
     with np.load(io.BytesIO(data)) as archive:
         return {name: np.asarray(archive[name], dtype=np.float32) for name in WEIGHT_NAMES}
+
+
+def unit(vectors: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Rows scaled to unit length (cosine similarity becomes a dot product)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from facecluster.cluster.methods import unit
 from facecluster.engine.decode import IMAGE_SUFFIXES, decode_image
 from facecluster.engine.faces import FaceEngine
+from facecluster.engine.projection import unit
 from facecluster.eval.metrics import ClusterScores, score_clustering, tar_at_far
 from facecluster.settings import Settings
 from facecluster.store.meta import MetaStore
@@ -143,7 +143,9 @@ def evaluate_clustering(
     settings: Settings, images: Path, *, limit: int | None = None, methods: Sequence[str] = CLUSTER_METHODS
 ) -> Iterator[dict[str, Any]]:
     """Ingest `images` into a throw-away library, then run and score every method in turn."""
-    from facecluster.ingest.pipeline import open_stores, run_cluster, run_ingest
+    from facecluster.cluster.commands import run_cluster
+    from facecluster.ingest.pipeline import run_ingest
+    from facecluster.store.connection import open_stores
     from facecluster.store.embedded import stop_mongo
 
     with tempfile.TemporaryDirectory(prefix="facecluster-eval-") as scratch:
@@ -189,7 +191,8 @@ def evaluate_training(
     labelled by "a human" (each photo's central face), the other half is held out. The held-out
     persons are scored before and after `run_train`: TAR at FAR 0.1 % over every pair of their
     central faces, and the default clustering's pairwise and BCubed F."""
-    from facecluster.ingest.pipeline import connect, run_ingest
+    from facecluster.ingest.pipeline import run_ingest
+    from facecluster.store.connection import connect
     from facecluster.store.embedded import stop_mongo
     from facecluster.train.job import run_train
 
@@ -223,7 +226,8 @@ def evaluate_training(
 
 
 def _heldout_scores(settings: Settings, truth: dict[str, str]) -> dict[str, Any]:
-    from facecluster.ingest.pipeline import connect, run_cluster
+    from facecluster.cluster.commands import run_cluster
+    from facecluster.store.connection import connect
 
     stores = connect(settings)
     ids = list(truth)

@@ -7,27 +7,18 @@ there is one) → align + quality (CPU tasks) → embed (actor pool) → write t
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import os
-import socket
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from functools import lru_cache, partial
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
-from facecluster.cluster.assignment import AssignReport, Strategy, assign_clusters, assign_options
-from facecluster.cluster.knn import KnnGraph, knn_graph, knn_rows
-from facecluster.cluster.run import RunSummary, run_clustering, run_options
-from facecluster.engine.embedder import FaceEmbedder
-from facecluster.engine.faces import load_detector, load_embedder, min_confidence, model_version
+from facecluster.engine.faces import load_detector, min_confidence, model_version
 from facecluster.engine.projection import VectorSpace
 from facecluster.ingest.sources import S3Options, Source, parse_source, validate_library
 from facecluster.ingest.stages import (
@@ -40,109 +31,14 @@ from facecluster.ingest.stages import (
     skip_done,
 )
 from facecluster.ingest.stages import write_batch as store_batch
-from facecluster.people.curation import MatchSummary, match_new_faces
+from facecluster.runtime import init_ray
 from facecluster.settings import Settings
-from facecluster.store.embedded import mongo_uri
+from facecluster.store.connection import Connection, connect, space_vectors
 from facecluster.store.meta import MetaStore
-from facecluster.store.vectors import QdrantConfig, QdrantVectors, Vectors, collection_name
-from facecluster.store.versions import VersionedVectors, active_space, active_version
+from facecluster.store.vectors import QdrantConfig
+from facecluster.store.versions import active_space, active_version
 
 log = logging.getLogger(__name__)
-NAMESPACE = "facecluster"
-
-
-def init_ray(settings: Settings) -> None:
-    """Attach to `RAY_ADDRESS` when set, else start a local Ray; once per process."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
-    ray.init(address=address, namespace=NAMESPACE, logging_level=level, log_to_driver=True)
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    mongo_uri: str
-    mongo_db: str
-    qdrant: QdrantConfig
-
-
-def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreConfig:
-    """The configured MongoDB and Qdrant, or the embedded ones under the data directory."""
-    mongo = mongo_uri(settings)
-    qdrant = QdrantConfig(
-        url=settings.qdrant_url,
-        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-        path=None if settings.qdrant_url else str(settings.data_dir / "qdrant"),
-        collection=collection,
-        dim=dim,
-    )
-    return StoreConfig(mongo, settings.mongo_db, qdrant)
-
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
-class LocalQdrantOwner:
-    """The one process that opens Qdrant's local storage; jobs and the API call it by name."""
-
-    def __init__(self, path: str) -> None:
-        from qdrant_client import QdrantClient
-
-        self.client = QdrantClient(path=path)
-        self.stores: dict[str, QdrantVectors] = {}
-
-    def call(self, config: QdrantConfig, method: str, *args: Any) -> Any:
-        store = self.stores.get(config.collection)
-        if store is None:
-            store = self.stores[config.collection] = QdrantVectors(config, client=self.client)
-        return getattr(store, method)(*args)
-
-
-class OwnedVectors:
-    """`Vectors` whose calls run in the `LocalQdrantOwner` actor of the storage folder."""
-
-    def __init__(self, config: QdrantConfig) -> None:
-        assert config.path is not None
-        name = "facecluster-qdrant-" + hashlib.sha1(config.path.encode(), usedforsecurity=False).hexdigest()[:12]
-        self.config = config
-        self.owner = LocalQdrantOwner.options(  # type: ignore[attr-defined]
-            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-        ).remote(config.path)
-
-    def _call(self, method: str, *args: Any) -> Any:
-        return ray.get(self.owner.call.remote(self.config, method, *args))
-
-    def ensure_collection(self) -> None:
-        self._call("ensure_collection")
-
-    def upsert(self, ids: Any, vectors: Any, payloads: Any) -> None:
-        self._call("upsert", ids, vectors, payloads)
-
-    def delete(self, ids: Any) -> None:
-        self._call("delete", ids)
-
-    def ids(self, library: str | None = None) -> set[str]:
-        return set(self._call("ids", library))
-
-    def count(self) -> int:
-        return int(self._call("count"))
-
-    def fetch(self, ids: Any) -> Any:
-        return self._call("fetch", ids)
-
-    def set_payloads(self, updates: Any) -> None:
-        self._call("set_payloads", updates)
-
-    def search(self, queries: Any, limit: int, library: str | None = None) -> Any:
-        return self._call("search", queries, limit, library)
-
-    def delete_library(self, library: str) -> None:
-        self._call("delete_library", library)
-
-
-def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
-    """A server client of its own, or the single owner of the local storage (Ray must be up)."""
-    return OwnedVectors(config) if config.local else QdrantVectors(config, attempts=attempts)
 
 
 @lru_cache(maxsize=4)
@@ -219,153 +115,6 @@ def _normalise_manifest(batch: Batch) -> Batch:
     size = batch.get("size", np.zeros(len(uris), dtype=np.int64))
     etag = batch.get("etag", np.array([""] * len(uris), dtype=object))
     return {"key": uris, "uri": uris, "size": np.asarray(size, dtype=np.int64), "etag": etag.astype(object)}
-
-
-def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
-    """Store settings for the configured embedder's vectors, the embedder and its version."""
-    embedder = load_embedder(settings)
-    version = model_version(settings, embedder.spec)
-    return (
-        resolve_stores(settings, collection=collection_name(version, embedder.dim), dim=embedder.dim),
-        embedder,
-        version,
-    )
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Both stores of the configured embedder's active vector version, ready to use."""
-
-    config: StoreConfig  # its Qdrant collection holds the embedder's own vectors
-    meta: MetaStore
-    vectors: Vectors  # the active version's faces (embedder output in, active space out)
-    profiles: Vectors  # profile templates, in a collection of their own
-    embedder: FaceEmbedder
-    space: VectorSpace
-
-    @property
-    def version(self) -> str:
-        """The active vector version: the embedder version, or it plus a trained head."""
-        return self.space.id
-
-    @property
-    def own_vectors(self) -> Vectors:
-        """The embedder's own vectors (the base collection), whichever version is active."""
-        return self.vectors.base if isinstance(self.vectors, VersionedVectors) else self.vectors
-
-
-def space_config(base: QdrantConfig, space: VectorSpace, kind: str = "faces") -> QdrantConfig:
-    """The Qdrant collection of one vector version."""
-    return replace(base, collection=collection_name(space.id, space.dim, kind), dim=space.dim)
-
-
-def space_vectors(base: QdrantConfig, space: VectorSpace, attempts: int) -> Vectors:
-    """Face vectors of `space`: the base collection, or it and the trained version's written together."""
-    vectors = open_vectors(base, attempts)
-    if not space.trained:
-        return vectors
-    return VersionedVectors(vectors, open_vectors(space_config(base, space), attempts), space)
-
-
-def connect(settings: Settings) -> Connection:
-    """Open MongoDB and Qdrant (indexes and collections created) at the active vector version; Ray is
-    started when the local Qdrant storage needs its owner actor."""
-    config, embedder, version = open_stores(settings)
-    meta = MetaStore(config.mongo_uri, config.mongo_db, attempts=settings.store_retries)
-    meta.ensure_indexes()
-    if config.qdrant.local:
-        init_ray(settings)
-    space = active_space(meta, version, embedder.dim)
-    vectors = space_vectors(config.qdrant, space, settings.store_retries)
-    profiles = open_vectors(space_config(config.qdrant, space, "profiles"), settings.store_retries)
-    for store in (vectors, profiles):
-        store.ensure_collection()
-    return Connection(config, meta, vectors, profiles, embedder, space)
-
-
-def current(settings: Settings, stores: Connection) -> Connection:
-    """`stores`, or a new connection when another process has switched the active version since."""
-    if active_version(stores.meta, stores.space.base) == stores.version:
-        return stores
-    return connect(settings)
-
-
-@ray.remote
-def _knn_shard(vectors: Any, start: int, stop: int, k: int) -> tuple[Any, Any]:
-    return knn_rows(vectors, slice(start, stop), k)
-
-
-def sharded_knn(vectors: Any, k: int, shards: int) -> KnnGraph:
-    """The k-NN graph with its rows computed by `shards` Ray tasks sharing one copy of the vectors."""
-    shared = ray.put(vectors)
-    bounds = np.linspace(0, len(vectors), shards + 1, dtype=int).tolist()
-    parts = ray.get([_knn_shard.remote(shared, a, b, k) for a, b in itertools.pairwise(bounds) if b > a])
-    return KnnGraph(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-
-
-def run_cluster(
-    settings: Settings, library: str, *, shards: int = 1, stores: Connection | None = None, **overrides: Any
-) -> RunSummary:
-    """Cluster a library's stored faces (`facecluster cluster`, the API's inline runs); overrides as
-    `run_options` takes. With `shards` > 1 the neighbour search runs as that many Ray tasks. One run
-    per library at a time: another one meanwhile is `Busy`."""
-    library = validate_library(library)
-    stores = stores or connect(settings)
-    options = run_options(settings, stores.embedder.spec, stores.version, **overrides)
-    neighbours: Callable[[Any, int], KnnGraph] = knn_graph
-    if shards > 1:
-        init_ray(settings)
-        neighbours = partial(sharded_knn, shards=shards)
-    holder = f"{socket.gethostname()}:{os.getpid()}"
-    with stores.meta.locked(f"clustering of {library}", holder, settings.cluster_lock_s):
-        return run_clustering(stores.meta, stores.vectors, library, options, neighbours)
-
-
-def run_match(
-    settings: Settings,
-    stores: Connection,
-    library: str,
-    *,
-    person_threshold: float | None = None,
-    max_faces: int | None = None,
-) -> MatchSummary:
-    """Incremental assignment of a library's new faces (`facecluster match`, `POST /api/v1/faces/assign`)
-    at the run thresholds the settings and the embedder give."""
-    options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=person_threshold)
-    return match_new_faces(
-        stores.meta,
-        stores.vectors,
-        validate_library(library),
-        person_threshold=options.person_threshold,
-        cluster_threshold=options.unknown.merge_threshold,
-        max_faces=max_faces,
-    )
-
-
-def run_assignment(
-    settings: Settings,
-    stores: Connection,
-    library: str,
-    *,
-    strategy: Strategy | None = None,
-    threshold: float | None = None,
-    clustering_id: str | None = None,
-    dry_run: bool = False,
-    overwrite: bool = False,
-) -> AssignReport:
-    """Assign a library's clusters to profiles (`facecluster assign`, `POST /assignments/…`)."""
-    options = assign_options(settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
-    return assign_clusters(
-        stores.meta,
-        stores.vectors,
-        stores.profiles,
-        validate_library(library),
-        options,
-        clustering_id=clustering_id,
-        dry_run=dry_run,
-        overwrite=overwrite,
-        model_version=stores.version,
-    )
 
 
 def run_ingest(

@@ -1,20 +1,19 @@
 """People work on a library: label and split clusters; create, rename and merge persons; move,
-remove, assign and reject faces; match new faces without re-clustering. Every human change is
+remove, assign and reject faces. Every human change is
 written to the `audit` collection with who, what, when and the state before, so it can be undone.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, cluster, match_known, unit
-from facecluster.cluster.run import cluster_docs, person_centroids, write_labels
+from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, cluster
+from facecluster.cluster.run import cluster_docs, write_labels
+from facecluster.engine.projection import unit
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
 
@@ -362,81 +361,3 @@ class Curator:
         )
         self.meta.call(lambda: self.meta.db.audit.update_one({"_id": audit_id}, {"$set": {"undone_by": undo["_id"]}}))
         return {"undone": audit_id, "audit_id": undo["_id"], "faces": len(faces)}
-
-
-@dataclass
-class MatchSummary:
-    library: str
-    considered: int
-    to_persons: int
-    to_clusters: int
-    seconds: float
-
-
-def match_new_faces(
-    meta: MetaStore,
-    vectors: Vectors,
-    library: str,
-    *,
-    person_threshold: float,
-    cluster_threshold: float,
-    max_faces: int | None = None,
-) -> MatchSummary:
-    """Incremental assignment: faces with neither a person nor a cluster go to the most similar known
-    person (human-labelled faces' centroid), else to the most similar existing cluster; no re-clustering."""
-    started = dt.datetime.now(dt.UTC)
-    fields = {"image": 1, "person_id": 1, "label_source": 1, "rejected_persons": 1, "cluster_id": 1, "quality": 1}
-    pending = meta.call(
-        lambda: list(
-            meta.db.faces.find({"library": library, "person_id": None, "cluster_id": None}, fields)
-            .sort("quality.score", -1)
-            .limit(max_faces or 0)
-        )
-    )
-    human = meta.call(
-        lambda: list(
-            meta.db.faces.find(
-                {"library": library, "label_source": "human", "person_id": {"$ne": None}}, {"person_id": 1}
-            )
-        )
-    )
-    if not pending:
-        return MatchSummary(library, 0, 0, 0, 0.0)
-    matrix = unit(vectors.fetch([f["_id"] for f in pending])).astype(np.float32)
-    images = [f["image"] for f in pending]
-    persons, centroids = (
-        person_centroids(
-            [f["person_id"] for f in human], unit(vectors.fetch([f["_id"] for f in human])).astype(np.float32)
-        )
-        if human
-        else ([], np.zeros((0, matrix.shape[1]), np.float32))
-    )
-    position = {p: i for i, p in enumerate(persons)}
-    rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in pending]
-    to_person, similarity = match_known(matrix, images, centroids, person_threshold, rejected)
-    clusters = meta.call(lambda: list(meta.db.clusters.find({"library": library}, {"centroid": 1})))
-    rest = np.flatnonzero(to_person == UNCLUSTERED)
-    cluster_centroids = np.asarray([c["centroid"] for c in clusters], np.float32).reshape(
-        len(clusters), matrix.shape[1]
-    )
-    to_cluster, _ = match_known(matrix[rest], [images[i] for i in rest], cluster_centroids, cluster_threshold)
-    states: dict[str, Doc] = {}
-    for index in np.flatnonzero(to_person >= 0).tolist():
-        states[pending[index]["_id"]] = {
-            "cluster_id": None,
-            "person_id": persons[int(to_person[index])],
-            "label_source": "auto",
-            "person_similarity": round(float(similarity[index]), 4),
-        }
-    grown: dict[str, int] = defaultdict(int)
-    for offset in np.flatnonzero(to_cluster >= 0).tolist():
-        cluster_id = clusters[int(to_cluster[offset])]["_id"]
-        states[pending[int(rest[offset])]["_id"]] = {"cluster_id": cluster_id, "person_id": None}
-        grown[cluster_id] += 1
-    write_labels(meta, vectors, [f for f in pending if f["_id"] in states], states)
-    for cluster_id, count in grown.items():
-        meta.call(lambda c=cluster_id, n=count: meta.db.clusters.update_one({"_id": c}, {"$inc": {"size": n}}))  # type: ignore[misc]
-    seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
-    return MatchSummary(
-        library, len(pending), int((to_person >= 0).sum()), int((to_cluster >= 0).sum()), round(seconds, 3)
-    )

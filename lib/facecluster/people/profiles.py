@@ -13,9 +13,8 @@ import uuid
 import numpy as np
 from numpy.typing import NDArray
 
-from facecluster.cluster.methods import unit
 from facecluster.engine.analysis import FaceResult
-from facecluster.engine.projection import VectorSpace
+from facecluster.engine.projection import VectorSpace, unit
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
 

@@ -25,12 +25,12 @@ from ray.data import ActorPoolStrategy
 from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from facecluster.cluster.methods import unit
-from facecluster.engine.projection import VectorSpace, weights_from_bytes, weights_to_bytes
+from facecluster.engine.projection import VectorSpace, unit, weights_from_bytes, weights_to_bytes
 from facecluster.eval.metrics import tar_at_far
-from facecluster.ingest.pipeline import Connection, connect, init_ray, open_vectors, space_config
 from facecluster.people.profiles import ProfileStore
+from facecluster.runtime import init_ray
 from facecluster.settings import Settings
+from facecluster.store.connection import Connection, connect, open_vectors, space_config
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import QdrantConfig, face_payload
 from facecluster.store.versions import VersionNotFound, load_space, previous_version, record_space, switch_space

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from facecluster.api.jobs import options
 from facecluster.api.services import RUN_ID, Bucket, Deps, Services, Sub, UserId, library_of
 from facecluster.cluster.assignment import AssignReport, ClusteringNotFound, ClusteringSuperseded, Strategy
-from facecluster.ingest.pipeline import run_assignment
+from facecluster.cluster.commands import run_assignment
 from facecluster.ingest.sources import validate_library
 
 router = APIRouter(prefix="/assignments", tags=["assignments"])

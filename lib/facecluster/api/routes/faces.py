@@ -23,9 +23,9 @@ from facecluster.api.services import (
     face_view,
 )
 from facecluster.api.uploads import analyze_upload
+from facecluster.cluster.commands import run_cluster, run_match
 from facecluster.cluster.methods import ClusterParams, Method
 from facecluster.cluster.run import run_options
-from facecluster.ingest.pipeline import run_cluster, run_match
 from facecluster.ingest.sources import validate_library
 from facecluster.people.curation import Curator
 from facecluster.store.versions import list_versions

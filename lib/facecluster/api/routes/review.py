@@ -15,8 +15,8 @@ from fastapi.responses import HTMLResponse
 
 from facecluster.api.routes.faces import LibraryQuery, Page, PageSize, owning_library, resolve_library
 from facecluster.api.services import Deps, FaceId, PersonId, Services, face_view
-from facecluster.cluster.methods import unit
 from facecluster.engine.decode import ImageDecodeError, decode_image
+from facecluster.engine.projection import unit
 from facecluster.engine.thumbnails import face_thumbnail
 from facecluster.ingest.sources import S3Options, SourceError, read_uri
 from facecluster.people.stats import library_stats

@@ -1,0 +1,100 @@
+"""Clustering, incremental matching and cluster-to-profile assignment as the CLI, the API and jobs run them."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import ray
+
+from facecluster.cluster.assignment import AssignReport, Strategy, assign_clusters, assign_options
+from facecluster.cluster.knn import KnnGraph, knn_graph, knn_rows
+from facecluster.cluster.matching import MatchSummary, match_new_faces
+from facecluster.cluster.run import RunSummary, run_clustering, run_options
+from facecluster.ingest.sources import validate_library
+from facecluster.runtime import init_ray
+from facecluster.settings import Settings
+from facecluster.store.connection import Connection, connect
+
+
+@ray.remote
+def _knn_shard(vectors: Any, start: int, stop: int, k: int) -> tuple[Any, Any]:
+    return knn_rows(vectors, slice(start, stop), k)
+
+
+def sharded_knn(vectors: Any, k: int, shards: int) -> KnnGraph:
+    """The k-NN graph with its rows computed by `shards` Ray tasks sharing one copy of the vectors."""
+    shared = ray.put(vectors)
+    bounds = np.linspace(0, len(vectors), shards + 1, dtype=int).tolist()
+    parts = ray.get([_knn_shard.remote(shared, a, b, k) for a, b in itertools.pairwise(bounds) if b > a])
+    return KnnGraph(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def run_cluster(
+    settings: Settings, library: str, *, shards: int = 1, stores: Connection | None = None, **overrides: Any
+) -> RunSummary:
+    """Cluster a library's stored faces (`facecluster cluster`, the API's inline runs); overrides as
+    `run_options` takes. With `shards` > 1 the neighbour search runs as that many Ray tasks. One run
+    per library at a time: another one meanwhile is `Busy`."""
+    library = validate_library(library)
+    stores = stores or connect(settings)
+    options = run_options(settings, stores.embedder.spec, stores.version, **overrides)
+    neighbours: Callable[[Any, int], KnnGraph] = knn_graph
+    if shards > 1:
+        init_ray(settings)
+        neighbours = partial(sharded_knn, shards=shards)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    with stores.meta.locked(f"clustering of {library}", holder, settings.cluster_lock_s):
+        return run_clustering(stores.meta, stores.vectors, library, options, neighbours)
+
+
+def run_match(
+    settings: Settings,
+    stores: Connection,
+    library: str,
+    *,
+    person_threshold: float | None = None,
+    max_faces: int | None = None,
+) -> MatchSummary:
+    """Incremental assignment of a library's new faces (`facecluster match`, `POST /api/v1/faces/assign`)
+    at the run thresholds the settings and the embedder give."""
+    options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=person_threshold)
+    return match_new_faces(
+        stores.meta,
+        stores.vectors,
+        validate_library(library),
+        person_threshold=options.person_threshold,
+        cluster_threshold=options.unknown.merge_threshold,
+        max_faces=max_faces,
+    )
+
+
+def run_assignment(
+    settings: Settings,
+    stores: Connection,
+    library: str,
+    *,
+    strategy: Strategy | None = None,
+    threshold: float | None = None,
+    clustering_id: str | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+) -> AssignReport:
+    """Assign a library's clusters to profiles (`facecluster assign`, `POST /assignments/…`)."""
+    options = assign_options(settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
+    return assign_clusters(
+        stores.meta,
+        stores.vectors,
+        stores.profiles,
+        validate_library(library),
+        options,
+        clustering_id=clustering_id,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        model_version=stores.version,
+    )

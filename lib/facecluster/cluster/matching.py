@@ -1,0 +1,93 @@
+"""Incremental matching: new faces join known persons or existing clusters without re-clustering."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from facecluster.cluster.methods import UNCLUSTERED, match_known
+from facecluster.cluster.run import person_centroids, write_labels
+from facecluster.engine.projection import unit
+from facecluster.store.meta import Doc, MetaStore
+from facecluster.store.vectors import Vectors
+
+
+@dataclass
+class MatchSummary:
+    library: str
+    considered: int
+    to_persons: int
+    to_clusters: int
+    seconds: float
+
+
+def match_new_faces(
+    meta: MetaStore,
+    vectors: Vectors,
+    library: str,
+    *,
+    person_threshold: float,
+    cluster_threshold: float,
+    max_faces: int | None = None,
+) -> MatchSummary:
+    """Incremental assignment: faces with neither a person nor a cluster go to the most similar known
+    person (human-labelled faces' centroid), else to the most similar existing cluster; no re-clustering."""
+    started = dt.datetime.now(dt.UTC)
+    fields = {"image": 1, "person_id": 1, "label_source": 1, "rejected_persons": 1, "cluster_id": 1, "quality": 1}
+    pending = meta.call(
+        lambda: list(
+            meta.db.faces.find({"library": library, "person_id": None, "cluster_id": None}, fields)
+            .sort("quality.score", -1)
+            .limit(max_faces or 0)
+        )
+    )
+    human = meta.call(
+        lambda: list(
+            meta.db.faces.find(
+                {"library": library, "label_source": "human", "person_id": {"$ne": None}}, {"person_id": 1}
+            )
+        )
+    )
+    if not pending:
+        return MatchSummary(library, 0, 0, 0, 0.0)
+    matrix = unit(vectors.fetch([f["_id"] for f in pending])).astype(np.float32)
+    images = [f["image"] for f in pending]
+    persons, centroids = (
+        person_centroids(
+            [f["person_id"] for f in human], unit(vectors.fetch([f["_id"] for f in human])).astype(np.float32)
+        )
+        if human
+        else ([], np.zeros((0, matrix.shape[1]), np.float32))
+    )
+    position = {p: i for i, p in enumerate(persons)}
+    rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in pending]
+    to_person, similarity = match_known(matrix, images, centroids, person_threshold, rejected)
+    clusters = meta.call(lambda: list(meta.db.clusters.find({"library": library}, {"centroid": 1})))
+    rest = np.flatnonzero(to_person == UNCLUSTERED)
+    cluster_centroids = np.asarray([c["centroid"] for c in clusters], np.float32).reshape(
+        len(clusters), matrix.shape[1]
+    )
+    to_cluster, _ = match_known(matrix[rest], [images[i] for i in rest], cluster_centroids, cluster_threshold)
+    states: dict[str, Doc] = {}
+    for index in np.flatnonzero(to_person >= 0).tolist():
+        states[pending[index]["_id"]] = {
+            "cluster_id": None,
+            "person_id": persons[int(to_person[index])],
+            "label_source": "auto",
+            "person_similarity": round(float(similarity[index]), 4),
+        }
+    grown: dict[str, int] = defaultdict(int)
+    for offset in np.flatnonzero(to_cluster >= 0).tolist():
+        cluster_id = clusters[int(to_cluster[offset])]["_id"]
+        states[pending[int(rest[offset])]["_id"]] = {"cluster_id": cluster_id, "person_id": None}
+        grown[cluster_id] += 1
+    write_labels(meta, vectors, [f for f in pending if f["_id"] in states], states)
+    for cluster_id, count in grown.items():
+        meta.call(lambda c=cluster_id, n=count: meta.db.clusters.update_one({"_id": c}, {"$inc": {"size": n}}))  # type: ignore[misc]
+    seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    return MatchSummary(
+        library, len(pending), int((to_person >= 0).sum()), int((to_cluster >= 0).sum()), round(seconds, 3)
+    )
