@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from facecluster.api.jobs import JobNotFound
 from facecluster.api.routes import assignments, faces, library, profiles, review, system
 from facecluster.api.services import Services, guard
-from facecluster.ingest.sources import SourceError
-from facecluster.people.curation import Conflict, NotFound
+from facecluster.errors import FaceclusterError
 from facecluster.settings import Settings
-from facecluster.store.backoff import BackendUnavailable
-from facecluster.store.meta import Busy
-from facecluster.store.versions import NotEnoughLabels, VersionNotFound
 
 
 class UploadLimit:
@@ -37,13 +30,10 @@ class UploadLimit:
         await self.app(scope, receive, send)
 
 
-def _answer(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    """An exception handler that answers `status` with the error's message."""
-
-    async def handler(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status)
-
-    return handler
+async def _answer(_: Request, exc: Exception) -> JSONResponse:
+    """Any expected error as its status and message."""
+    assert isinstance(exc, FaceclusterError)
+    return JSONResponse({"detail": exc.detail}, exc.status)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -69,15 +59,5 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         )
     app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
 
-    for error, status in (
-        (NotFound, 404),
-        (JobNotFound, 404),
-        (VersionNotFound, 404),
-        (Conflict, 409),
-        (NotEnoughLabels, 409),
-        (Busy, 409),
-        (SourceError, 422),
-        (BackendUnavailable, 503),
-    ):
-        app.add_exception_handler(error, _answer(status))
+    app.add_exception_handler(FaceclusterError, _answer)
     return app

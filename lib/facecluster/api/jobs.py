@@ -7,6 +7,7 @@ import logging
 import shlex
 from typing import Any
 
+from facecluster.errors import NotFound
 from facecluster.settings import Settings
 from facecluster.store.backoff import BackendUnavailable
 from facecluster.store.embedded import mongo_uri
@@ -14,7 +15,7 @@ from facecluster.store.embedded import mongo_uri
 log = logging.getLogger(__name__)
 
 
-class JobNotFound(KeyError):
+class JobNotFound(NotFound):
     def __str__(self) -> str:
         return f"job {self.args[0]} not found"
 

@@ -621,17 +621,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": cmd_serve,
         "train": cmd_train,
     }
-    from facecluster.engine.faces import ModelFileMissing
-    from facecluster.ingest.sources import SourceError
-    from facecluster.store.backoff import BackendUnavailable
-    from facecluster.store.meta import Busy
-    from facecluster.store.versions import NotEnoughLabels, VersionNotFound
+    from facecluster.errors import FaceclusterError
 
     try:
         return handlers[args.command](settings, args)
-    except (ModelFileMissing, SourceError, BackendUnavailable, NotEnoughLabels, VersionNotFound, Busy) as exc:
+    except FaceclusterError as exc:
         log.error("%s", exc)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":

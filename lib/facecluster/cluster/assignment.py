@@ -18,6 +18,7 @@ import numpy as np
 from pymongo import ReplaceOne
 
 from facecluster.engine.registry import EmbedderSpec
+from facecluster.errors import Conflict, NotFound
 from facecluster.settings import Settings, first_set
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Hit, Vectors
@@ -106,11 +107,11 @@ def decide_vote(cluster_id: str, face_hits: Sequence[Sequence[Hit]], options: As
     return decision
 
 
-class ClusteringNotFound(KeyError):
+class ClusteringNotFound(NotFound):
     """No such clustering run in the library."""
 
 
-class ClusteringSuperseded(ValueError):
+class ClusteringSuperseded(Conflict):
     """The run's clusters were replaced by a later run's."""
 
 

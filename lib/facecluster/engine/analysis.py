@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from facecluster.engine.decode import ImageDecodeError, decode_image
 from facecluster.engine.faces import FaceEngine
 from facecluster.engine.quality import ProfileChecks
+from facecluster.errors import InvalidInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +80,16 @@ def analyze_uploads(engine: FaceEngine, blobs: Sequence[bytes]) -> list[ImageAna
     return out
 
 
-class ProfileRejected(ValueError):
+class ProfileRejected(InvalidInput):
     """A profile photo that does not show exactly one face passing the checks; `details` says why."""
 
     def __init__(self, message: str, details: dict[str, Any]) -> None:
         super().__init__(message)
         self.details = details
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        return {"message": str(self), **self.details}
 
 
 def profile_face(analysis: ImageAnalysis, checks: ProfileChecks, detector_threshold: float) -> FaceResult:

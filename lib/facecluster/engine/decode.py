@@ -15,6 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from facecluster.errors import InvalidInput
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 SUPPORTED_FORMATS: Final = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "HEIF", "AVIF", "GIF"})
@@ -31,7 +33,7 @@ except ImportError:  # pragma: no cover - depends on the optional extra
     pass
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InvalidInput):
     """A photo that cannot be used, with a machine-readable `code` and a readable reason."""
 
     def __init__(self, code: str, reason: str) -> None:

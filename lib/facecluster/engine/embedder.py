@@ -10,12 +10,13 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from facecluster.engine.registry import Alignment, EmbedderSpec, Normalization
+from facecluster.errors import InvalidInput
 
 _IMAGENET_MEAN: Final = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 _IMAGENET_STD: Final = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
 
 
-class ModelContractError(ValueError):
+class ModelContractError(InvalidInput):
     """The ONNX file does not have the signature its registry entry promises."""
 
 

@@ -17,10 +17,11 @@ from facecluster.engine.embedder import FaceEmbedder
 from facecluster.engine.quality import Quality, QualityWeights, assess
 from facecluster.engine.registry import DetectorSpec, EmbedderSpec, ModelSpec, load_registry
 from facecluster.engine.sessions import cached_session, select_providers
+from facecluster.errors import Unavailable
 from facecluster.settings import Settings
 
 
-class ModelFileMissing(FileNotFoundError):
+class ModelFileMissing(Unavailable):
     """A model's ONNX file is not in the models directory."""
 
 

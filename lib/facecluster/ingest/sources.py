@@ -18,13 +18,14 @@ import boto3
 from botocore.config import Config
 
 from facecluster.engine.decode import IMAGE_SUFFIXES
+from facecluster.errors import InvalidInput
 from facecluster.settings import Settings
 
 LIBRARY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62})*$")
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".txt")
 
 
-class SourceError(ValueError):
+class SourceError(InvalidInput):
     """A source that cannot be used, with the reason."""
 
 

@@ -14,22 +14,12 @@ import numpy as np
 from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, cluster
 from facecluster.cluster.run import cluster_docs, write_labels
 from facecluster.engine.projection import unit
+from facecluster.errors import Conflict, NotFound
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
 
 #: The face fields a change touches (and an undo restores).
 FIELDS = ("person_id", "label_source", "cluster_id", "rejected_persons", "person_similarity")
-
-
-class NotFound(KeyError):
-    """A face, person, cluster or audit entry that does not exist (in this library)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class Conflict(ValueError):
-    """A change that contradicts the current state (a duplicate name, an undo of changed faces, …)."""
 
 
 def _state(face: Doc) -> Doc:

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from facecluster.engine.analysis import FaceResult
 from facecluster.engine.projection import VectorSpace, unit
+from facecluster.errors import Conflict, NotFound
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
 
@@ -23,11 +24,11 @@ USER_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}")
 _NAMESPACE = uuid.UUID("5b0f3a3e-3c35-4c55-9d5e-1e9b8e0c2f61")
 
 
-class ProfileExists(ValueError):
+class ProfileExists(Conflict):
     """Creating a profile for a user that has one."""
 
 
-class ProfileNotFound(KeyError):
+class ProfileNotFound(NotFound):
     """A user without a profile."""
 
 

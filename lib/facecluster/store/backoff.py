@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from facecluster.errors import Unavailable
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(Unavailable):
     """A backing service (Qdrant, MongoDB, S3) did not answer after every retry."""
 
 

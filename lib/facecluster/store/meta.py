@@ -18,6 +18,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from facecluster.errors import Conflict
 from facecluster.store.backoff import with_retries
 
 T = TypeVar("T")
@@ -32,7 +33,7 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class Busy(RuntimeError):
+class Busy(Conflict):
     """A named lock that another process holds."""
 
 

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from facecluster.errors import Conflict
 from facecluster.store.backoff import with_retries
 
 T = TypeVar("T")
@@ -30,6 +31,10 @@ PAYLOAD_INDEXES: dict[str, models.PayloadSchemaType] = {
     "quality": models.PayloadSchemaType.FLOAT,
 }
 _TRANSIENT = (ResponseHandlingException, httpx.TransportError, ConnectionError, TimeoutError)
+
+
+class MissingVectors(Conflict):
+    """Faces stored in MongoDB whose vectors Qdrant lacks (`facecluster check --repair` mends them)."""
 
 
 def face_payload(face: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +189,7 @@ class QdrantVectors:
             found.update({str(p.id): p.vector for p in points})  # type: ignore[misc]
         missing = [i for i in ids if i not in found]
         if missing:
-            raise KeyError(
+            raise MissingVectors(
                 f"{len(missing)} faces have no vector (first: {missing[0]}); run `facecluster check --repair`"
             )
         return np.array([found[i] for i in ids], dtype=np.float32).reshape(len(ids), self.config.dim)

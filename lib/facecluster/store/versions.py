@@ -17,15 +17,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facecluster.engine.projection import VectorSpace, space_from_doc, weights_to_bytes
+from facecluster.errors import Conflict, NotFound
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Hit, Vectors
 
 
-class NotEnoughLabels(ValueError):
+class NotEnoughLabels(Conflict):
     """Too few labelled persons (with enough faces) to train and validate a new version."""
 
 
-class VersionNotFound(KeyError):
+class VersionNotFound(NotFound):
     """A version id that was never trained, or a rollback with nothing to return to."""
 
 
