@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pymongo import ReplaceOne
 
 from facecluster.engine.registry import EmbedderSpec
 from facecluster.errors import Conflict, NotFound
@@ -132,8 +131,7 @@ class AssignReport:
 
 
 def latest_run(meta: MetaStore, library: str) -> Doc | None:
-    runs = meta.call(lambda: list(meta.db.runs.find({"library": library}).sort("started_at", -1).limit(1)))
-    return runs[0] if runs else None
+    return meta.latest_run(library)
 
 
 def assign_clusters(
@@ -151,14 +149,12 @@ def assign_clusters(
     """Assign every cluster of the library's latest clustering run to a known user, or to nobody."""
     latest = latest_run(meta, library)
     if latest is None or (clustering_id is not None and clustering_id != latest["_id"]):
-        known = clustering_id is not None and meta.call(
-            lambda: meta.db.runs.find_one({"_id": clustering_id, "library": library})
-        )
+        known = clustering_id is not None and meta.run(clustering_id, library)
         if known and latest is not None:
             raise ClusteringSuperseded(f"clustering {clustering_id} was superseded by {latest['_id']}")
         raise ClusteringNotFound(clustering_id or f"library {library} has no clustering run")
     run_id = str(latest["_id"])
-    clusters = meta.call(lambda: list(meta.db.clusters.find({"library": library}).sort("_id", 1)))
+    clusters = meta.clusters(library)
     report = AssignReport(library, run_id, options.strategy, options.threshold, dry_run)
     if not clusters:
         return report
@@ -169,9 +165,7 @@ def assign_clusters(
             decide_centroid(c["_id"], h, options.threshold, c["size"]) for c, h in zip(clusters, hits, strict=True)
         ]
     else:
-        members = meta.call(
-            lambda: list(meta.db.faces.find({"library": library, "cluster_id": {"$ne": None}}, {"cluster_id": 1}))
-        )
+        members = meta.clustered_faces(library)
         by_cluster: dict[str, list[str]] = defaultdict(list)
         for face in members:
             by_cluster[face["cluster_id"]].append(face["_id"])
@@ -182,10 +176,7 @@ def assign_clusters(
             count = len(by_cluster[c["_id"]])
             decisions.append(decide_vote(c["_id"], hits[offset : offset + count], options))
             offset += count
-    existing = {
-        doc["cluster_id"]
-        for doc in meta.call(lambda: list(meta.db.assignments.find({"clustering_id": run_id}, {"cluster_id": 1})))
-    }
+    existing = {doc["cluster_id"] for doc in meta.assignments(clustering_id=run_id)}
     docs = []
     for decision in decisions:
         if decision.cluster_id in existing and not overwrite:
@@ -210,10 +201,8 @@ def assign_clusters(
     report.decisions = [d.to_dict() for d in decisions]
     if not dry_run:
         if overwrite:
-            meta.call(lambda: meta.db.assignments.delete_many({"clustering_id": run_id}))
-        operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
-        if operations:
-            meta.call(lambda: meta.db.assignments.bulk_write(operations, ordered=False))
+            meta.delete_assignments(clustering_id=run_id)
+        meta.write_assignments(docs)
     return report
 
 

@@ -36,21 +36,8 @@ def match_new_faces(
     """Incremental assignment: faces with neither a person nor a cluster go to the most similar known
     person (human-labelled faces' centroid), else to the most similar existing cluster; no re-clustering."""
     started = dt.datetime.now(dt.UTC)
-    fields = {"image": 1, "person_id": 1, "label_source": 1, "rejected_persons": 1, "cluster_id": 1, "quality": 1}
-    pending = meta.call(
-        lambda: list(
-            meta.db.faces.find({"library": library, "person_id": None, "cluster_id": None}, fields)
-            .sort("quality.score", -1)
-            .limit(max_faces or 0)
-        )
-    )
-    human = meta.call(
-        lambda: list(
-            meta.db.faces.find(
-                {"library": library, "label_source": "human", "person_id": {"$ne": None}}, {"person_id": 1}
-            )
-        )
-    )
+    pending = meta.unlabelled_faces(library, max_faces)
+    human = meta.human_labelled_faces(library)
     if not pending:
         return MatchSummary(library, 0, 0, 0, 0.0)
     matrix = unit(vectors.fetch([f["_id"] for f in pending])).astype(np.float32)
@@ -65,7 +52,7 @@ def match_new_faces(
     position = {p: i for i, p in enumerate(persons)}
     rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in pending]
     to_person, similarity = match_known(matrix, images, centroids, person_threshold, rejected)
-    clusters = meta.call(lambda: list(meta.db.clusters.find({"library": library}, {"centroid": 1})))
+    clusters = meta.clusters(library)
     rest = np.flatnonzero(to_person == UNCLUSTERED)
     cluster_centroids = np.asarray([c["centroid"] for c in clusters], np.float32).reshape(
         len(clusters), matrix.shape[1]
@@ -85,8 +72,7 @@ def match_new_faces(
         states[pending[int(rest[offset])]["_id"]] = {"cluster_id": cluster_id, "person_id": None}
         grown[cluster_id] += 1
     write_labels(meta, vectors, [f for f in pending if f["_id"] in states], states)
-    for cluster_id, count in grown.items():
-        meta.call(lambda c=cluster_id, n=count: meta.db.clusters.update_one({"_id": c}, {"$inc": {"size": n}}))  # type: ignore[misc]
+    meta.grow_clusters(grown)
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     return MatchSummary(
         library, len(pending), int((to_person >= 0).sum()), int((to_cluster >= 0).sum()), round(seconds, 3)

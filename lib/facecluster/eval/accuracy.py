@@ -126,9 +126,9 @@ CLUSTER_METHODS = ("dual", "graph", "hdbscan", "dbscan", "agglomerative")
 
 def labelled_faces(meta: MetaStore, library: str) -> dict[str, str]:
     """LFW layout: the face nearest the centre of `Name/Name_NNNN.jpg` is Name's; others are left out."""
-    images = {doc["key"]: doc for doc in meta.db.images.find({"library": library, "status": "done"})}
+    images = {doc["key"]: doc for doc in meta.images(library, "done")}
     best: dict[str, tuple[float, str]] = {}
-    for face in meta.db.faces.find({"library": library}, {"image": 1, "bbox": 1}):
+    for face in meta.faces_in(library, ["image", "bbox"]):
         image = images.get(face["image"])
         if image is None:
             continue
@@ -158,7 +158,7 @@ def evaluate_clustering(
             yield {"ingest": ingest.to_dict(), "labelled_faces": len(truth), "identities": len(set(truth.values()))}
             for method in methods:
                 summary = run_cluster(scoped, "eval", method=method)
-                run = meta.db.runs.find_one({"_id": summary.run_id}) or {}
+                run = meta.run(summary.run_id) or {}
                 scores = library_scores(meta, "eval", truth)
                 yield {"method": method, "params": run.get("params"), "seconds": summary.seconds, **scores.to_dict()}
         finally:
@@ -168,8 +168,7 @@ def evaluate_clustering(
 def library_scores(meta: MetaStore, library: str, truth: dict[str, str]) -> ClusterScores:
     """The library's current persons and clusters scored against `truth` (face id → identity)."""
     state = {
-        f["_id"]: f.get("person_id") or f.get("cluster_id")
-        for f in meta.db.faces.find({"library": library}, {"person_id": 1, "cluster_id": 1})
+        f["_id"]: f.get("person_id") or f.get("cluster_id") for f in meta.faces_in(library, ["person_id", "cluster_id"])
     }
     names = sorted({str(state[f]) for f in truth if state.get(f)})
     code = {name: i for i, name in enumerate(names)}

@@ -36,17 +36,14 @@ class Curator:
     actor: str = "anonymous"
 
     # Reading.
-    def _faces(self, query: Doc) -> list[Doc]:
-        return self.meta.call(lambda: list(self.meta.db.faces.find({"library": self.library, **query})))
-
     def face(self, face_id: str) -> Doc:
-        found = self._faces({"_id": face_id})
-        if not found:
+        found = self.meta.face(face_id, self.library)
+        if found is None:
             raise NotFound(f"face {face_id} not found in library {self.library}")
-        return found[0]
+        return found
 
     def person(self, person_id: str) -> Doc:
-        doc = self.meta.call(lambda: self.meta.db.persons.find_one({"_id": person_id, "library": self.library}))
+        doc = self.meta.person(person_id, self.library)
         if doc is None:
             raise NotFound(f"person {person_id} not found in library {self.library}")
         return doc
@@ -58,7 +55,7 @@ class Curator:
         return doc
 
     def cluster(self, cluster_id: str) -> Doc:
-        doc = self.meta.call(lambda: self.meta.db.clusters.find_one({"_id": cluster_id, "library": self.library}))
+        doc = self.meta.cluster(cluster_id, self.library)
         if doc is None:
             raise NotFound(f"cluster {cluster_id} not found in library {self.library}")
         return doc
@@ -66,37 +63,20 @@ class Curator:
     def persons(self, *, skip: int = 0, limit: int = 50, hidden: bool = False) -> tuple[int, list[Doc]]:
         """Active persons (hidden ones with `hidden`), most faces first, with their face counts and
         best-quality face."""
-        counts = {
-            row["_id"]: row["n"]
-            for row in self.meta.call(
-                lambda: list(
-                    self.meta.db.faces.aggregate(
-                        [
-                            {"$match": {"library": self.library, "person_id": {"$ne": None}}},
-                            {"$group": {"_id": "$person_id", "n": {"$sum": 1}}},
-                        ]
-                    )
-                )
-            )
-        }
-        docs = self.meta.call(lambda: list(self.meta.db.persons.find({"library": self.library, "merged_into": None})))
+        counts = self.meta.person_face_counts(self.library)
+        docs = self.meta.active_persons(self.library)
         docs = [d for d in docs if hidden or not d.get("hidden")]
         for doc in docs:
             doc["faces"] = counts.get(doc["_id"], 0)
         docs.sort(key=lambda d: (-d["faces"], d["name"]))
         page = docs[skip : skip + limit]
         for doc in page:
-            best = self.meta.call(
-                lambda doc=doc: self.meta.db.faces.find_one(  # type: ignore[misc]
-                    {"library": self.library, "person_id": doc["_id"]}, {"_id": 1}, sort=[("quality.score", -1)]
-                )
-            )
-            doc["owner_face_id"] = None if best is None else best["_id"]
+            best = self.meta.faces_in(self.library, ["quality"], person_id=doc["_id"], best_first=True, limit=1)
+            doc["owner_face_id"] = best[0]["_id"] if best else None
         return len(docs), page
 
     def person_by_name(self, name: str) -> Doc | None:
-        query = {"library": self.library, "name": name, "merged_into": None}
-        return self.meta.call(lambda: self.meta.db.persons.find_one(query))
+        return self.meta.person_by_name(self.library, name)
 
     # Changing, with the audit trail.
     def _change(
@@ -112,8 +92,8 @@ class Curator:
     ) -> Doc:
         """Apply face states and person/cluster documents (None deletes); record the before state."""
         persons, clusters = persons or {}, clusters or {}
-        before_persons = {p: self.meta.call(lambda p=p: self.meta.db.persons.find_one({"_id": p})) for p in persons}  # type: ignore[misc]
-        before_clusters = {c: self.meta.call(lambda c=c: self.meta.db.clusters.find_one({"_id": c})) for c in clusters}  # type: ignore[misc]
+        before_persons = {p: self.meta.person(p) for p in persons}
+        before_clusters = {c: self.meta.cluster(c) for c in clusters}
         entry = {
             "_id": f"aud_{uuid.uuid4().hex[:12]}",
             "library": self.library,
@@ -131,21 +111,14 @@ class Curator:
             "after": {"faces": new_states, "persons": persons, "clusters": clusters},
             "undone_by": None,
         }
-        self.meta.call(lambda: self.meta.db.audit.insert_one(entry))
+        self.meta.record_audit(entry)
         full = {f["_id"]: {**_state(f), **new_states[f["_id"]]} for f in faces if f["_id"] in new_states}
         write_labels(self.meta, self.vectors, [f for f in faces if f["_id"] in full], full)
         for person_id, doc in persons.items():
-            self._put("persons", person_id, doc)
+            self.meta.put_person(person_id, doc)
         for cluster_id, doc in clusters.items():
-            self._put("clusters", cluster_id, doc)
+            self.meta.put_cluster(cluster_id, doc)
         return entry
-
-    def _put(self, collection: str, key: str, doc: Doc | None) -> None:
-        table = self.meta.db[collection]
-        if doc is None:
-            self.meta.call(lambda: table.delete_one({"_id": key}))
-        else:
-            self.meta.call(lambda: table.replace_one({"_id": key}, doc, upsert=True))
 
     def _new_person(self, name: str) -> Doc:
         if self.person_by_name(name) is not None:
@@ -184,7 +157,7 @@ class Curator:
         """The cluster's faces become the person `name` (an existing one of that name, else a new one)."""
         self.cluster(cluster_id)
         person = self.person_by_name(name) or self._new_person(name)
-        faces = self._faces({"cluster_id": cluster_id})
+        faces = self.meta.faces_in(self.library, cluster_id=cluster_id)
         states = {f["_id"]: self._labelled(f, person["_id"]) for f in faces}
         self._change(
             "label_cluster",
@@ -224,7 +197,7 @@ class Curator:
     def split_cluster(self, cluster_id: str, params: ClusterParams) -> Doc:
         """Re-cluster one cluster's faces with `params` (tighter); faces that fit no part become unclustered."""
         old = self.cluster(cluster_id)
-        faces = sorted(self._faces({"cluster_id": cluster_id}), key=lambda f: f["_id"])
+        faces = sorted(self.meta.faces_in(self.library, cluster_id=cluster_id), key=lambda f: f["_id"])
         ids = [f["_id"] for f in faces]
         matrix = unit(self.vectors.fetch(ids)).astype(np.float32)
         labels = cluster(matrix, [f["image"] for f in faces], params)
@@ -260,7 +233,7 @@ class Curator:
         if source_id == into_id:
             raise Conflict("a person cannot be merged into itself")
         source, into = self.active_person(source_id), self.active_person(into_id)
-        faces = self._faces({"person_id": source_id})
+        faces = self.meta.faces_in(self.library, person_id=source_id)
         states = {f["_id"]: {"person_id": into_id} for f in faces}
         merged = {**source, "merged_into": into_id, "merged_at": now()}
         self._change(
@@ -269,7 +242,7 @@ class Curator:
         return {"person_id": into_id, "merged": source_id, "faces_moved": len(faces)}
 
     def _person_faces(self, person_id: str, face_ids: Sequence[str]) -> list[Doc]:
-        faces = self._faces({"_id": {"$in": list(face_ids)}})
+        faces = self.meta.faces_in(self.library, ids=face_ids)
         found = {f["_id"] for f in faces if f.get("person_id") == person_id}
         missing = [f for f in face_ids if f not in found]
         if missing:
@@ -327,21 +300,17 @@ class Curator:
         return {"face_id": face_id, "rejected_persons": state["rejected_persons"]}
 
     def audit(self, *, skip: int = 0, limit: int = 50) -> list[Doc]:
-        query = {"library": self.library}
-        projection = {"before": 0, "after": 0}
-        return self.meta.call(
-            lambda: list(self.meta.db.audit.find(query, projection).sort("at", -1).skip(skip).limit(limit))
-        )
+        return self.meta.audit_page(self.library, skip=skip, limit=limit)
 
     def undo(self, audit_id: str) -> Doc:
         """Restore the state before change `audit_id`, if its faces have not changed since."""
-        entry = self.meta.call(lambda: self.meta.db.audit.find_one({"_id": audit_id, "library": self.library}))
+        entry = self.meta.audit_entry(audit_id, self.library)
         if entry is None:
             raise NotFound(f"audit entry {audit_id} not found in library {self.library}")
         if entry.get("undone_by"):
             raise Conflict(f"{audit_id} was undone by {entry['undone_by']}")
         after, before = entry["after"], entry["before"]
-        faces = self._faces({"_id": {"$in": list(after["faces"])}})
+        faces = self.meta.faces_in(self.library, ids=list(after["faces"]))
         for face in faces:
             expected = after["faces"][face["_id"]]
             if any(face.get(k) != v for k, v in expected.items()):
@@ -349,5 +318,5 @@ class Curator:
         undo = self._change(
             "undo", audit_id, faces, before["faces"], persons=before["persons"], clusters=before["clusters"]
         )
-        self.meta.call(lambda: self.meta.db.audit.update_one({"_id": audit_id}, {"$set": {"undone_by": undo["_id"]}}))
+        self.meta.mark_undone(audit_id, undo["_id"])
         return {"undone": audit_id, "audit_id": undo["_id"], "faces": len(faces)}

@@ -64,7 +64,7 @@ class ProfileStore:
 
     def reproject(self) -> int:
         """Every profile of this embedder: its template in this store's space, written to its collection."""
-        docs = self.meta.call(lambda: list(self.meta.db.profiles.find({"model_version": self.model_version})))
+        docs = self.meta.profiles_of_model(self.model_version)
         for doc in docs:
             vector = template(self.space, doc["faces"])
             self.vectors.upsert(
@@ -73,24 +73,24 @@ class ProfileStore:
         return len(docs)
 
     def get(self, user_id: str) -> Doc:
-        doc = self.meta.call(lambda: self.meta.db.profiles.find_one({"_id": user_id}))
+        doc = self.meta.profile(user_id)
         if doc is None:
             raise ProfileNotFound(user_id)
         return doc
 
     def exists(self, user_id: str) -> bool:
-        return self.meta.call(lambda: self.meta.db.profiles.count_documents({"_id": user_id}, limit=1)) > 0
+        return self.meta.profile(user_id) is not None
 
     def page(self, skip: int = 0, limit: int = 100) -> list[Doc]:
-        return self.meta.call(lambda: list(self.meta.db.profiles.find().sort("_id", 1).skip(skip).limit(limit)))
+        return self.meta.profiles_page(skip=skip, limit=limit)
 
     def count(self) -> int:
-        return int(self.meta.call(lambda: self.meta.db.profiles.count_documents({})))
+        return self.meta.profile_count()
 
     def enrol(self, user_id: str, face: FaceResult, image: bytes, *, create: bool, replace: bool = False) -> Doc:
         """Create (`create`) or extend an existing profile with `face` of the photo `image`;
         `replace` drops the earlier enrolment faces."""
-        existing = self.meta.call(lambda: self.meta.db.profiles.find_one({"_id": user_id}))
+        existing = self.meta.profile(user_id)
         if create and existing is not None:
             raise ProfileExists(user_id)
         if not create and existing is None:
@@ -118,12 +118,12 @@ class ProfileStore:
             "updated_at": now(),
         }
         self.vectors.upsert([point_id(user_id)], vector[None, :], [{"user_id": user_id, "faces": len(faces)}])
-        self.meta.call(lambda: self.meta.db.profiles.replace_one({"_id": user_id}, doc, upsert=True))
+        self.meta.put_profile(user_id, doc)
         return doc
 
     def delete(self, user_id: str) -> int:
         """Delete the profile and its assignments; returns how many assignments went with it."""
         self.get(user_id)
         self.vectors.delete([point_id(user_id)])
-        self.meta.call(lambda: self.meta.db.profiles.delete_one({"_id": user_id}))
-        return int(self.meta.call(lambda: self.meta.db.assignments.delete_many({"user_id": user_id}).deleted_count))
+        self.meta.put_profile(user_id, None)
+        return self.meta.delete_assignments(user_id=user_id)

@@ -12,9 +12,7 @@ BINS = (("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-9", 5, 9), ("10-19", 10, 19
 
 
 def library_stats(meta: MetaStore, library: str | None = None) -> dict[str, Any]:
-    query = {} if library is None else {"library": library}
-    projection = {"image": 1, "library": 1, "person_id": 1, "cluster_id": 1, "label_source": 1}
-    faces = list(meta.db.faces.find(query, projection))
+    faces = meta.faces_in(library, ["image", "library", "person_id", "cluster_id", "label_source"])
     persons = Counter(f["person_id"] for f in faces if f.get("person_id"))
     clusters = Counter(f["cluster_id"] for f in faces if f.get("cluster_id") and not f.get("person_id"))
     identities: dict[tuple[str, str], set[str]] = defaultdict(set)

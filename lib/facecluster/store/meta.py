@@ -1,62 +1,35 @@
-"""Metadata in MongoDB: `images`, `faces` and `jobs`."""
+"""Metadata in MongoDB: images, faces, clusters, runs, locks and jobs, with persons, audit, profiles and
+assignments from their own modules; `MetaStore` is the one object the rest of the code talks to."""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
 
-from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateOne
-from pymongo.database import Database
-from pymongo.errors import (
-    AutoReconnect,
-    ConnectionFailure,
-    DuplicateKeyError,
-    NetworkTimeout,
-    ServerSelectionTimeoutError,
-)
+from pymongo import ASCENDING, ReplaceOne, UpdateOne
+from pymongo.errors import DuplicateKeyError
 
 from facecluster.errors import Conflict
-from facecluster.store.backoff import with_retries
+from facecluster.store.mongo import Doc, MongoCollections, now
+from facecluster.store.people import PeopleDocs
+from facecluster.store.profiles import ProfileDocs
 
-T = TypeVar("T")
-Doc = dict[str, Any]
+__all__ = ["FINAL_STATES", "INSPECTABLE", "Busy", "Doc", "MetaStore", "now"]
 
 #: Image states after ingest; `done` and `no_face` are final for an unchanged image and models.
 FINAL_STATES = ("done", "no_face")
-_TRANSIENT = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError)
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+#: Collections whose documents belong to one library (`library` field); `describe` shows them too.
+LIBRARY_COLLECTIONS = ("images", "faces", "clusters", "runs", "assignments", "persons", "audit", "jobs")
+INSPECTABLE = (*LIBRARY_COLLECTIONS, "profiles")
 
 
 class Busy(Conflict):
     """A named lock that another process holds."""
 
 
-class MetaStore:
-    """The three collections of one database, every call retried on connection errors."""
-
-    def __init__(self, uri: str, database: str, *, attempts: int = 5, timeout_ms: int = 5000) -> None:
-        self.uri = uri
-        self.client: MongoClient[Doc] = MongoClient(
-            uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, tz_aware=True
-        )
-        self.db: Database[Doc] = self.client[database]
-        self.attempts = attempts
-
-    def call(self, call: Callable[[], T]) -> T:
-        """`call()`, retried with backoff on connection errors."""
-        return with_retries(call, backend=f"MongoDB at {self._host()}", attempts=self.attempts, retry_on=_TRANSIENT)
-
-    def _host(self) -> str:
-        return self.uri.split("@")[-1].split("/")[2] if "://" in self.uri else self.uri
-
-    def close(self) -> None:
-        self.client.close()
+class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
+    """Every MongoDB collection of facecluster, through named methods."""
 
     def ensure_indexes(self) -> None:
         def create() -> None:
@@ -81,11 +54,7 @@ class MetaStore:
 
     def delete_library(self, library: str) -> dict[str, int]:
         """Remove every document of `library` from every collection; the counts per collection."""
-        collections = ("images", "faces", "clusters", "runs", "assignments", "persons", "audit", "jobs")
-        return {
-            name: int(self.call(lambda name=name: self.db[name].delete_many({"library": library}).deleted_count))  # type: ignore[misc]
-            for name in collections
-        }
+        return {name: self.delete(name, {"library": library}) for name in LIBRARY_COLLECTIONS}
 
     # Images.
     def images_by_key(self, library: str, keys: Sequence[str]) -> dict[str, Doc]:
@@ -196,3 +165,139 @@ class MetaStore:
     def finish_job(self, job_id: str, status: str, result: Doc) -> None:
         update = {"$set": {"status": status, "finished_at": now(), "result": result}}
         self.call(lambda: self.db.jobs.update_one({"_id": job_id}, update))
+
+    # Faces, as the rest of the code reads them.
+    @staticmethod
+    def _face_query(
+        library: str | None,
+        ids: Sequence[str] | None = None,
+        person_id: str | None = None,
+        cluster_id: str | None = None,
+    ) -> Doc:
+        query: Doc = {} if library is None else {"library": library}
+        if ids is not None:
+            query["_id"] = {"$in": list(ids)}
+        if person_id is not None:
+            query["person_id"] = person_id
+        if cluster_id is not None:
+            query["cluster_id"] = cluster_id
+        return query
+
+    def face(self, face_id: str, library: str | None = None) -> Doc | None:
+        return self.find_one("faces", self._face_query(library, [face_id]))
+
+    def faces_in(
+        self,
+        library: str | None,
+        fields: Sequence[str] | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        person_id: str | None = None,
+        cluster_id: str | None = None,
+        best_first: bool = False,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[Doc]:
+        """Faces of a library (or of all), narrowed by ids, person or cluster; best quality first when asked."""
+        query = self._face_query(library, ids, person_id, cluster_id)
+        sort = [("quality.score", -1), ("_id", 1)] if best_first else [("_id", 1)]
+        return self.find("faces", query, fields, sort=sort, skip=skip, limit=limit)
+
+    def count_faces(self, library: str | None, *, person_id: str | None = None, cluster_id: str | None = None) -> int:
+        return self.count("faces", self._face_query(library, None, person_id, cluster_id))
+
+    def face_images(self, library: str, *, person_id: str | None = None, cluster_id: str | None = None) -> list[str]:
+        """The photos with a face of this person or cluster."""
+        query = self._face_query(library, None, person_id, cluster_id)
+        return sorted(self.call(lambda: self.db.faces.distinct("image", query)))
+
+    def person_face_counts(self, library: str) -> dict[str, int]:
+        pipeline: list[Doc] = [
+            {"$match": {"library": library, "person_id": {"$ne": None}}},
+            {"$group": {"_id": "$person_id", "n": {"$sum": 1}}},
+        ]
+        return {row["_id"]: int(row["n"]) for row in self.call(lambda: list(self.db.faces.aggregate(pipeline)))}
+
+    def unlabelled_faces(self, library: str, limit: int | None = None) -> list[Doc]:
+        """Faces with neither a person nor a cluster, best quality first."""
+        query = {"library": library, "person_id": None, "cluster_id": None}
+        return self.find("faces", query, sort=[("quality.score", -1), ("_id", 1)], limit=limit or 0)
+
+    def human_labelled_faces(self, library: str | None) -> list[Doc]:
+        """Faces a person named (`label_source: human`), of one library or of all, in id order."""
+        query: Doc = {"label_source": "human", "person_id": {"$ne": None}}
+        if library is not None:
+            query["library"] = library
+        return self.find("faces", query, ["person_id"], sort=[("_id", 1)])
+
+    def clustered_faces(self, library: str, cluster_ids: Sequence[str] | None = None, limit: int = 0) -> list[Doc]:
+        """Faces in a cluster (in one of `cluster_ids` when given), in id order: their ids and clusters."""
+        members: Doc = {"$ne": None} if cluster_ids is None else {"$in": list(cluster_ids)}
+        query = {"library": library, "cluster_id": members}
+        return self.find("faces", query, ["cluster_id"], sort=[("_id", 1)], limit=limit)
+
+    def images(self, library: str, status: str | None = None) -> list[Doc]:
+        query = {"library": library} if status is None else {"library": library, "status": status}
+        return self.find("images", query)
+
+    def owner_library(self, collection: str, key: str) -> str | None:
+        """The library a face, person, cluster or audit entry belongs to; None when there is no such document."""
+        doc = self.find_one(collection, {"_id": key}, ["library"])
+        return None if doc is None else str(doc["library"])
+
+    # Clusters and runs.
+    def cluster(self, cluster_id: str, library: str | None = None, *, centroid: bool = True) -> Doc | None:
+        query: Doc = {"_id": cluster_id} if library is None else {"_id": cluster_id, "library": library}
+        doc = self.find_one("clusters", query)
+        if doc is not None and not centroid:
+            doc.pop("centroid", None)
+        return doc
+
+    def clusters(self, library: str) -> list[Doc]:
+        """A library's clusters in id order, with their centroids."""
+        return self.find("clusters", {"library": library}, sort=[("_id", 1)])
+
+    def clusters_page(self, library: str | None, *, skip: int, limit: int) -> tuple[int, list[Doc]]:
+        """Clusters (of one library or all), largest first, without centroids, and how many there are."""
+        query: Doc = {} if library is None else {"library": library}
+        found = self.find("clusters", query, sort=[("size", -1), ("_id", 1)], skip=skip, limit=limit)
+        for doc in found:
+            doc.pop("centroid", None)
+        return self.count("clusters", query), found
+
+    def put_cluster(self, cluster_id: str, doc: Doc | None) -> None:
+        self.put("clusters", cluster_id, doc)
+
+    def grow_clusters(self, sizes: dict[str, int]) -> None:
+        """Add faces to clusters' sizes: {cluster id: faces added}."""
+        operations = [UpdateOne({"_id": cluster}, {"$inc": {"size": n}}) for cluster, n in sizes.items()]
+        if operations:
+            self.call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
+
+    def run(self, run_id: str, library: str | None = None) -> Doc | None:
+        return self.find_one("runs", {"_id": run_id} if library is None else {"_id": run_id, "library": library})
+
+    def runs(self, library: str, limit: int = 50, *, by: str = "started_at") -> list[Doc]:
+        """A library's clustering runs, newest first by `by`."""
+        return self.find("runs", {"library": library}, sort=[(by, -1)], limit=limit)
+
+    def latest_run(self, library: str, *, by: str = "started_at") -> Doc | None:
+        found = self.runs(library, 1, by=by)
+        return found[0] if found else None
+
+    def jobs_of(self, library: str, limit: int = 20) -> list[Doc]:
+        return self.find("jobs", {"library": library}, sort=[("started_at", -1)], limit=limit)
+
+    # What the debug routes show.
+    def collection_counts(self) -> dict[str, int]:
+        return {name: int(self.call(self.db[name].estimated_document_count)) for name in INSPECTABLE}
+
+    def collection_sample(self, collection: str) -> Doc | None:
+        """One document of `collection` without vectors or audit states."""
+        if collection not in INSPECTABLE:
+            raise ValueError(f"{collection} is not one of {', '.join(INSPECTABLE)}")
+        hidden = {"embedding": 0, "template": 0, "centroid": 0, "before": 0, "after": 0}
+        sample = self.call(lambda: self.db[collection].find_one({}, hidden))
+        if sample and isinstance(sample.get("faces"), list):  # a profile's enrolment vectors (nested)
+            sample["faces"] = [{k: v for k, v in face.items() if k != "embedding"} for face in sample["faces"]]
+        return sample

@@ -149,11 +149,7 @@ def fit_head(
 def labelled_vectors(stores: Connection, library: str | None) -> tuple[list[str], np.ndarray, list[str]]:
     """Face ids, embedder vectors and person ids of every human-labelled face (of one library or all)."""
     base = stores.own_vectors
-    query: dict[str, Any] = {"label_source": "human", "person_id": {"$ne": None}}
-    if library is not None:
-        query["library"] = library
-    meta = stores.meta
-    docs = meta.call(lambda: list(meta.db.faces.find(query, {"person_id": 1}).sort("_id", 1)))
+    docs = stores.meta.human_labelled_faces(library)
     present = base.ids(library)
     docs = [d for d in docs if d["_id"] in present]
     ids = [d["_id"] for d in docs]

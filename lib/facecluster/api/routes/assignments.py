@@ -12,10 +12,9 @@ from facecluster.api.services import RUN_ID, Bucket, Deps, Services, Sub, UserId
 from facecluster.cluster.assignment import AssignReport, ClusteringNotFound, ClusteringSuperseded, Strategy
 from facecluster.cluster.commands import run_assignment
 from facecluster.ingest.sources import validate_library
+from facecluster.store.meta import INSPECTABLE
 
 router = APIRouter(prefix="/assignments", tags=["assignments"])
-#: The collections the debug routes may show.
-INSPECTABLE = ("images", "faces", "clusters", "runs", "assignments", "persons", "profiles", "audit", "jobs")
 
 
 def assign_or_answer(services: Services, library: str, **options: Any) -> AssignReport:
@@ -71,8 +70,7 @@ def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, 
 
 @router.get("/user/{user_id}", summary="A user's assignments, grouped by clustering run")
 def assignments_of_user(services: Deps, user_id: UserId) -> dict[str, Any]:
-    meta = services.meta
-    docs = meta.call(lambda: list(meta.db.assignments.find({"user_id": user_id}).sort("assigned_at", -1)))
+    docs = services.meta.assignments(user_id=user_id, sort="assigned_at")
     runs: dict[str, dict[str, Any]] = {}
     for doc in docs:
         run = runs.setdefault(
@@ -85,8 +83,11 @@ def assignments_of_user(services: Deps, user_id: UserId) -> dict[str, Any]:
 @router.get("/debug/collections", summary="Collections and their sizes, and the libraries")
 def debug_collections(services: Deps) -> dict[str, Any]:
     meta = services.meta
-    counts = {name: int(meta.call(lambda name=name: meta.db[name].estimated_document_count())) for name in INSPECTABLE}  # type: ignore[misc]
-    return {"collections": counts, "libraries": meta.libraries(), "vectors": services.stores.config.qdrant.collection}
+    return {
+        "collections": meta.collection_counts(),
+        "libraries": meta.libraries(),
+        "vectors": services.stores.config.qdrant.collection,
+    }
 
 
 @router.get("/debug/collection/{collection_name}", summary="One collection's fields and a sample document")
@@ -94,15 +95,10 @@ def debug_collection(
     services: Deps, collection_name: Annotated[str, Path(pattern=f"^({'|'.join(INSPECTABLE)})$")]
 ) -> dict[str, Any]:
     meta = services.meta
-    table = meta.db[collection_name]
-    sample = meta.call(
-        lambda: table.find_one({}, {"embedding": 0, "template": 0, "centroid": 0, "before": 0, "after": 0})
-    )
-    if sample and isinstance(sample.get("faces"), list):  # a profile's enrolment vectors (nested: not projectable here)
-        sample["faces"] = [{k: v for k, v in face.items() if k != "embedding"} for face in sample["faces"]]
+    sample = meta.collection_sample(collection_name)
     return {
         "collection": collection_name,
-        "count": int(meta.call(table.estimated_document_count)),
+        "count": meta.collection_counts()[collection_name],
         "fields": sorted(sample) if sample else [],
         "sample": sample,
     }
@@ -117,8 +113,7 @@ def debug_db_connection(services: Deps) -> dict[str, Any]:
 
 @router.delete("/clustering/{clustering_id}", summary="Delete every assignment of a clustering run")
 def delete_run_assignments(services: Deps, clustering_id: Annotated[str, Path(pattern=RUN_ID)]) -> dict[str, Any]:
-    meta = services.meta
-    deleted = int(meta.call(lambda: meta.db.assignments.delete_many({"clustering_id": clustering_id}).deleted_count))
+    deleted = services.meta.delete_assignments(clustering_id=clustering_id)
     return {"clustering_id": clustering_id, "deleted": deleted}
 
 
@@ -127,11 +122,7 @@ def list_assignments(
     services: Deps, bucket: Bucket, sub: Sub, clustering_id: Annotated[str | None, Query(pattern=RUN_ID)] = None
 ) -> dict[str, Any]:
     library = library_of(bucket, sub)
-    query: dict[str, Any] = {"library": library}
-    if clustering_id is not None:
-        query["clustering_id"] = clustering_id
-    meta = services.meta
-    docs = meta.call(lambda: list(meta.db.assignments.find(query).sort("similarity", -1)))
+    docs = services.meta.assignments(library=library, clustering_id=clustering_id)
     return {
         "library": library,
         "clustering_id": clustering_id,

@@ -53,11 +53,10 @@ def _curator(services: Services, actor: str, library: str) -> Curator:
 
 def owning_library(services: Services, collection: str, key: str, what: str) -> str:
     """The library of the face, person, cluster or audit entry `key` of `collection`; 404 when unknown."""
-    meta = services.meta
-    doc = meta.call(lambda: meta.db[collection].find_one({"_id": key}, {"library": 1}))
-    if doc is None:
+    library = services.meta.owner_library(collection, key)
+    if library is None:
         raise HTTPException(404, f"{what} {key} not found")
-    return str(doc["library"])
+    return library
 
 
 class DualRequest(BaseModel):
@@ -162,15 +161,9 @@ def _page(page: int, size: int) -> tuple[int, int]:
 def list_clusters(
     services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50
 ) -> dict[str, Any]:
-    meta = services.meta
-    query: dict[str, Any] = {} if library is None else {"library": resolve_library(services, library)}
+    name = None if library is None else resolve_library(services, library)
     skip, limit = _page(page, page_size)
-    total = int(meta.call(lambda: meta.db.clusters.count_documents(query)))
-    docs = meta.call(
-        lambda: list(
-            meta.db.clusters.find(query, {"centroid": 0}).sort([("size", -1), ("_id", 1)]).skip(skip).limit(limit)
-        )
-    )
+    total, docs = services.meta.clusters_page(name, skip=skip, limit=limit)
     return {
         "total": total,
         "page": page,
@@ -182,16 +175,12 @@ def list_clusters(
 @router.get("/clusters/{cluster_id}", summary="One cluster with its faces, best quality first")
 def get_cluster(services: Deps, cluster_id: ClusterId, page: Page = 1, page_size: PageSize = 100) -> dict[str, Any]:
     meta = services.meta
-    doc = meta.call(lambda: meta.db.clusters.find_one({"_id": cluster_id}, {"centroid": 0}))
+    doc = meta.cluster(cluster_id, centroid=False)
     if doc is None:
         raise HTTPException(404, f"cluster {cluster_id} not found")
     skip, limit = _page(page, page_size)
-    projection = {"image": 1, "bbox": 1, "score": 1, "quality": 1}
-    faces = meta.call(
-        lambda: list(
-            meta.db.faces.find({"cluster_id": cluster_id}, projection).sort("quality.score", -1).skip(skip).limit(limit)
-        )
-    )
+    fields = ["image", "bbox", "score", "quality"]
+    faces = meta.faces_in(None, fields, cluster_id=cluster_id, best_first=True, skip=skip, limit=limit)
     return {"cluster_id": doc.pop("_id"), **doc, "faces": [face_view(f) for f in faces]}
 
 
@@ -290,13 +279,9 @@ def merge_person(services: Deps, actor: Actor, person_id: PersonId, body: MergeR
 @router.get("/persons/{person_id}/photos", summary="The photos a person is in, with their face boxes")
 def person_photos(services: Deps, person_id: PersonId, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
     library = owning_library(services, "persons", person_id, "person")
-    meta = services.meta
-    faces = meta.call(
-        lambda: list(
-            meta.db.faces.find(
-                {"library": library, "person_id": person_id}, {"image": 1, "bbox": 1, "label_source": 1}
-            ).sort("image", 1)
-        )
+    faces = sorted(
+        services.meta.faces_in(library, ["image", "bbox", "label_source"], person_id=person_id),
+        key=lambda face: str(face["image"]),
     )
     photos: dict[str, list[dict[str, Any]]] = {}
     for face in faces:
@@ -428,5 +413,4 @@ async def search(
 
 def _person_names(services: Services, hits: list[Any]) -> dict[str, str]:
     ids = {h.payload.get("person_id") for face in hits for h in face if h.payload.get("person_id")}
-    meta = services.meta
-    return {d["_id"]: d["name"] for d in meta.call(lambda: list(meta.db.persons.find({"_id": {"$in": sorted(ids)}})))}
+    return services.meta.person_names(ids)

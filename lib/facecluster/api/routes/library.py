@@ -3,6 +3,7 @@ details, and cleanup."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -48,13 +49,13 @@ def person_cluster_status(
     library = library_of(bucket, sub)
     meta = services.meta
     if clustering_id is not None:
-        run = meta.call(lambda: meta.db.runs.find_one({"_id": clustering_id, "library": library}))
+        run = meta.run(clustering_id, library)
         if run is None:
             raise HTTPException(404, f"clustering {clustering_id} not found in library {library}")
-        latest = meta.call(lambda: list(meta.db.runs.find({"library": library}).sort("started_at", -1).limit(1)))
-        return {"library": library, "run": _run(run), "current": bool(latest) and latest[0]["_id"] == clustering_id}
-    runs = meta.call(lambda: list(meta.db.runs.find({"library": library}).sort("started_at", -1).limit(50)))
-    jobs = meta.call(lambda: list(meta.db.jobs.find({"library": library}).sort("started_at", -1).limit(20)))
+        latest = meta.latest_run(library)
+        return {"library": library, "run": _run(run), "current": latest is not None and latest["_id"] == clustering_id}
+    runs = meta.runs(library, 50)
+    jobs = meta.jobs_of(library, 20)
     return {
         "library": library,
         "images": meta.image_counts(library),
@@ -75,27 +76,17 @@ def person_details(
     library = library_of(bucket, sub)
     meta = services.meta
     field = "cluster_id" if person_id.startswith("clu_") else "person_id"
-    query = {"library": library, field: person_id}
-    projection = {
-        "image": 1,
-        "bbox": 1,
-        "score": 1,
-        "quality": 1,
-        "person_id": 1,
-        "cluster_id": 1,
-        "label_source": 1,
-        "person_similarity": 1,
-    }
-    total = int(meta.call(lambda: meta.db.faces.count_documents(query)))
+    who: dict[str, str | None] = {"person_id": None, "cluster_id": None, field: person_id}
+    fields = ["image", "bbox", "score", "quality", "person_id", "cluster_id", "label_source", "person_similarity"]
+    total = meta.count_faces(library, person_id=who["person_id"], cluster_id=who["cluster_id"])
     if total == 0:
         raise HTTPException(404, f"{person_id} has no faces in library {library}")
-    faces = meta.call(
-        lambda: list(meta.db.faces.find(query, projection).sort("quality.score", -1).skip(skip).limit(limit))
-    )
-    owner = meta.call(lambda: list(meta.db.faces.find(query, projection).sort("quality.score", -1).limit(1)))[0]
-    person = meta.call(lambda: meta.db.persons.find_one({"_id": person_id})) if field == "person_id" else None
-    assignments = meta.call(lambda: list(meta.db.assignments.find({"library": library, "cluster_id": person_id})))
-    images = meta.call(lambda: meta.db.faces.distinct("image", query))
+    ranked = partial(meta.faces_in, library, fields, person_id=who["person_id"], cluster_id=who["cluster_id"])
+    faces = ranked(best_first=True, skip=skip, limit=limit)
+    owner = ranked(best_first=True, limit=1)[0]
+    person = meta.person(person_id) if field == "person_id" else None
+    assignments = meta.assignments(library=library, cluster_id=person_id)
+    images = meta.face_images(library, person_id=who["person_id"], cluster_id=who["cluster_id"])
     return {
         "library": library,
         "id": person_id,

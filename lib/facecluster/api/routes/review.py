@@ -54,7 +54,7 @@ async def thumbnail(services: Deps, face_id: FaceId, size: Annotated[int, Query(
 
 def _thumbnail(services: Services, face_id: str, size: int) -> bytes:
     meta = services.meta
-    face = meta.call(lambda: meta.db.faces.find_one({"_id": face_id}, {"library": 1, "image": 1, "bbox": 1}))
+    face = meta.face(face_id)
     if face is None:
         raise HTTPException(404, f"face {face_id} not found")
     image = meta.images_by_key(face["library"], [face["image"]]).get(face["image"])
@@ -84,11 +84,8 @@ def _cached_thumbnail(
 def person_faces(services: Deps, person_id: PersonId, page: Page = 1, page_size: PageSize = 100) -> dict[str, Any]:
     library = owning_library(services, "persons", person_id, "person")
     meta = services.meta
-    query = {"library": library, "person_id": person_id}
-    total = int(meta.call(lambda: meta.db.faces.count_documents(query)))
-    faces = meta.call(
-        lambda: list(meta.db.faces.find(query).sort("quality.score", -1).skip((page - 1) * page_size).limit(page_size))
-    )
+    total = meta.count_faces(library, person_id=person_id)
+    faces = meta.faces_in(library, person_id=person_id, best_first=True, skip=(page - 1) * page_size, limit=page_size)
     return {"person_id": person_id, "library": library, "total": total, "faces": [face_view(f) for f in faces]}
 
 
@@ -99,15 +96,9 @@ def stats(services: Deps, library: LibraryQuery = None) -> dict[str, Any]:
     name = resolve_library(services, library)
     meta = services.meta
     out = library_stats(meta, name)
-    clusters = meta.call(lambda: list(meta.db.clusters.find({"library": name}, {"centroid": 1})))
+    clusters = meta.clusters(name)
     centroids = {c["_id"]: np.asarray(c["centroid"], np.float32) for c in clusters if c.get("centroid")}
-    members = meta.call(
-        lambda: list(
-            meta.db.faces.find({"library": name, "cluster_id": {"$in": sorted(centroids)}}, {"cluster_id": 1})
-            .sort("_id", 1)
-            .limit(SIMILARITY_SAMPLE)
-        )
-    )
+    members = meta.clustered_faces(name, sorted(centroids), limit=SIMILARITY_SAMPLE)
     edges = np.round(np.linspace(0.0, 1.0, 21), 2)
     counts = np.zeros(len(edges) - 1, dtype=np.int64)
     if members:
@@ -115,7 +106,7 @@ def stats(services: Deps, library: LibraryQuery = None) -> dict[str, Any]:
         own = np.stack([centroids[m["cluster_id"]] for m in members])
         similarity = np.clip((vectors * unit(own)).sum(axis=1), 0.0, 1.0)
         counts, _ = np.histogram(similarity, bins=edges)
-    latest = meta.call(lambda: meta.db.runs.find_one({"library": name}, sort=[("finished_at", -1)]))
+    latest = meta.latest_run(name, by="finished_at")
     out["centroid_similarity"] = {
         "bins": [f"{a:.2f}-{b:.2f}" for a, b in itertools.pairwise(edges)],
         "counts": counts.tolist(),

@@ -1,0 +1,60 @@
+"""The package layout keeps its promises: stores behind store/, an engine without stores or Ray, an API
+module that does not pull in the ingest pipeline."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.fast
+
+LIB = Path(__file__).resolve().parents[1] / "lib" / "facecluster"
+
+
+def _modules(package: str | None = None) -> list[Path]:
+    return sorted((LIB / package if package else LIB).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_store_speaks_to_mongodb_and_qdrant() -> None:
+    for path in _modules():
+        if path.parent.name == "store":
+            continue
+        text = path.read_text()
+        assert ".db." not in text and ".db[" not in text, path
+        assert not any(name.startswith(("pymongo", "qdrant_client")) for name in _imports(path)), path
+
+
+def test_the_engine_knows_no_stores_no_ray_and_no_upper_layer() -> None:
+    upper = ("facecluster.store", "facecluster.ingest", "facecluster.cluster", "facecluster.people")
+    upper += ("facecluster.train", "facecluster.api", "facecluster.eval", "facecluster.cli", "ray")
+    for path in _modules("engine"):
+        assert not any(name.startswith(upper) for name in _imports(path)), path
+
+
+def test_at_most_eight_modules_at_the_top() -> None:
+    assert len(list(LIB.glob("*.py"))) <= 8
+
+
+def test_importing_the_api_leaves_ray_data_and_the_ingest_pipeline_out() -> None:
+    code = (
+        "import sys, json, facecluster.api; "
+        "print(json.dumps([m for m in ('ray.data', 'ray.train', 'torch', 'facecluster.ingest.pipeline') "
+        "if m in sys.modules]))"
+    )
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert loaded == []
