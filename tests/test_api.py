@@ -63,15 +63,6 @@ def enrol(client: TestClient, photos_dir: Path, user: str, photo: str, **form: A
     return client.post("/detect-face", data={"user_id": user, **form}, files=upload(photos_dir / "enrol" / photo))
 
 
-def test_queued_jobs_get_only_the_options_that_are_set() -> None:
-    from facecluster.api.jobs import options
-
-    given = options(
-        ("--strategy", "vote"), ("--threshold", 0.5), ("--epochs", None), ("--overwrite", True), ("--dry-run", False)
-    )
-    assert given == ["--strategy", "vote", "--threshold", "0.5", "--overwrite"]
-
-
 def test_health_and_ready(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")

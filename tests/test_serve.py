@@ -139,6 +139,7 @@ def test_every_seed_curl_example_works_on_ray_serve(served: str, photos_dir: Pat
     job = wait_for_job(served, body["job_id"])
     assert job["status"] == "SUCCEEDED", job
     assert job["result"]["ingest"]["images"] == 10 and job["result"]["cluster"]["clusters"] == len(PEOPLE)
+    assert job["kind"] == "cluster-bucket-persons" and job["progress"], job  # recorded by the job itself
 
     runs = get(f"{served}/person-cluster-status/my-bucket/my-sub")["runs"]
     assign = next(c for route, c in by_route.items() if route.startswith("/assignments/"))
@@ -164,7 +165,7 @@ def test_every_seed_curl_example_works_on_ray_serve(served: str, photos_dir: Pat
     status, body = curl(by_route["/api/v1/faces/train"], served, {})
     assert status == 200 and body["queued"] is True, body
     job = wait_for_job(served, body["job_id"])
-    assert job["status"] == "FAILED" and "at least 4 labelled persons" in job["message"], job
+    assert job["status"] == "FAILED" and "at least 4 labelled persons" in job["result"]["error"], job
     status, stopped = curl(f"curl -X DELETE http://localhost:8000/api/v1/jobs/{body['job_id']}", served, {})
     assert status == 200 and stopped["stop_requested"] is False and stopped["status"] == "FAILED"  # it had ended
     assert curl("curl -X DELETE http://localhost:8000/api/v1/jobs/raysubmit_none", served, {})[0] == 404

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
+import uuid
 from typing import Any
 
 from facecluster.errors import NotFound
+from facecluster.jobs import KINDS, Options, job_library
 from facecluster.settings import Settings
 from facecluster.store.backoff import BackendUnavailable
 from facecluster.store.embedded import mongo_uri
+from facecluster.store.meta import Doc, MetaStore
 
 log = logging.getLogger(__name__)
 
@@ -18,18 +20,6 @@ log = logging.getLogger(__name__)
 class JobNotFound(NotFound):
     def __str__(self) -> str:
         return f"job {self.args[0]} not found"
-
-
-def options(*pairs: tuple[str, object]) -> list[str]:
-    """Command-line options of the values that are set: `(flag, value)` → `flag value`; `True` gives the
-    flag alone; `None` and `False` give nothing."""
-    out: list[str] = []
-    for flag, value in pairs:
-        if value is True:
-            out.append(flag)
-        elif value is not None and value is not False:
-            out += [flag, str(value)]
-    return out
 
 
 def job_env(settings: Settings) -> dict[str, str]:
@@ -42,28 +32,8 @@ def job_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def last_json(logs: str) -> dict[str, Any] | None:
-    """The job's result: the last line of its logs that is a JSON object."""
-    for line in reversed(logs.splitlines()):
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return None
-
-
-def last_progress(logs: str) -> str | None:
-    for line in reversed(logs.splitlines()):
-        if "progress:" in line:
-            return line.split("progress:", 1)[1].strip()
-    return None
-
-
 class JobRunner:
-    """Submits `facecluster …` command lines as Ray jobs and reads their state back."""
+    """Queues jobs of the registered kinds on Ray and reads their state back."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -83,43 +53,59 @@ class JobRunner:
                 ) from exc
         return self._client
 
-    def submit(self, kind: str, arguments: list[str], library: str | None = None) -> str:
-        entrypoint = shlex.join(["facecluster", *arguments])
-        metadata = {"kind": kind, "library": library or ""}
-        job_id: str = self.client.submit_job(
-            entrypoint=entrypoint, runtime_env={"env_vars": job_env(self.settings)}, metadata=metadata
-        )
-        log.info("submitted %s job %s: %s", kind, job_id, entrypoint)
+    def submit(self, meta: MetaStore, kind: str, options: Options) -> str:
+        """Queue a `kind` job: its record in `jobs` first (so its status is known from the start), then the
+        Ray job that runs `facecluster job` on the same stores."""
+        job_id = f"job_{uuid.uuid4().hex[:16]}"
+        meta.queue_job(job_id, kind, job_library(options) or "", options.model_dump())
+        entrypoint = shlex.join(["facecluster", "job", kind, "--id", job_id, "--options", options.model_dump_json()])
+        try:
+            self.client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env={"env_vars": job_env(self.settings)},
+                metadata={"kind": kind, "library": job_library(options) or ""},
+            )
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            meta.finish_job(job_id, "failed", {"error": f"not submitted: {exc}"})
+            raise BackendUnavailable(
+                f"Ray's job API at {self.settings.ray_dashboard_url} refused the job: {exc}"
+            ) from exc
+        log.info("submitted %s job %s", kind, job_id)
         return job_id
 
-    def _info(self, job_id: str) -> Any:
-        try:
-            return self.client.get_job_info(job_id)
-        except RuntimeError as exc:
-            if "does not exist" in str(exc) or "404" in str(exc):
-                raise JobNotFound(job_id) from None
-            raise
+    def _record(self, meta: MetaStore, job_id: str) -> Doc:
+        """The job's record; jobs this API did not queue are not found."""
+        record = meta.job(job_id)
+        if record is None or record.get("kind") not in KINDS:
+            raise JobNotFound(job_id)
+        return record
 
-    def stop(self, job_id: str) -> dict[str, Any]:
+    def stop(self, meta: MetaStore, job_id: str) -> dict[str, Any]:
         """Ask Ray to stop the job (a no-op once it has finished); its state afterwards."""
-        self._info(job_id)
+        self._record(meta, job_id)
         stopped = bool(self.client.stop_job(job_id))
         log.info("stop of job %s requested: %s", job_id, "stopping" if stopped else "already finished")
-        return {**self.status(job_id), "stop_requested": stopped}
+        return {**self.status(meta, job_id), "stop_requested": stopped}
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        info = self._info(job_id)
-        logs = self.client.get_job_logs(job_id)
-        status = str(info.status.value if hasattr(info.status, "value") else info.status)
+    def status(self, meta: MetaStore, job_id: str) -> dict[str, Any]:
+        """Ray's state of the job with the progress and result the job recorded."""
+        record = self._record(meta, job_id)
+        try:
+            info = self.client.get_job_info(job_id)
+        except RuntimeError as exc:  # the Ray cluster restarted and forgot it: the record still says how it went
+            log.info("Ray does not know job %s (%s)", job_id, exc)
+            info = None
+        status = record["status"].upper() if info is None else str(getattr(info.status, "value", info.status))
         return {
             "job_id": job_id,
-            "kind": (info.metadata or {}).get("kind"),
-            "library": (info.metadata or {}).get("library") or None,
+            "kind": record["kind"],
+            "library": record.get("library") or None,
             "status": status,
-            "message": info.message,
-            "entrypoint": info.entrypoint,
-            "progress": last_progress(logs),
-            "result": last_json(logs) if status == "SUCCEEDED" else None,
-            "start_time": info.start_time,
-            "end_time": info.end_time,
+            "message": None if info is None else info.message,
+            "options": record.get("options"),
+            "progress": record.get("progress"),
+            "result": record.get("result") if record.get("status") in ("succeeded", "failed") else None,
+            "start_time": None if info is None else info.start_time,
+            "end_time": None if info is None else info.end_time,
         }

@@ -8,9 +8,11 @@ import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from facecluster.jobs import KINDS
 from facecluster.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facecluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    commands.add_parser("openapi", help="the HTTP API's OpenAPI spec as JSON, without starting Ray or a store")
+
     config = commands.add_parser("config", help="show the effective settings")
     config.add_subparsers(dest="action", required=True).add_parser("show", help="settings as JSON, secrets masked")
 
@@ -102,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
             _cluster_arguments(job)
             job.add_argument("--train", action="store_true", help="then train on the labelled persons and re-cluster")
             _train_arguments(job)
+
+    queued = commands.add_parser("job", help="run a queued job (what the API submits to Ray)")
+    queued.add_argument("kind", choices=sorted(KINDS))
+    queued.add_argument("--options", default="{}", help="the kind's options as JSON")
+    queued.add_argument("--id", default=None, help="the job's record in MongoDB's jobs collection")
 
     clustering = commands.add_parser("cluster", help="cluster a library's faces into persons and unknown clusters")
     clustering.add_argument("--library", required=True)
@@ -302,54 +311,38 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.cluster.commands import run_cluster
     from facecluster.ingest.pipeline import run_ingest
+    from facecluster.jobs import ClusterOptions, PipelineJob, TrainOptions, run_pipeline, validated
 
-    summary = run_ingest(settings, args.source, library=args.library, limit=args.limit, force=args.force)
-    result: dict[str, Any] = summary.to_dict()
     if args.command == "pipeline":
-        clustered = run_cluster(settings, summary.library, **_cluster_overrides(args))
-        result = {"ingest": result, "cluster": clustered.to_dict()}
-        if args.train:
-            result |= _train_and_recluster(settings, args, summary.library)
-        result["stats"] = _stats(settings, summary.library)
+        trained = {"epochs": args.epochs, "margin": args.margin, "min_faces": args.min_faces}
+        options = PipelineJob(
+            source=args.source,
+            library=args.library,
+            limit=args.limit,
+            force=args.force,
+            cluster=validated(ClusterOptions, _cluster_overrides(args)),
+            train=validated(TrainOptions, trained) if args.train else None,
+        )
+        result = run_pipeline(settings, options, partial(log.info, "progress: %s"))
+    else:
+        result = run_ingest(settings, args.source, library=args.library, limit=args.limit, force=args.force).to_dict()
     ray.shutdown()  # flush worker logs before the summary, so it is the last line
     emit(result)
     return 0
-
-
-def _stats(settings: Settings, library: str | None) -> dict[str, Any]:
-    from facecluster.people.stats import library_stats
-    from facecluster.store.embedded import mongo_uri
-    from facecluster.store.meta import MetaStore
-
-    return library_stats(MetaStore(mongo_uri(settings), settings.mongo_db), library)
 
 
 def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
     from facecluster.cluster.commands import run_cluster
+    from facecluster.jobs import ClusterOptions, validated
 
-    summary = run_cluster(settings, args.library, shards=args.shards, **_cluster_overrides(args))
+    overrides = validated(ClusterOptions, _cluster_overrides(args)).model_dump()
+    summary = run_cluster(settings, args.library, shards=args.shards, **overrides)
     ray.shutdown()
     emit(summary.to_dict())
     return 0
-
-
-def _train_and_recluster(settings: Settings, args: argparse.Namespace, library: str) -> dict[str, Any]:
-    """The full pipeline's second half: train on every labelled person, then cluster again."""
-    from facecluster.cluster.commands import run_cluster
-    from facecluster.store.versions import NotEnoughLabels
-    from facecluster.train.job import run_train
-
-    try:
-        trained = run_train(settings, epochs=args.epochs, margin=args.margin, min_faces=args.min_faces)
-    except NotEnoughLabels as exc:
-        log.warning("training skipped: %s", exc)
-        return {"train": {"skipped": str(exc)}}
-    again = run_cluster(settings, library, **_cluster_overrides(args))
-    return {"train": trained.to_dict(), "recluster": again.to_dict()}
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
@@ -376,7 +369,24 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    emit(_stats(settings, args.library))
+    from facecluster.people.stats import library_stats
+    from facecluster.store.connection import open_meta
+
+    emit(library_stats(open_meta(settings), args.library))
+    return 0
+
+
+def cmd_job(settings: Settings, args: argparse.Namespace) -> int:
+    """A job the API queued: its kind's function on its options, recorded under its id."""
+    import uuid
+
+    import ray
+
+    from facecluster.jobs import parse_options, run_job
+
+    result = run_job(settings, args.kind, parse_options(args.kind, args.options), args.id or uuid.uuid4().hex)
+    ray.shutdown()
+    emit(result)
     return 0
 
 
@@ -403,10 +413,9 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.ingest.maintenance import export_faces
     from facecluster.ingest.sources import validate_library
-    from facecluster.store.embedded import mongo_uri
-    from facecluster.store.meta import MetaStore
+    from facecluster.store.connection import open_meta
 
-    for record in export_faces(MetaStore(mongo_uri(settings), settings.mongo_db), validate_library(args.library)):
+    for record in export_faces(open_meta(settings), validate_library(args.library)):
         emit(record)
     return 0
 
@@ -428,33 +437,19 @@ def cmd_match(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.cluster.assignment import ClusteringNotFound, ClusteringSuperseded
-    from facecluster.cluster.commands import run_assignment
-    from facecluster.ingest.sources import validate_library
+    from facecluster.jobs import AssignJob, assign_libraries, validated
     from facecluster.store.connection import connect
 
-    stores = connect(settings)
-    names = stores.meta.libraries() if args.all else [validate_library(name) for name in args.library]
-    failed = 0
-    for library in names:
-        try:
-            report = run_assignment(
-                settings,
-                stores,
-                library,
-                strategy=args.strategy,
-                threshold=args.threshold,
-                clustering_id=args.clustering_id,
-                dry_run=args.dry_run,
-                overwrite=args.overwrite,
-            )
-        except (ClusteringNotFound, ClusteringSuperseded) as exc:
-            log.error("library %s: %s", library, exc)
-            failed += 1
-            continue
-        emit({k: v for k, v in report.to_dict().items() if k != "decisions"})
+    values = {name: getattr(args, name) for name in ("clustering_id", "strategy", "threshold", "dry_run", "overwrite")}
+    options = validated(AssignJob, {"libraries": None if args.all else args.library, **values})
+    reports = assign_libraries(settings, connect(settings), options, partial(log.info, "progress: %s"))["libraries"]
     ray.shutdown()
-    return 1 if failed else 0
+    for report in reports:
+        if "error" in report:
+            log.error("library %s: %s", report["library"], report["error"])
+        else:
+            emit(report)
+    return 1 if any("error" in report for report in reports) else 0
 
 
 def _add_profile(settings: Settings, args: argparse.Namespace, store: Any) -> int:
@@ -604,6 +599,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         emit(settings.masked())
         return 0
+    if args.command == "openapi":
+        from facecluster.api import create_app
+
+        sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=2) + "\n")
+        return 0
     handlers = {
         "models": cmd_models,
         "detect": cmd_detect,
@@ -620,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profiles": cmd_profiles,
         "serve": cmd_serve,
         "train": cmd_train,
+        "job": cmd_job,
     }
     from facecluster.errors import FaceclusterError
 

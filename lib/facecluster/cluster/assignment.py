@@ -152,7 +152,8 @@ def assign_clusters(
         known = clustering_id is not None and meta.run(clustering_id, library)
         if known and latest is not None:
             raise ClusteringSuperseded(f"clustering {clustering_id} was superseded by {latest['_id']}")
-        raise ClusteringNotFound(clustering_id or f"library {library} has no clustering run")
+        missing = f"clustering {clustering_id} not found" if clustering_id else "no clustering run"
+        raise ClusteringNotFound(f"{missing} in library {library}")
     run_id = str(latest["_id"])
     clusters = meta.clusters(library)
     report = AssignReport(library, run_id, options.strategy, options.threshold, dry_run)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -118,9 +119,16 @@ def _normalise_manifest(batch: Batch) -> Batch:
 
 
 def run_ingest(
-    settings: Settings, source_spec: str, *, library: str | None = None, limit: int | None = None, force: bool = False
+    settings: Settings,
+    source_spec: str,
+    *,
+    library: str | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> IngestSummary:
-    """Ingest every photo of `source_spec` into `library`; resumable, idempotent."""
+    """Ingest every photo of `source_spec` into `library`; resumable, idempotent. Progress goes to the
+    ingest's `jobs` record and to `progress` (else the log) every `progress_interval_s`."""
     source = parse_source(source_spec)
     library = validate_library(library or source.default_library)
     started = time.monotonic()
@@ -152,7 +160,12 @@ def run_ingest(
     try:
         ds, total = _source_dataset(source, s3, limit)
         log.info("ingest %s into library %r: %d photos (job %s)", source_spec, library, total, ctx.job_id)
-        processed = _execute(_build(ds, ctx, stores, settings), summary, settings, started)
+
+        def report(text: str) -> None:
+            meta.job_progress(ctx.job_id, text)
+            (progress or partial(log.info, "progress: %s"))(text)
+
+        processed = _execute(_build(ds, ctx, stores, settings), summary, settings, started, report)
         summary.images = total
         summary.skipped = total - processed
     except BaseException as exc:
@@ -218,8 +231,10 @@ def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settin
     )
 
 
-def _execute(ds: Dataset, summary: IngestSummary, settings: Settings, started: float) -> int:
-    """Consume the per-image summaries, counting and logging progress; returns images processed."""
+def _execute(
+    ds: Dataset, summary: IngestSummary, settings: Settings, started: float, report: Callable[[str], None]
+) -> int:
+    """Consume the per-image summaries, counting and reporting progress; returns images processed."""
     processed = 0
     last_report = time.monotonic()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -231,8 +246,8 @@ def _execute(ds: Dataset, summary: IngestSummary, settings: Settings, started: f
         if time.monotonic() - last_report >= settings.progress_interval_s:
             last_report = time.monotonic()
             rate = processed / max(1e-9, last_report - started)
-            log.info(
-                "progress: %d images (%.1f/s), %d faces, %d without a face, %d failed",
-                processed, rate, summary.faces, summary.no_face, summary.failed,
-            )  # fmt: skip
+            report(
+                f"{processed} images ({rate:.1f}/s), {summary.faces} faces, {summary.no_face} without a face, "
+                f"{summary.failed} failed"
+            )
     return processed

@@ -104,6 +104,11 @@ def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
     return OwnedVectors(config) if config.local else QdrantVectors(config, attempts=attempts)
 
 
+def open_meta(settings: Settings) -> MetaStore:
+    """MongoDB alone (configured, else embedded): no Qdrant, no Ray, no model."""
+    return MetaStore(mongo_uri(settings), settings.mongo_db, attempts=settings.store_retries)
+
+
 def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
     """Store settings for the configured embedder's vectors, the embedder and its version."""
     embedder = load_embedder(settings)

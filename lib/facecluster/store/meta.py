@@ -151,20 +151,25 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
 
     # Jobs.
     def start_job(self, job_id: str, kind: str, library: str, source: str, options: Doc) -> None:
-        doc = {
-            "_id": job_id,
-            "kind": kind,
-            "library": library,
-            "source": source,
-            "options": options,
-            "status": "running",
-            "started_at": now(),
-        }
-        self.call(lambda: self.db.jobs.replace_one({"_id": job_id}, doc, upsert=True))
+        """Record a job as running (a queued one keeps when it was queued)."""
+        doc = {"kind": kind, "library": library, "source": source, "options": options, "status": "running"}
+        update = {"$set": {**doc, "started_at": now()}}
+        self.call(lambda: self.db.jobs.update_one({"_id": job_id}, update, upsert=True))
+
+    def queue_job(self, job_id: str, kind: str, library: str, options: Doc) -> None:
+        doc = {"_id": job_id, "kind": kind, "library": library, "options": options, "status": "queued"}
+        self.call(lambda: self.db.jobs.replace_one({"_id": job_id}, {**doc, "queued_at": now()}, upsert=True))
 
     def finish_job(self, job_id: str, status: str, result: Doc) -> None:
         update = {"$set": {"status": status, "finished_at": now(), "result": result}}
         self.call(lambda: self.db.jobs.update_one({"_id": job_id}, update))
+
+    def job_progress(self, job_id: str, text: str) -> None:
+        update = {"$set": {"progress": text, "progress_at": now()}}
+        self.call(lambda: self.db.jobs.update_one({"_id": job_id}, update))
+
+    def job(self, job_id: str) -> Doc | None:
+        return self.find_one("jobs", {"_id": job_id})
 
     # Faces, as the rest of the code reads them.
     @staticmethod
@@ -285,8 +290,9 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         found = self.runs(library, 1, by=by)
         return found[0] if found else None
 
-    def jobs_of(self, library: str, limit: int = 20) -> list[Doc]:
-        return self.find("jobs", {"library": library}, sort=[("started_at", -1)], limit=limit)
+    def jobs_of(self, library: str, limit: int = 20, *, kind: str | None = None) -> list[Doc]:
+        query = {"library": library} if kind is None else {"library": library, "kind": kind}
+        return self.find("jobs", query, sort=[("started_at", -1)], limit=limit)
 
     # What the debug routes show.
     def collection_counts(self) -> dict[str, int]:

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Path, Query
+from pydantic import Field
 
-from facecluster.api.jobs import options
-from facecluster.api.services import RUN_ID, Bucket, Deps, Services, Sub, UserId, library_of
-from facecluster.cluster.assignment import AssignReport, ClusteringNotFound, ClusteringSuperseded, Strategy
+from facecluster.api.services import RUN_ID, Bucket, Deps, Sub, UserId, library_of
+from facecluster.cluster.assignment import Strategy
 from facecluster.cluster.commands import run_assignment
 from facecluster.ingest.sources import validate_library
+from facecluster.jobs import AssignJob, assign_libraries
 from facecluster.store.meta import INSPECTABLE
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/assignments", tags=["assignments"])
 
 
-def assign_or_answer(services: Services, library: str, **options: Any) -> AssignReport:
-    """`run_assignment` on the API's stores; an unknown or superseded run is a 404 or 409."""
-    try:
-        return run_assignment(services.settings, services.stores, library, **options)
-    except ClusteringNotFound as exc:
-        raise HTTPException(404, f"clustering not found: {exc.args[0]}") from None
-    except ClusteringSuperseded as exc:
-        raise HTTPException(409, str(exc)) from None
-
-
-class BatchRequest(BaseModel):
-    libraries: list[str] | None = Field(default=None, description="default: every library", max_length=1000)
-    strategy: Strategy | None = None
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
-    overwrite: bool = False
-    dry_run: bool = False
+class BatchRequest(AssignJob):
     queue: bool = Field(default=True, description="run as a Ray job; false runs it in this request")
 
 
@@ -40,32 +27,11 @@ class BatchRequest(BaseModel):
 def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, Any]:
     body = body or BatchRequest()
     libraries = [validate_library(name) for name in body.libraries or services.meta.libraries()]
+    options = AssignJob.model_validate({**body.model_dump(exclude={"queue"}), "libraries": libraries})
     if body.queue:
-        flags = options(
-            ("--strategy", body.strategy),
-            ("--threshold", body.threshold),
-            ("--overwrite", body.overwrite),
-            ("--dry-run", body.dry_run),
-        )
-        arguments = ["assign", *[a for name in libraries for a in ("--library", name)], *flags]
-        job_id = services.jobs.submit("assign-batch", arguments)
+        job_id = services.jobs.submit(services.meta, "assign-batch", options)
         return {"job_id": job_id, "libraries": libraries, "status_url": f"/api/v1/jobs/{job_id}"}
-    reports = []
-    for library in libraries:
-        try:
-            report = assign_or_answer(
-                services,
-                library,
-                strategy=body.strategy,
-                threshold=body.threshold,
-                dry_run=body.dry_run,
-                overwrite=body.overwrite,
-            )
-        except HTTPException as exc:
-            reports.append({"library": library, "error": exc.detail})
-            continue
-        reports.append({k: v for k, v in report.to_dict().items() if k != "decisions"})
-    return {"libraries": reports}
+    return assign_libraries(services.settings, services.stores, options, log.info)
 
 
 @router.get("/user/{user_id}", summary="A user's assignments, grouped by clustering run")
@@ -143,8 +109,9 @@ def assign_library(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     library = library_of(bucket, sub)
-    report = assign_or_answer(
-        services,
+    report = run_assignment(
+        services.settings,
+        services.stores,
         library,
         strategy=strategy,
         threshold=threshold,

@@ -3,6 +3,7 @@ incremental assignment and search. Human changes are audited and can be undone."
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import numpy as np
@@ -10,7 +11,6 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFil
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from facecluster.api.jobs import options
 from facecluster.api.services import (
     AUDIT_ID,
     PERSON_ID,
@@ -27,9 +27,11 @@ from facecluster.cluster.commands import run_cluster, run_match
 from facecluster.cluster.methods import ClusterParams, Method
 from facecluster.cluster.run import run_options
 from facecluster.ingest.sources import validate_library
+from facecluster.jobs import ClusterJob, ClusterOptions, TrainOptions, run_train_job
 from facecluster.people.curation import Curator
 from facecluster.store.versions import list_versions
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/faces", tags=["faces"])
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
 LibraryQuery = Annotated[str | None, Query(description="default: the only library, when there is one")]
@@ -72,14 +74,14 @@ class DualRequest(BaseModel):
 def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
     library = resolve_library(services, body.library)
     if body.queue:
-        flags = options(
-            ("--person-threshold", body.person_threshold),
-            ("--unknown-method", body.unknown_method),
-            ("--min-cluster-size", body.unknown_min_size),
-            ("--max-faces", body.max_faces),
+        cluster = ClusterOptions(
+            method="dual",
+            person_threshold=body.person_threshold,
+            unknown_method=body.unknown_method,
+            min_cluster_size=body.unknown_min_size,
+            max_faces=body.max_faces,
         )
-        arguments = ["cluster", "--library", library, "--method", "dual", *flags]
-        job_id = services.jobs.submit("cluster-dual", arguments, library)
+        job_id = services.jobs.submit(services.meta, "cluster-dual", ClusterJob(library=library, cluster=cluster))
         return {"queued": True, "job_id": job_id, "library": library, "status_url": f"/api/v1/jobs/{job_id}"}
     summary = run_cluster(
         services.settings,
@@ -94,11 +96,7 @@ def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
     return {"queued": False, "library": library, **summary.to_dict()}
 
 
-class TrainRequest(BaseModel):
-    epochs: int | None = Field(default=None, ge=1, le=1000, description="default: FACE_TRAINING_EPOCHS")
-    margin: float | None = Field(default=None, gt=0.0, le=1.0, description="default: FACE_TRIPLET_MARGIN")
-    min_faces: int | None = Field(default=None, ge=2, le=10_000, description="persons with at least N labelled faces")
-    library: str | None = Field(default=None, description="train on one library's labels (default: all)")
+class TrainRequest(TrainOptions):
     queue: bool = Field(default=True, description="run as a Ray job; false trains in this request")
 
 
@@ -106,24 +104,11 @@ class TrainRequest(BaseModel):
 def train(services: Deps, body: TrainRequest | None = None) -> dict[str, Any]:
     body = body or TrainRequest()
     library = None if body.library is None else resolve_library(services, body.library)
+    options = TrainOptions.model_validate({**body.model_dump(exclude={"queue"}), "library": library})
     if body.queue:
-        arguments = [
-            "train",
-            *options(
-                ("--epochs", body.epochs),
-                ("--margin", body.margin),
-                ("--min-faces", body.min_faces),
-                ("--library", library),
-            ),
-        ]
-        job_id = services.jobs.submit("train", arguments, library)
+        job_id = services.jobs.submit(services.meta, "train", options)
         return {"queued": True, "job_id": job_id, "status_url": f"/api/v1/jobs/{job_id}"}
-    from facecluster.train.job import run_train  # torch and Ray Train load only where training runs
-
-    report = run_train(
-        services.settings, epochs=body.epochs, margin=body.margin, min_faces=body.min_faces, library=library
-    )
-    return {"queued": False, **report.to_dict()}
+    return {"queued": False, **run_train_job(services.settings, options, log.info)}
 
 
 @router.get("/versions", summary="The active vector version and the trained ones")

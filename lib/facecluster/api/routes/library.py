@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from facecluster.api.services import CLUSTER_ID, PERSON_ID, RUN_ID, Bucket, Deps, Services, Sub, face_view, library_of
+from facecluster.jobs import PipelineJob
 
 router = APIRouter(tags=["person clustering"])
 
@@ -30,8 +31,8 @@ def cluster_bucket_persons(
 ) -> dict[str, Any]:
     library = library_of(bucket, sub)
     source = library_source(services, bucket, sub)
-    arguments = ["pipeline", source, "--library", library, *(["--force"] if force else [])]
-    job_id = services.jobs.submit("cluster-bucket-persons", arguments, library)
+    options = PipelineJob(source=source, library=library, force=force)
+    job_id = services.jobs.submit(services.meta, "cluster-bucket-persons", options)
     return {"job_id": job_id, "library": library, "source": source, "status_url": f"/api/v1/jobs/{job_id}"}
 
 
@@ -55,7 +56,7 @@ def person_cluster_status(
         latest = meta.latest_run(library)
         return {"library": library, "run": _run(run), "current": latest is not None and latest["_id"] == clustering_id}
     runs = meta.runs(library, 50)
-    jobs = meta.jobs_of(library, 20)
+    jobs = meta.jobs_of(library, 20, kind="ingest")
     return {
         "library": library,
         "images": meta.image_counts(library),

@@ -44,9 +44,9 @@ def ready(services: Deps) -> JSONResponse:
 
 @router.get("/api/v1/jobs/{job_id}", summary="A Ray job's status, progress and result")
 def job_status(services: Deps, job_id: JobId) -> dict[str, Any]:
-    return services.jobs.status(job_id)
+    return services.jobs.status(services.meta, job_id)
 
 
 @router.delete("/api/v1/jobs/{job_id}", summary="Stop a Ray job; an ingest resumes where it stopped when started again")
 def stop_job(services: Deps, job_id: JobId) -> dict[str, Any]:
-    return services.jobs.stop(job_id)
+    return services.jobs.stop(services.meta, job_id)
