@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import Field
 
+from facecluster.api import schemas
 from facecluster.api.services import RUN_ID, Bucket, Deps, Sub, UserId, library_of
 from facecluster.cluster.assignment import Strategy
 from facecluster.cluster.commands import run_assignment
@@ -23,7 +24,7 @@ class BatchRequest(AssignJob):
     queue: bool = Field(default=True, description="run as a Ray job; false runs it in this request")
 
 
-@router.post("/batch", summary="Assign the latest clustering of several libraries")
+@router.post("/batch", summary="Assign the latest clustering of several libraries", response_model=schemas.AssignBatch)
 def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, Any]:
     body = body or BatchRequest()
     libraries = [validate_library(name) for name in body.libraries or services.meta.libraries()]
@@ -34,7 +35,9 @@ def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, 
     return assign_libraries(services.settings, services.stores, options, log.info)
 
 
-@router.get("/user/{user_id}", summary="A user's assignments, grouped by clustering run")
+@router.get(
+    "/user/{user_id}", summary="A user's assignments, grouped by clustering run", response_model=schemas.UserAssignments
+)
 def assignments_of_user(services: Deps, user_id: UserId) -> dict[str, Any]:
     docs = services.meta.assignments(user_id=user_id, sort="assigned_at")
     runs: dict[str, dict[str, Any]] = {}
@@ -46,7 +49,9 @@ def assignments_of_user(services: Deps, user_id: UserId) -> dict[str, Any]:
     return {"user_id": user_id, "total": len(docs), "runs": list(runs.values())}
 
 
-@router.get("/debug/collections", summary="Collections and their sizes, and the libraries")
+@router.get(
+    "/debug/collections", summary="Collections and their sizes, and the libraries", response_model=schemas.Collections
+)
 def debug_collections(services: Deps) -> dict[str, Any]:
     meta = services.meta
     return {
@@ -56,7 +61,11 @@ def debug_collections(services: Deps) -> dict[str, Any]:
     }
 
 
-@router.get("/debug/collection/{collection_name}", summary="One collection's fields and a sample document")
+@router.get(
+    "/debug/collection/{collection_name}",
+    summary="One collection's fields and a sample document",
+    response_model=schemas.CollectionSample,
+)
 def debug_collection(
     services: Deps, collection_name: Annotated[str, Path(pattern=f"^({'|'.join(INSPECTABLE)})$")]
 ) -> dict[str, Any]:
@@ -70,20 +79,28 @@ def debug_collection(
     }
 
 
-@router.get("/debug/test-db-connection", summary="Can the API reach MongoDB and Qdrant?")
+@router.get(
+    "/debug/test-db-connection", summary="Can the API reach MongoDB and Qdrant?", response_model=schemas.Readiness
+)
 def debug_db_connection(services: Deps) -> dict[str, Any]:
     from facecluster.api.routes.system import probe
 
     return probe(services)
 
 
-@router.delete("/clustering/{clustering_id}", summary="Delete every assignment of a clustering run")
+@router.delete(
+    "/clustering/{clustering_id}",
+    summary="Delete every assignment of a clustering run",
+    response_model=schemas.AssignmentsDeleted,
+)
 def delete_run_assignments(services: Deps, clustering_id: Annotated[str, Path(pattern=RUN_ID)]) -> dict[str, Any]:
     deleted = services.meta.delete_assignments(clustering_id=clustering_id)
     return {"clustering_id": clustering_id, "deleted": deleted}
 
 
-@router.get("/{bucket}/{sub}", summary="Assignments of a library's clustering run")
+@router.get(
+    "/{bucket}/{sub}", summary="Assignments of a library's clustering run", response_model=schemas.AssignmentList
+)
 def list_assignments(
     services: Deps, bucket: Bucket, sub: Sub, clustering_id: Annotated[str | None, Query(pattern=RUN_ID)] = None
 ) -> dict[str, Any]:
@@ -97,7 +114,9 @@ def list_assignments(
     }
 
 
-@router.post("/{bucket}/{sub}", summary="Assign a library's clusters to known users")
+@router.post(
+    "/{bucket}/{sub}", summary="Assign a library's clusters to known users", response_model=schemas.AssignReport
+)
 def assign_library(
     services: Deps,
     bucket: Bucket,

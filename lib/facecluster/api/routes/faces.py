@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFil
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from facecluster.api import schemas
 from facecluster.api.services import (
     AUDIT_ID,
     PERSON_ID,
@@ -70,7 +71,11 @@ class DualRequest(BaseModel):
     queue: bool = Field(default=True, description="run as a Ray job; false clusters in this request")
 
 
-@router.post("/cluster/dual", summary="Dual-mode clustering: known persons first, then unknown clusters")
+@router.post(
+    "/cluster/dual",
+    summary="Dual-mode clustering: known persons first, then unknown clusters",
+    response_model=schemas.DualAnswer,
+)
 def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
     library = resolve_library(services, body.library)
     if body.queue:
@@ -100,7 +105,11 @@ class TrainRequest(TrainOptions):
     queue: bool = Field(default=True, description="run as a Ray job; false trains in this request")
 
 
-@router.post("/train", summary="Triplet fine-tuning on the labelled persons; re-projects every vector and switches")
+@router.post(
+    "/train",
+    summary="Triplet fine-tuning on the labelled persons; re-projects every vector and switches",
+    response_model=schemas.TrainAnswer,
+)
 def train(services: Deps, body: TrainRequest | None = None) -> dict[str, Any]:
     body = body or TrainRequest()
     library = None if body.library is None else resolve_library(services, body.library)
@@ -111,7 +120,7 @@ def train(services: Deps, body: TrainRequest | None = None) -> dict[str, Any]:
     return {"queued": False, **run_train_job(services.settings, options, log.info)}
 
 
-@router.get("/versions", summary="The active vector version and the trained ones")
+@router.get("/versions", summary="The active vector version and the trained ones", response_model=schemas.Versions)
 def versions(services: Deps) -> dict[str, Any]:
     stores = services.stores
     trained = list_versions(stores.meta, stores.space.base)
@@ -128,7 +137,11 @@ class AssignNewRequest(BaseModel):
     max_faces: int | None = Field(default=None, ge=1, le=1_000_000_000)
 
 
-@router.post("/assign", summary="Incremental assignment: new faces to known persons and clusters")
+@router.post(
+    "/assign",
+    summary="Incremental assignment: new faces to known persons and clusters",
+    response_model=schemas.MatchSummary,
+)
 def assign_new_faces(services: Deps, body: AssignNewRequest | None = None) -> dict[str, Any]:
     body = body or AssignNewRequest()
     library = resolve_library(services, body.library)
@@ -142,7 +155,11 @@ def _page(page: int, size: int) -> tuple[int, int]:
     return (page - 1) * size, size
 
 
-@router.get("/clusters", summary="Unknown clusters, largest first (unclustered faces are not listed)")
+@router.get(
+    "/clusters",
+    summary="Unknown clusters, largest first (unclustered faces are not listed)",
+    response_model=schemas.ClusterPage,
+)
 def list_clusters(
     services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50
 ) -> dict[str, Any]:
@@ -157,7 +174,11 @@ def list_clusters(
     }
 
 
-@router.get("/clusters/{cluster_id}", summary="One cluster with its faces, best quality first")
+@router.get(
+    "/clusters/{cluster_id}",
+    summary="One cluster with its faces, best quality first",
+    response_model=schemas.ClusterDetail,
+)
 def get_cluster(services: Deps, cluster_id: ClusterId, page: Page = 1, page_size: PageSize = 100) -> dict[str, Any]:
     meta = services.meta
     doc = meta.cluster(cluster_id, centroid=False)
@@ -173,7 +194,11 @@ class LabelRequest(BaseModel):
     name: Name
 
 
-@router.post("/clusters/{cluster_id}/label", summary="Name a cluster: its faces become that person")
+@router.post(
+    "/clusters/{cluster_id}/label",
+    summary="Name a cluster: its faces become that person",
+    response_model=schemas.Labelled,
+)
 def label_cluster(services: Deps, actor: Actor, cluster_id: ClusterId, body: LabelRequest) -> dict[str, Any]:
     library = owning_library(services, "clusters", cluster_id, "cluster")
     return _curator(services, actor, library).label_cluster(cluster_id, body.name.strip())
@@ -184,7 +209,9 @@ class SplitRequest(BaseModel):
     min_cluster_size: int | None = Field(default=None, ge=2, le=10_000)
 
 
-@router.post("/clusters/{cluster_id}/split", summary="Split a cluster with a tighter threshold")
+@router.post(
+    "/clusters/{cluster_id}/split", summary="Split a cluster with a tighter threshold", response_model=schemas.Split
+)
 def split_cluster(
     services: Deps, actor: Actor, cluster_id: ClusterId, body: SplitRequest | None = None
 ) -> dict[str, Any]:
@@ -202,7 +229,7 @@ def split_cluster(
     return _curator(services, actor, library).split_cluster(cluster_id, params)
 
 
-@router.get("/persons", summary="Persons, most faces first")
+@router.get("/persons", summary="Persons, most faces first", response_model=schemas.PersonPage)
 def list_persons(
     services: Deps,
     library: LibraryQuery = None,
@@ -227,7 +254,7 @@ class PersonRequest(BaseModel):
     library: str | None = None
 
 
-@router.post("/persons", status_code=201, summary="Create a person")
+@router.post("/persons", status_code=201, summary="Create a person", response_model=schemas.PersonView)
 def create_person(services: Deps, actor: Actor, body: PersonRequest) -> dict[str, Any]:
     library = resolve_library(services, body.library)
     doc = _curator(services, actor, library).create_person(body.name.strip())
@@ -239,7 +266,9 @@ class PersonUpdate(BaseModel):
     hidden: bool | None = Field(default=None, description="hide from the galleries, or show again")
 
 
-@router.patch("/persons/{person_id}", summary="Rename a person, or hide or show them")
+@router.patch(
+    "/persons/{person_id}", summary="Rename a person, or hide or show them", response_model=schemas.PersonView
+)
 def update_person(services: Deps, actor: Actor, person_id: PersonId, body: PersonUpdate) -> dict[str, Any]:
     if body.name is None and body.hidden is None:
         raise HTTPException(422, "give a name, hidden, or both")
@@ -255,13 +284,17 @@ class MergeRequest(BaseModel):
     into_person_id: str = Field(pattern=PERSON_ID)
 
 
-@router.post("/persons/{person_id}/merge", summary="Merge this person into another")
+@router.post("/persons/{person_id}/merge", summary="Merge this person into another", response_model=schemas.Merged)
 def merge_person(services: Deps, actor: Actor, person_id: PersonId, body: MergeRequest) -> dict[str, Any]:
     library = owning_library(services, "persons", person_id, "person")
     return _curator(services, actor, library).merge_persons(person_id, body.into_person_id)
 
 
-@router.get("/persons/{person_id}/photos", summary="The photos a person is in, with their face boxes")
+@router.get(
+    "/persons/{person_id}/photos",
+    summary="The photos a person is in, with their face boxes",
+    response_model=schemas.PersonPhotos,
+)
 def person_photos(services: Deps, person_id: PersonId, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
     library = owning_library(services, "persons", person_id, "person")
     faces = sorted(
@@ -296,13 +329,19 @@ class MoveRequest(BaseModel):
     new_name: Name | None = None
 
 
-@router.post("/persons/{person_id}/faces/remove", summary="Bulk-remove faces from a person")
+@router.post(
+    "/persons/{person_id}/faces/remove", summary="Bulk-remove faces from a person", response_model=schemas.Removed
+)
 def remove_faces(services: Deps, actor: Actor, person_id: PersonId, body: FacesRequest) -> dict[str, Any]:
     library = owning_library(services, "persons", person_id, "person")
     return _curator(services, actor, library).remove_faces(person_id, body.face_ids)
 
 
-@router.post("/persons/{person_id}/faces/move", summary="Bulk-move faces to another or a new person")
+@router.post(
+    "/persons/{person_id}/faces/move",
+    summary="Bulk-move faces to another or a new person",
+    response_model=schemas.Moved,
+)
 def move_faces(services: Deps, actor: Actor, person_id: PersonId, body: MoveRequest) -> dict[str, Any]:
     if (body.to_person_id is None) == (body.new_name is None):
         raise HTTPException(422, "give exactly one of to_person_id and new_name")
@@ -315,38 +354,46 @@ class PersonRef(BaseModel):
     person_id: str = Field(pattern=PERSON_ID)
 
 
-@router.post("/faces/{face_id}/assign", summary="Assign one face to a person")
+@router.post("/faces/{face_id}/assign", summary="Assign one face to a person", response_model=schemas.FaceLabel)
 def assign_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) -> dict[str, Any]:
     library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).assign_face(face_id, body.person_id)
 
 
-@router.post("/faces/{face_id}/unassign", summary="Take one face from its person")
+@router.post("/faces/{face_id}/unassign", summary="Take one face from its person", response_model=schemas.FaceLabel)
 def unassign_face(services: Deps, actor: Actor, face_id: FaceId) -> dict[str, Any]:
     library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).unassign_face(face_id)
 
 
-@router.post("/faces/{face_id}/not-person", summary='"Not this person": never match the face to it again')
+@router.post(
+    "/faces/{face_id}/not-person",
+    summary='"Not this person": never match the face to it again',
+    response_model=schemas.Rejected,
+)
 def reject_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) -> dict[str, Any]:
     library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).reject_face(face_id, body.person_id)
 
 
-@router.get("/audit", summary="Changes to a library, newest first")
+@router.get("/audit", summary="Changes to a library, newest first", response_model=schemas.AuditPage)
 def audit_log(services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
     name = resolve_library(services, library)
     entries = _curator(services, "anonymous", name).audit(skip=(page - 1) * page_size, limit=page_size)
     return {"library": name, "entries": [{"audit_id": e.pop("_id"), **e} for e in entries]}
 
 
-@router.post("/audit/{audit_id}/undo", summary="Undo a change")
+@router.post("/audit/{audit_id}/undo", summary="Undo a change", response_model=schemas.Undone)
 def undo(services: Deps, actor: Actor, audit_id: Annotated[str, Path(pattern=AUDIT_ID)]) -> dict[str, Any]:
     library = owning_library(services, "audit", audit_id, "audit entry")
     return _curator(services, actor, library).undo(audit_id)
 
 
-@router.post("/search", summary="Upload a photo: the nearest persons, faces and profiles of each face in it")
+@router.post(
+    "/search",
+    summary="Upload a photo: the nearest persons, faces and profiles of each face in it",
+    response_model=schemas.SearchAnswer,
+)
 async def search(
     services: Deps,
     file: Annotated[UploadFile, File()],

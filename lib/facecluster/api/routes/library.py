@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
+from facecluster.api import schemas
 from facecluster.api.services import CLUSTER_ID, PERSON_ID, RUN_ID, Bucket, Deps, Services, Sub, face_view, library_of
 from facecluster.jobs import PipelineJob
 
@@ -25,7 +26,12 @@ def library_source(services: Services, bucket: str, sub: str) -> str:
     return str(folder)
 
 
-@router.post("/cluster-bucket-persons/{bucket}/{sub}", status_code=202, summary="Ingest and cluster a library")
+@router.post(
+    "/cluster-bucket-persons/{bucket}/{sub}",
+    status_code=202,
+    summary="Ingest and cluster a library",
+    response_model=schemas.PipelineQueued,
+)
 def cluster_bucket_persons(
     services: Deps, bucket: Bucket, sub: Sub, force: Annotated[bool, Query(description="redo done photos")] = False
 ) -> dict[str, Any]:
@@ -40,7 +46,11 @@ def _run(doc: dict[str, Any]) -> dict[str, Any]:
     return {"clustering_id": doc["_id"], **{k: v for k, v in doc.items() if k not in ("_id",)}}
 
 
-@router.get("/person-cluster-status/{bucket}/{sub}", summary="Clustering runs of a library, or one run")
+@router.get(
+    "/person-cluster-status/{bucket}/{sub}",
+    summary="Clustering runs of a library, or one run",
+    response_model=schemas.ClusterStatus,
+)
 def person_cluster_status(
     services: Deps,
     bucket: Bucket,
@@ -65,7 +75,11 @@ def person_cluster_status(
     }
 
 
-@router.get("/person-details/{bucket}/{sub}/{person_id}", summary="A cluster's or a person's faces and owner face")
+@router.get(
+    "/person-details/{bucket}/{sub}/{person_id}",
+    summary="A cluster's or a person's faces and owner face",
+    response_model=schemas.PersonDetails,
+)
 def person_details(
     services: Deps,
     bucket: Bucket,
@@ -101,7 +115,11 @@ def person_details(
     }
 
 
-@router.delete("/cleanup-person-data/{bucket}/{sub}", summary="Remove a library: faces, vectors, runs, assignments")
+@router.delete(
+    "/cleanup-person-data/{bucket}/{sub}",
+    summary="Remove a library: faces, vectors, runs, assignments",
+    response_model=schemas.Cleanup,
+)
 def cleanup_person_data(services: Deps, bucket: Bucket, sub: Sub) -> dict[str, Any]:
     library = library_of(bucket, sub)
     services.stores.vectors.delete_library(library)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from facecluster.api import schemas
 from facecluster.api.services import Deps, Services, UserId
 from facecluster.api.uploads import analyze_upload
 from facecluster.engine.analysis import ProfileRejected, profile_face
@@ -66,7 +67,12 @@ async def _enrol(
     }
 
 
-@router.post("/detect-face", status_code=201, summary="Create a user's profile from a photo with one good face")
+@router.post(
+    "/detect-face",
+    status_code=201,
+    summary="Create a user's profile from a photo with one good face",
+    response_model=schemas.Enrolled,
+)
 async def detect_face(
     services: Deps,
     user_id: Annotated[str, Form(pattern=f"^{USER_ID_PATTERN.pattern}$")],
@@ -79,7 +85,11 @@ async def detect_face(
     return await _enrol(services, user_id, file, checks, create=True)
 
 
-@router.put("/update-face/{user_id}", summary="Add an enrolment face to a profile (or replace them)")
+@router.put(
+    "/update-face/{user_id}",
+    summary="Add an enrolment face to a profile (or replace them)",
+    response_model=schemas.Enrolled,
+)
 async def update_face(
     services: Deps,
     user_id: UserId,
@@ -93,7 +103,9 @@ async def update_face(
     return await _enrol(services, user_id, file, checks, create=False, replace=replace)
 
 
-@router.get("/debug-quality-settings", summary="The profile quality thresholds in force")
+@router.get(
+    "/debug-quality-settings", summary="The profile quality thresholds in force", response_model=schemas.QualitySettings
+)
 def quality_settings(services: Deps) -> dict[str, Any]:
     s = services.settings
     return {
@@ -112,7 +124,7 @@ def quality_settings(services: Deps) -> dict[str, Any]:
     }
 
 
-@router.get("/debug-profiles", summary="Stored profiles, without vectors")
+@router.get("/debug-profiles", summary="Stored profiles, without vectors", response_model=schemas.ProfilePage)
 def list_profiles(
     services: Deps,
     skip: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
@@ -122,7 +134,7 @@ def list_profiles(
     return {"total": store.count(), "profiles": [public(doc) for doc in store.page(skip, limit)]}
 
 
-@router.get("/debug-profile/{user_id}", summary="One profile, without vectors")
+@router.get("/debug-profile/{user_id}", summary="One profile, without vectors", response_model=schemas.Profile)
 def get_profile(services: Deps, user_id: UserId) -> dict[str, Any]:
     try:
         return public(services.profiles.get(user_id))
@@ -130,7 +142,9 @@ def get_profile(services: Deps, user_id: UserId) -> dict[str, Any]:
         raise HTTPException(404, f"user {user_id} has no profile") from None
 
 
-@router.delete("/debug-profile/{user_id}", summary="Delete a profile and its assignments")
+@router.delete(
+    "/debug-profile/{user_id}", summary="Delete a profile and its assignments", response_model=schemas.ProfileDeleted
+)
 def delete_profile(services: Deps, user_id: UserId) -> dict[str, Any]:
     try:
         removed = services.profiles.delete(user_id)

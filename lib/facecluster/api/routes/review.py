@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
+from facecluster.api import schemas
 from facecluster.api.routes.faces import LibraryQuery, Page, PageSize, owning_library, resolve_library
 from facecluster.api.services import Deps, FaceId, PersonId, Services, face_view
 from facecluster.engine.decode import ImageDecodeError, decode_image
@@ -36,7 +37,9 @@ def _page() -> str:
     return resources.files("facecluster.api").joinpath("ui/index.html").read_text(encoding="utf-8")
 
 
-@router.get("/api/v1/faces/libraries", tags=["faces"], summary="Libraries with stored photos")
+@router.get(
+    "/api/v1/faces/libraries", tags=["faces"], summary="Libraries with stored photos", response_model=schemas.Libraries
+)
 def libraries(services: Deps) -> dict[str, Any]:
     return {"libraries": services.meta.libraries()}
 
@@ -80,7 +83,12 @@ def _cached_thumbnail(
     return face_thumbnail(pixels, bbox, size)
 
 
-@router.get("/api/v1/faces/persons/{person_id}/faces", tags=["faces"], summary="A person's faces, best quality first")
+@router.get(
+    "/api/v1/faces/persons/{person_id}/faces",
+    tags=["faces"],
+    summary="A person's faces, best quality first",
+    response_model=schemas.PersonFaces,
+)
 def person_faces(services: Deps, person_id: PersonId, page: Page = 1, page_size: PageSize = 100) -> dict[str, Any]:
     library = owning_library(services, "persons", person_id, "person")
     meta = services.meta
@@ -89,7 +97,12 @@ def person_faces(services: Deps, person_id: PersonId, page: Page = 1, page_size:
     return {"person_id": person_id, "library": library, "total": total, "faces": [face_view(f) for f in faces]}
 
 
-@router.get("/api/v1/faces/stats", tags=["faces"], summary="Statistics of a library, with centroid similarities")
+@router.get(
+    "/api/v1/faces/stats",
+    tags=["faces"],
+    summary="Statistics of a library, with centroid similarities",
+    response_model=schemas.LibraryStats,
+)
 def stats(services: Deps, library: LibraryQuery = None) -> dict[str, Any]:
     """`facecluster stats` plus a histogram of each clustered face's cosine to its cluster's centroid
     (a sample of at most 5,000 faces) and the latest run."""

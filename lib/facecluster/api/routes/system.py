@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
+from facecluster.api import schemas
 from facecluster.api.services import JOB_ID, Deps, Services
 
 router = APIRouter(tags=["system"])
@@ -31,22 +32,32 @@ def probe(services: Services) -> dict[str, Any]:
     return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
 
-@router.get("/health", summary="The process is alive")
+@router.get("/health", summary="The process is alive", response_model=schemas.Health)
 def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="MongoDB, Qdrant and Ray are reachable (503 naming the one that is not)")
+@router.get(
+    "/ready",
+    summary="MongoDB, Qdrant and Ray are reachable (503 naming the one that is not)",
+    response_model=schemas.Readiness,
+)
 def ready(services: Deps) -> JSONResponse:
     report = probe(services)
     return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
 
-@router.get("/api/v1/jobs/{job_id}", summary="A Ray job's status, progress and result")
+@router.get(
+    "/api/v1/jobs/{job_id}", summary="A Ray job's status, progress and result", response_model=schemas.JobStatus
+)
 def job_status(services: Deps, job_id: JobId) -> dict[str, Any]:
     return services.jobs.status(services.meta, job_id)
 
 
-@router.delete("/api/v1/jobs/{job_id}", summary="Stop a Ray job; an ingest resumes where it stopped when started again")
+@router.delete(
+    "/api/v1/jobs/{job_id}",
+    summary="Stop a Ray job; an ingest resumes where it stopped when started again",
+    response_model=schemas.StoppedJob,
+)
 def stop_job(services: Deps, job_id: JobId) -> dict[str, Any]:
     return services.jobs.stop(services.meta, job_id)

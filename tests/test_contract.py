@@ -1,9 +1,15 @@
-"""The error hierarchy: every expected error answers with its own 4xx or 503 and message, never a 500."""
+"""The API contract: every expected error answers with its own 4xx or 503 and message, never a 500, and the
+OpenAPI spec shows every answer's shape."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import pkgutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +22,7 @@ from facecluster.errors import FaceclusterError
 from facecluster.settings import Settings
 
 pytestmark = pytest.mark.fast
+BIN = Path(sys.executable).parent
 
 
 def _all_errors() -> list[type[FaceclusterError]]:
@@ -58,3 +65,20 @@ def test_the_api_answers_each_error_with_its_status_and_message() -> None:
         assert answer.status_code == cls.status, cls
         assert answer.json()["detail"] == error.detail
     assert raised["ProfileRejected"].detail == {"message": "no face", "faces": 0}
+
+
+def test_every_operation_documents_its_answer_and_openapi_needs_no_store(tmp_path: Path) -> None:
+    env = {**os.environ, "FACECLUSTER_DATA_DIR": str(tmp_path), "MONGO_URI": "mongodb://127.0.0.1:9/"}
+    done = subprocess.run([str(BIN / "facecluster"), "openapi"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    spec = json.loads(done.stdout)
+    assert not any(tmp_path.iterdir())  # neither the embedded MongoDB nor Qdrant was started
+    operations = [(path, method, op) for path, item in spec["paths"].items() for method, op in item.items()]
+    assert len(operations) > 40
+    for path, method, op in operations:
+        ok = next(code for code in op["responses"] if code.startswith("2"))
+        content = op["responses"][ok]["content"]
+        if "image/jpeg" in content:
+            continue
+        schema = content["application/json"]["schema"]
+        assert schema.get("$ref") or schema.get("properties"), (method, path, schema)
