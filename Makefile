@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
 export FACECLUSTER_MODELS_DIR ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual faces-train-matching faces-pipeline-full train-rollback eval-train serve assign eval-cluster bench-cluster bench-serve test lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
+.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual faces-train-matching faces-pipeline-full train-rollback eval-train serve assign eval-cluster bench-cluster bench-serve test test-fast lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -92,6 +92,9 @@ detect: setup ## detect every face under SOURCE, one JSON line per image
 	$(BIN)/facecluster detect $(SOURCE)
 
 test: lint typecheck pytest ## every check: ruff, mypy (strict on lib/), pytest on real models and photos
+
+test-fast: setup ## the pure-function tests alone (engine maths, clustering rules, curation and assignment decisions, settings, contracts): under a minute
+	$(BIN)/pytest -m fast -q
 
 lint: setup
 	$(BIN)/ruff check lib tests jobs

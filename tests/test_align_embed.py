@@ -19,6 +19,7 @@ from facecluster.settings import Settings
 from .conftest import load
 
 
+@pytest.mark.fast
 def test_similarity_transform_recovers_a_known_transform() -> None:
     angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
     rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])

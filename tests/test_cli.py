@@ -56,6 +56,7 @@ def test_detect_thresholds_from_the_command_line(env: dict[str, str], photos_dir
     assert len(loose["faces"]) > len(strict["faces"]) > 0
 
 
+@pytest.mark.fast
 def test_config_show_masks_secrets_and_reads_seed_names(env: dict[str, str]) -> None:
     result = run(
         "config",
@@ -75,6 +76,7 @@ def test_config_show_masks_secrets_and_reads_seed_names(env: dict[str, str]) -> 
     assert shown["models_dir"] == env["FACECLUSTER_MODELS_DIR"]
 
 
+@pytest.mark.fast
 def test_bad_settings_are_refused_with_the_reason(env: dict[str, str]) -> None:
     result = run("config", "show", env={**env, "FACECLUSTER_PROVIDERS": "cpu,cpu"}, check=False)
     assert result.returncode != 0 and "providers must not repeat" in result.stderr

@@ -25,6 +25,7 @@ from facecluster.eval.verification import embed_central_faces
 from facecluster.settings import Settings
 
 
+@pytest.mark.fast
 def test_pairwise_and_bcubed_by_hand() -> None:
     # truth: a a a b b ; predicted: {0: a a}, {1: a b b}
     scores = score_clustering(["a", "a", "a", "b", "b"], [0, 0, 1, 1, 1])
@@ -38,6 +39,7 @@ def test_pairwise_and_bcubed_by_hand() -> None:
     assert scores.clusters == 2 and scores.identities == 2
 
 
+@pytest.mark.fast
 def test_unclustered_faces_count_as_singletons() -> None:
     perfect = score_clustering(["a", "a", "b", "c"], [0, 0, -1, -1])
     assert perfect.pairwise_f == 1.0 and perfect.bcubed_f == 1.0 and perfect.nmi == pytest.approx(1.0)
@@ -45,6 +47,7 @@ def test_unclustered_faces_count_as_singletons() -> None:
     assert split.pairwise_recall == 0.0 and split.bcubed_recall == pytest.approx(0.5)
 
 
+@pytest.mark.fast
 def test_same_photo_faces_never_share_a_cluster() -> None:
     vectors = np.array([[1, 0], [0.99, 0.14], [0.98, 0.2], [0.97, 0.24]], np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -55,6 +58,7 @@ def test_same_photo_faces_never_share_a_cluster() -> None:
     assert enforce_rules(np.array([0, 0, 1]), vectors[:3], ["a", "b", "c"], min_cluster_size=2).tolist() == [0, 0, -1]
 
 
+@pytest.mark.fast
 def test_match_known_respects_not_this_person_and_one_face_per_photo() -> None:
     centroids = np.eye(2, dtype=np.float32)
     faces = np.array([[1, 0], [0.9, 0.44], [0.95, 0.31], [0, 1]], np.float32)
@@ -65,6 +69,7 @@ def test_match_known_respects_not_this_person_and_one_face_per_photo() -> None:
     assert assigned[3] == 1 and similarity[3] == pytest.approx(1.0)
 
 
+@pytest.mark.fast
 def test_stable_ids() -> None:
     previous = {"clu_a": {"1", "2", "3", "4"}, "clu_b": {"5", "6"}, "clu_c": {"7", "8", "9"}}
     groups = [["1", "2", "3", "10", "11"], ["5", "6", "12"], ["7", "13"], ["8", "9", "14"]]

@@ -13,6 +13,8 @@ from facecluster.engine.decode import ImageDecodeError, decode_image
 
 LIMITS = {"max_bytes": 50_000_000, "max_pixels": 50_000_000}
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture(scope="module")
 def photo(photos_dir: Path) -> Image.Image:

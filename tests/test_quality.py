@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from facecluster.engine.align import ARCFACE_TEMPLATE
 from facecluster.engine.faces import FaceEngine
@@ -35,6 +36,7 @@ def test_blur_lowers_the_score(engine: FaceEngine, photos_dir: Path) -> None:
     assert any("blur" in reason for reason in checks.failures(blurred))
 
 
+@pytest.mark.fast
 def test_frontal_template_is_symmetric_and_a_turned_face_is_not() -> None:
     assert pose_symmetry(ARCFACE_TEMPLATE) > 0.95
     turned = ARCFACE_TEMPLATE.copy()

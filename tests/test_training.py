@@ -21,6 +21,7 @@ def _embeddings(*rows: list[float]) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=1)
 
 
+@pytest.mark.fast
 def test_triplet_loss_by_hand() -> None:
     # Person 0 at angle 0 and 60°, person 1 at 90° and 180°: cosine distances 0.5 (positive pairs)
     # and, from the first face, 1 and 2 to the negatives.
@@ -37,6 +38,7 @@ def test_triplet_loss_by_hand() -> None:
     assert float(semi) == pytest.approx((1 - (1 - np.sqrt(3) / 2) + 0.2) / 4, abs=1e-5)
 
 
+@pytest.mark.fast
 def test_head_starts_as_identity_and_numpy_matches_torch() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(20, 16)).astype(np.float32)
@@ -51,6 +53,7 @@ def test_head_starts_as_identity_and_numpy_matches_torch() -> None:
     assert np.allclose(HeadNet.from_weights(weights)(torch.from_numpy(x)).detach().numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.fast
 def test_split_is_by_person_and_needs_enough_persons() -> None:
     labels = [name for name in "abcdefghij" for _ in range(6)] + ["k"] * 2
     train, val = split_persons(labels, min_faces=5, validation_share=0.2, seed=0)

@@ -12,7 +12,7 @@ import datetime as dt
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, Method, clus
 from facecluster.engine.projection import unit
 from facecluster.engine.registry import EmbedderSpec
 from facecluster.settings import Settings, first_set
-from facecluster.store.meta import MetaStore
+from facecluster.store.meta import Doc, MetaStore
 from facecluster.store.vectors import Vectors
 
 RunMethod = Literal["dual", "graph", "hdbscan", "dbscan", "agglomerative"]
@@ -58,8 +58,35 @@ def _quality(face: dict[str, Any]) -> float:
     return float(face.get("quality", {}).get("score", 0.0))
 
 
-def _labels_of(doc: dict[str, Any]) -> tuple[str | None, str | None]:
-    return doc.get("person_id"), doc.get("label_source")
+def choose_faces(faces: Sequence[Doc], min_quality: float, max_faces: int | None) -> tuple[list[Doc], list[Doc]]:
+    """What a run works on: every human-labelled face (they define the known persons) and the other faces
+    at or above `min_quality`, best first, so that there are at most `max_faces` in all."""
+    human = [f for f in faces if f.get("label_source") == "human" and f.get("person_id")]
+    others = [f for f in faces if not (f.get("label_source") == "human" and f.get("person_id"))]
+    others = sorted((f for f in others if _quality(f) >= min_quality), key=lambda f: -_quality(f))
+    if max_faces is not None:
+        others = others[: max(0, max_faces - len(human))]
+    return human, others
+
+
+def next_states(
+    faces: Sequence[Doc], auto: dict[str, tuple[str, float]], clusters: dict[str, Sequence[str]]
+) -> dict[str, Doc]:
+    """Each face's labels after a run: human labels stay; machine ones lapse unless renewed by `auto`
+    (face → person, similarity); cluster ids come from `clusters` (cluster → faces) and nothing else."""
+    states: dict[str, Doc] = {}
+    for face in faces:
+        person, source = face.get("person_id"), face.get("label_source")
+        state: Doc = {"cluster_id": None, "person_id": person, "label_source": source}
+        if source == "auto":
+            state.update(person_id=None, label_source=None, person_similarity=None)
+        states[face["_id"]] = state
+    for face_id, (person, similarity) in auto.items():
+        states[face_id].update(person_id=person, label_source="auto", person_similarity=similarity)
+    for cluster_id, members in clusters.items():
+        for face_id in members:
+            states[face_id]["cluster_id"] = cluster_id
+    return states
 
 
 def run_clustering(
@@ -73,15 +100,7 @@ def run_clustering(
     started = time.monotonic()
     run_id = f"run_{uuid.uuid4().hex[:12]}"
     faces = meta.clustering_faces(library)
-    human = [f for f in faces if f.get("label_source") == "human" and f.get("person_id")]
-    others = [
-        f
-        for f in faces
-        if not (f.get("label_source") == "human" and f.get("person_id")) and _quality(f) >= options.min_quality
-    ]
-    others.sort(key=lambda f: -_quality(f))
-    if options.max_faces is not None:
-        others = others[: max(0, options.max_faces - len(human))]
+    human, others = choose_faces(faces, options.min_quality, options.max_faces)
     ids = [f["_id"] for f in human + others]
     matrix = unit(vectors.fetch(ids)).astype(np.float32) if ids else np.zeros((0, 1), np.float32)
     human_vectors, other_vectors = matrix[: len(human)], matrix[len(human) :]
@@ -110,22 +129,11 @@ def run_clustering(
             previous[face["cluster_id"]].add(face["_id"])
     cluster_ids = stable_ids(previous, groups)
 
-    new_state: dict[str, dict[str, Any]] = {}
-    for face in faces:  # default: no cluster; auto person assignments lapse unless renewed
-        person, source = _labels_of(face)
-        state = {"cluster_id": None, "person_id": person, "label_source": source}
-        if source == "auto":
-            state.update(person_id=None, label_source=None, person_similarity=None)
-        new_state[face["_id"]] = state
-    for index in np.flatnonzero(assigned >= 0).tolist():
-        new_state[others[index]["_id"]].update(
-            person_id=person_ids[int(assigned[index])],
-            label_source="auto",
-            person_similarity=round(float(similarity[index]), 4),
-        )
-    for cluster_id, group in zip(cluster_ids, groups, strict=True):
-        for face_id in group:
-            new_state[face_id]["cluster_id"] = cluster_id
+    auto = {
+        others[index]["_id"]: (person_ids[int(assigned[index])], round(float(similarity[index]), 4))
+        for index in np.flatnonzero(assigned >= 0).tolist()
+    }
+    new_state = next_states(faces, auto, dict(zip(cluster_ids, groups, strict=True)))
     write_labels(meta, vectors, faces, new_state)
 
     now = dt.datetime.now(dt.UTC)

@@ -15,15 +15,9 @@ from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, cluster
 from facecluster.cluster.run import cluster_docs, write_labels
 from facecluster.engine.projection import unit
 from facecluster.errors import Conflict, NotFound
+from facecluster.people.decisions import changed_since, cleared, face_state, labelled
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
-
-#: The face fields a change touches (and an undo restores).
-FIELDS = ("person_id", "label_source", "cluster_id", "rejected_persons", "person_similarity")
-
-
-def _state(face: Doc) -> Doc:
-    return {field: face.get(field) for field in FIELDS}
 
 
 @dataclass
@@ -104,7 +98,7 @@ class Curator:
             "at": now(),
             "faces": len(new_states),
             "before": {
-                "faces": {f["_id"]: _state(f) for f in faces if f["_id"] in new_states},
+                "faces": {f["_id"]: face_state(f) for f in faces if f["_id"] in new_states},
                 "persons": before_persons,
                 "clusters": before_clusters,
             },
@@ -112,7 +106,7 @@ class Curator:
             "undone_by": None,
         }
         self.meta.record_audit(entry)
-        full = {f["_id"]: {**_state(f), **new_states[f["_id"]]} for f in faces if f["_id"] in new_states}
+        full = {f["_id"]: {**face_state(f), **new_states[f["_id"]]} for f in faces if f["_id"] in new_states}
         write_labels(self.meta, self.vectors, [f for f in faces if f["_id"] in full], full)
         for person_id, doc in persons.items():
             self.meta.put_person(person_id, doc)
@@ -158,7 +152,7 @@ class Curator:
         self.cluster(cluster_id)
         person = self.person_by_name(name) or self._new_person(name)
         faces = self.meta.faces_in(self.library, cluster_id=cluster_id)
-        states = {f["_id"]: self._labelled(f, person["_id"]) for f in faces}
+        states = {f["_id"]: labelled(f, person["_id"]) for f in faces}
         self._change(
             "label_cluster",
             cluster_id,
@@ -170,30 +164,6 @@ class Curator:
         )
         return {"cluster_id": cluster_id, "person_id": person["_id"], "name": name, "faces": len(faces)}
 
-    @staticmethod
-    def _labelled(face: Doc, person_id: str) -> Doc:
-        rejected = [p for p in face.get("rejected_persons") or [] if p != person_id]
-        return {
-            "person_id": person_id,
-            "label_source": "human",
-            "cluster_id": None,
-            "rejected_persons": rejected,
-            "person_similarity": None,
-        }
-
-    @staticmethod
-    def _cleared(face: Doc, reject: str | None = None) -> Doc:
-        rejected = list(face.get("rejected_persons") or [])
-        if reject and reject not in rejected:
-            rejected.append(reject)
-        return {
-            "person_id": None,
-            "label_source": None,
-            "cluster_id": None,
-            "rejected_persons": rejected,
-            "person_similarity": None,
-        }
-
     def split_cluster(self, cluster_id: str, params: ClusterParams) -> Doc:
         """Re-cluster one cluster's faces with `params` (tighter); faces that fit no part become unclustered."""
         old = self.cluster(cluster_id)
@@ -203,12 +173,12 @@ class Curator:
         labels = cluster(matrix, [f["image"] for f in faces], params)
         groups = [[ids[i] for i in np.flatnonzero(labels == v)] for v in range(labels.max(initial=UNCLUSTERED) + 1)]
         new_ids = [f"clu_{uuid.uuid4().hex[:12]}" for _ in groups]
-        states = {f["_id"]: {**_state(f), "cluster_id": None} for f in faces}
+        states = {f["_id"]: {**face_state(f), "cluster_id": None} for f in faces}
         for new_id, group in zip(new_ids, groups, strict=True):
             for face_id in group:
                 states[face_id]["cluster_id"] = new_id
         neighbours = self.meta.faces_of_images(self.library, sorted({f["image"] for f in faces}))
-        context = {f["_id"]: {**_state(f), **states.get(f["_id"], {})} for f in neighbours}
+        context = {f["_id"]: {**face_state(f), **states.get(f["_id"], {})} for f in neighbours}
         docs = cluster_docs(
             self.library,
             old["run_id"],
@@ -253,7 +223,7 @@ class Curator:
         """Take faces from a person; they become unclustered and never go back to it automatically."""
         self.person(person_id)
         faces = self._person_faces(person_id, face_ids)
-        states = {f["_id"]: self._cleared(f, reject=person_id) for f in faces}
+        states = {f["_id"]: cleared(f, reject=person_id) for f in faces}
         self._change("remove_faces", person_id, faces, states)
         return {"person_id": person_id, "removed": len(faces)}
 
@@ -269,26 +239,26 @@ class Curator:
             persons[target["_id"]] = target
         else:
             raise Conflict("say where the faces go: `to_person_id` or `new_name`")
-        states = {f["_id"]: self._labelled(f, target["_id"]) for f in faces}
+        states = {f["_id"]: labelled(f, target["_id"]) for f in faces}
         self._change("move_faces", person_id, faces, states, persons=persons, details={"to": target["_id"]})
         return {"from": person_id, "to": target["_id"], "moved": len(faces)}
 
     def assign_face(self, face_id: str, person_id: str) -> Doc:
         face, _ = self.face(face_id), self.active_person(person_id)
         self._change(
-            "assign_face", face_id, [face], {face_id: self._labelled(face, person_id)}, details={"person_id": person_id}
+            "assign_face", face_id, [face], {face_id: labelled(face, person_id)}, details={"person_id": person_id}
         )
         return {"face_id": face_id, "person_id": person_id}
 
     def unassign_face(self, face_id: str) -> Doc:
         face = self.face(face_id)
-        self._change("unassign_face", face_id, [face], {face_id: self._cleared(face)})
+        self._change("unassign_face", face_id, [face], {face_id: cleared(face)})
         return {"face_id": face_id, "person_id": None}
 
     def reject_face(self, face_id: str, person_id: str) -> Doc:
         """ "Not this person": the face leaves `person_id` (if it was there) and is never matched to it again."""
         face, _ = self.face(face_id), self.person(person_id)
-        state = self._cleared(face, reject=person_id)
+        state = cleared(face, reject=person_id)
         if face.get("person_id") != person_id:  # keep its current person, only remember the rejection
             state.update(
                 person_id=face.get("person_id"),
@@ -311,10 +281,9 @@ class Curator:
             raise Conflict(f"{audit_id} was undone by {entry['undone_by']}")
         after, before = entry["after"], entry["before"]
         faces = self.meta.faces_in(self.library, ids=list(after["faces"]))
-        for face in faces:
-            expected = after["faces"][face["_id"]]
-            if any(face.get(k) != v for k, v in expected.items()):
-                raise Conflict(f"face {face['_id']} changed after {audit_id}: undo the later change first")
+        changed = changed_since(after["faces"], faces)
+        if changed is not None:
+            raise Conflict(f"face {changed} changed after {audit_id}: undo the later change first")
         undo = self._change(
             "undo", audit_id, faces, before["faces"], persons=before["persons"], clusters=before["clusters"]
         )

@@ -1,0 +1,97 @@
+"""Domain decisions as pure functions: what a clustering run considers and assigns, what a human action
+does to a face, when an undo is safe, and how clusters are assigned to profiles. No stores, no Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from facecluster.cluster.assignment import AssignOptions, decide_centroid, decide_vote
+from facecluster.cluster.run import choose_faces, next_states
+from facecluster.people.decisions import changed_since, cleared, face_state, labelled
+from facecluster.store.vectors import Hit
+
+pytestmark = pytest.mark.fast
+
+
+def face(face_id: str, quality: float = 0.5, **labels: object) -> dict[str, object]:
+    return {"_id": face_id, "image": f"{face_id}.jpg", "quality": {"score": quality}, **labels}
+
+
+def test_a_run_considers_every_human_label_and_the_best_other_faces() -> None:
+    faces = [
+        face("a", 0.9),
+        face("b", 0.2),
+        face("h", 0.1, person_id="per_1", label_source="human"),
+        face("c", 0.7),
+        face("auto", 0.8, person_id="per_1", label_source="auto"),
+    ]
+    human, others = choose_faces(faces, min_quality=0.3, max_faces=3)
+    assert [f["_id"] for f in human] == ["h"]  # below the quality gate, and still a known person's face
+    assert [f["_id"] for f in others] == ["a", "auto"]  # best first, 3 in all with the human one
+    assert [f["_id"] for f in choose_faces(faces, 0.0, None)[1]] == ["a", "auto", "c", "b"]
+
+
+def test_after_a_run_human_labels_stay_and_machine_labels_lapse_unless_renewed() -> None:
+    faces = [
+        face("h", person_id="per_1", label_source="human", cluster_id="clu_old"),
+        face("auto", person_id="per_2", label_source="auto", person_similarity=0.8),
+        face("renewed", person_id="per_2", label_source="auto"),
+        face("clustered", cluster_id="clu_old"),
+    ]
+    states = next_states(faces, {"renewed": ("per_2", 0.91)}, {"clu_new": ["clustered"]})
+    assert states["h"] == {"cluster_id": None, "person_id": "per_1", "label_source": "human"}
+    assert states["auto"]["person_id"] is None and states["auto"]["label_source"] is None
+    assert states["renewed"] == {
+        "cluster_id": None, "person_id": "per_2", "label_source": "auto", "person_similarity": 0.91
+    }  # fmt: skip
+    assert states["clustered"]["cluster_id"] == "clu_new"
+
+
+def test_labelling_a_face_lifts_its_rejection_of_that_person_only() -> None:
+    rejecting = face("f", cluster_id="clu_1", rejected_persons=["per_1", "per_2"])
+    state = labelled(rejecting, "per_1")
+    assert state["person_id"] == "per_1" and state["label_source"] == "human" and state["cluster_id"] is None
+    assert state["rejected_persons"] == ["per_2"]
+
+
+def test_not_this_person_is_remembered_once() -> None:
+    state = cleared(face("f", person_id="per_1", rejected_persons=["per_1"]), reject="per_1")
+    assert state["person_id"] is None and state["rejected_persons"] == ["per_1"]
+    assert cleared(face("g"), reject="per_3")["rejected_persons"] == ["per_3"]
+
+
+def test_undo_is_safe_only_while_the_faces_are_as_the_change_left_them() -> None:
+    after = {"f": labelled(face("f"), "per_1"), "g": labelled(face("g"), "per_1")}
+    now = [{**face("f"), **after["f"]}, {**face("g"), **after["g"]}]
+    assert changed_since(after, now) is None
+    now[1]["person_id"] = "per_9"  # someone moved g meanwhile
+    assert changed_since(after, now) == "g"
+    assert set(face_state(now[0])) == {
+        "person_id",
+        "label_source",
+        "cluster_id",
+        "rejected_persons",
+        "person_similarity",
+    }
+
+
+def hit(user: str, similarity: float) -> Hit:
+    return Hit(f"pt-{user}", similarity, {"user_id": user})
+
+
+def test_centroid_assignment_takes_the_best_profile_above_the_threshold() -> None:
+    chosen = decide_centroid("clu_1", [hit("alice", 0.82), hit("bob", 0.61)], 0.7, faces=5)
+    assert chosen.user_id == "alice" and chosen.runner_up == "bob" and chosen.margin == pytest.approx(0.21)
+    refused = decide_centroid("clu_1", [hit("alice", 0.65)], 0.7, faces=5)
+    assert refused.user_id is None and "below threshold" in refused.reason
+    assert decide_centroid("clu_1", [], 0.7, faces=5).reason == "no profiles"
+
+
+def test_vote_needs_a_majority_and_a_margin() -> None:
+    options = AssignOptions(strategy="vote", threshold=0.6, min_share=0.5, min_margin=0.2)
+    clear = decide_vote("clu_1", [[hit("alice", 0.8)]] * 3 + [[hit("bob", 0.7)]], options)
+    assert clear.user_id == "alice" and clear.share == 0.75 and clear.margin == 0.5
+    split = decide_vote("clu_1", [[hit("alice", 0.8)]] * 2 + [[hit("bob", 0.7)]] * 2, options)
+    assert split.user_id is None and "below min_share" not in split.reason and "margin" in split.reason
+    weak = decide_vote("clu_1", [[hit("alice", 0.5)]] * 4, options)
+    assert weak.user_id is None and weak.share == 0.0
