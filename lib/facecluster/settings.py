@@ -1,6 +1,6 @@
 """The one settings object, read from the environment and `.env`.
 
-Every field has a `FACECLUSTER_*` variable; where the seed documents named a variable
+Every field has a `FACECLUSTER_*` variable; where users know a variable by another name
 (`MONGO_URI`, `QDRANT_URL`, `FACE_PERSON_MATCH_THRESHOLD`, …) that name works too.
 """
 
@@ -16,9 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 Provider = Literal["cuda", "cpu"]
 
 
-def _env(name: str, *seed_names: str) -> Any:
-    """A field whose value comes from FACECLUSTER_<NAME> or any of the seeds' names."""
-    return AliasChoices(f"FACECLUSTER_{name}", *seed_names)
+def _env(name: str, *other_names: str) -> Any:
+    """A field whose value comes from FACECLUSTER_<NAME> or any of its other names."""
+    return AliasChoices(f"FACECLUSTER_{name}", *other_names)
 
 
 def _default_data_dir() -> Path:
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     )
     min_face_size: int = Field(default=20, ge=0, validation_alias=_env("MIN_FACE_SIZE", "MIN_FACE_SIZE"))
 
-    # Profile (enrolment) quality checks of the second seed; looser values really loosen.
+    # Profile (enrolment) quality checks; looser values really loosen.
     profile_min_face_size: int = Field(default=30, ge=0, validation_alias=_env("PROFILE_MIN_FACE_SIZE"))
     profile_min_confidence: float = Field(default=0.4, ge=0.0, le=1.0, validation_alias=_env("PROFILE_MIN_CONFIDENCE"))
     profile_blur_threshold: float = Field(
@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     quality_weight_blur: float = Field(default=0.25, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_BLUR"))
     quality_weight_pose: float = Field(default=0.2, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_POSE"))
 
-    # Matching and clustering (the first seed's names); default: the embedder's calibrated values.
+    # Matching and clustering; default: the embedder's calibrated values.
     person_match_threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, validation_alias=_env("PERSON_MATCH_THRESHOLD", "FACE_PERSON_MATCH_THRESHOLD")
     )
@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     engine_batch_wait_s: float = Field(default=0.02, ge=0.0, validation_alias=_env("ENGINE_BATCH_WAIT_S"))
     engine_replicas: int = Field(default=1, gt=0, validation_alias=_env("ENGINE_REPLICAS"))
 
-    # Cluster → profile assignment (second seed); the threshold defaults to the embedder's calibrated one.
+    # Cluster → profile assignment; the threshold defaults to the embedder's calibrated one.
     assign_threshold: float | None = Field(default=None, ge=-1.0, le=1.0, validation_alias=_env("ASSIGN_THRESHOLD"))
     assign_strategy: Literal["centroid", "vote"] = Field(default="centroid", validation_alias=_env("ASSIGN_STRATEGY"))
     vote_min_share: float = Field(default=0.5, ge=0.0, le=1.0, validation_alias=_env("VOTE_MIN_SHARE"))

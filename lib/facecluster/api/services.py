@@ -21,7 +21,7 @@ from facecluster.settings import Settings
 from facecluster.store.connection import Connection, current
 from facecluster.store.meta import MetaStore
 
-#: One part of a library name: the seed's bucket and sub-bucket.
+#: One part of a library name: its bucket or its sub-bucket.
 PART = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,62}$"
 CLUSTER_ID = r"^clu_[0-9a-f]{12}$"
 PERSON_ID = r"^per_[0-9a-f]{12}$"

@@ -1,4 +1,4 @@
-"""Cluster → known user assignment (the second seed), by `centroid` or by `vote`.
+"""Cluster → known user assignment, by `centroid` or by `vote`.
 
 centroid: the normalised mean of all the cluster's faces against every profile template; the
 nearest profile is assigned at `threshold` or more. vote: every face votes for its nearest profile

@@ -87,7 +87,7 @@ class _Groups:
 
 
 def graph_labels(vectors: NDArray[np.float32], images: Sequence[str], knn: KnnGraph, params: ClusterParams) -> Labels:
-    """The second seed's graph method, done right: edges above the threshold are joined strongest
+    """The graph method: edges above the threshold are joined strongest
     first, only while the two groups' centroids stay above it too (no single-link chaining) and
     they share no photo; then groups whose centroids are close merge, repeatedly, until none do."""
     groups = _Groups(vectors, images)

@@ -255,8 +255,8 @@ def run_options(
     max_faces: int | None = None,
     min_quality: float | None = None,
 ) -> RunOptions:
-    """Options of one run: the call's values, else the settings (seed names), else the registry's
-    calibrated values for the embedding model. `eps` is a cosine distance, as in the first seed."""
+    """Options of one run: the call's values, else the settings, else the registry's
+    calibrated values for the embedding model. `eps` is a cosine distance."""
     chosen = method or settings.cluster_method
     unknown: Method = (
         (unknown_method or settings.unknown_clustering_method or spec.unknown_method) if chosen == "dual" else chosen

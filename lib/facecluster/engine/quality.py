@@ -98,7 +98,7 @@ def assess(
 
 @dataclass(frozen=True, slots=True)
 class ProfileChecks:
-    """The second seed's profile checks: thresholds a face must meet to enrol someone."""
+    """Profile checks: the thresholds a face must meet to enrol someone."""
 
     min_face_size: float
     min_confidence: float

@@ -137,7 +137,7 @@ def _rates(images: int, faces: int, seconds: float, peak_mib: float) -> dict[str
 
 def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = None) -> dict[str, Any]:
     """(a) the models on pre-decoded images in one process, (b) a naive per-image, per-face loop as
-    the seed's original ran, (c) the Ray pipeline end to end into throw-away embedded stores."""
+    a plain script runs, (c) the Ray pipeline end to end into throw-away embedded stores."""
     from facecluster.engine.faces import FaceEngine, keep_faces
     from facecluster.ingest.pipeline import run_ingest
     from facecluster.ingest.sources import S3Options, parse_source, read_uri

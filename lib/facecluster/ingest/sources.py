@@ -1,6 +1,6 @@
 """Where photos come from: a local folder, an S3 prefix, or a manifest of keys.
 
-A *library* is one bucket + prefix (the second seed's `bucket_name`/`sub_bucket`); faces, runs and
+A *library* is one bucket + prefix (the API's `bucket_name`/`sub_bucket`); faces, runs and
 persons belong to a library. Sources list `SourceItem`s; `read_uri` reads the bytes of any item.
 """
 

@@ -1,4 +1,4 @@
-"""Profiles of known users (the second seed): enrolment faces in MongoDB, one template vector in Qdrant.
+"""Profiles of known users: enrolment faces in MongoDB, one template vector in Qdrant.
 
 A profile holds one or more enrolment faces; its template is their normalised mean, stored as a
 point of the profiles collection so that matching is a vector search.

@@ -1,4 +1,4 @@
-"""Cluster → known user assignments (second seed). Static routes come before parameterised ones."""
+"""Cluster → known user assignments. Static routes come before parameterised ones."""
 
 from __future__ import annotations
 

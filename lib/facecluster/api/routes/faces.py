@@ -1,4 +1,4 @@
-"""Faces, clusters and persons (first seed): clustering runs, labelling, persons and their photos,
+"""Faces, clusters and persons: clustering runs, labelling, persons and their photos,
 incremental assignment and search. Human changes are audited and can be undone."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Person clustering of a library (second seed): start it as a Ray job, its status, a person's
+"""Person clustering of a library: start it as a Ray job, its status, a person's
 details, and cleanup."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Profiles of known users (second seed): /detect-face, /update-face and the debug routes."""
+"""Profiles of known users: /detect-face, /update-face and the debug routes."""
 
 from __future__ import annotations
 
