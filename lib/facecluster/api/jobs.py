@@ -11,8 +11,9 @@ from facecluster.errors import NotFound
 from facecluster.jobs import KINDS, Options, job_library
 from facecluster.settings import Settings
 from facecluster.store.backoff import BackendUnavailable
+from facecluster.store.documents import JobDoc
 from facecluster.store.embedded import mongo_uri
-from facecluster.store.meta import Doc, MetaStore
+from facecluster.store.meta import MetaStore
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class JobRunner:
         log.info("submitted %s job %s", kind, job_id)
         return job_id
 
-    def _record(self, meta: MetaStore, job_id: str) -> Doc:
+    def _record(self, meta: MetaStore, job_id: str) -> JobDoc:
         """The job's record; jobs this API did not queue are not found."""
         record = meta.job(job_id)
         if record is None or record.get("kind") not in KINDS:

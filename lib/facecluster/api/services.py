@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -126,6 +127,11 @@ def actor(request: Request) -> str:
 Actor = Annotated[str, Depends(actor)]
 
 
-def face_view(doc: dict[str, Any]) -> dict[str, Any]:
+def with_id(name: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored document as the API shows it: its `_id` under the name clients know it by."""
+    return {name: doc["_id"], **{key: value for key, value in doc.items() if key != "_id"}}
+
+
+def face_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A stored face as the API shows it: the export record and who labelled it."""
     return {**face_record(doc), "label_source": doc.get("label_source")}

@@ -19,7 +19,8 @@ import numpy as np
 from facecluster.engine.registry import EmbedderSpec
 from facecluster.errors import Conflict, NotFound
 from facecluster.settings import Settings, first_set
-from facecluster.store.meta import Doc, MetaStore, now
+from facecluster.store.documents import RunDoc
+from facecluster.store.meta import MetaStore, now
 from facecluster.store.vectors import Hit, Vectors
 
 Strategy = Literal["centroid", "vote"]
@@ -130,7 +131,7 @@ class AssignReport:
         return asdict(self)
 
 
-def latest_run(meta: MetaStore, library: str) -> Doc | None:
+def latest_run(meta: MetaStore, library: str) -> RunDoc | None:
     return meta.latest_run(library)
 
 
@@ -169,7 +170,7 @@ def assign_clusters(
         members = meta.clustered_faces(library)
         by_cluster: dict[str, list[str]] = defaultdict(list)
         for face in members:
-            by_cluster[face["cluster_id"]].append(face["_id"])
+            by_cluster[str(face["cluster_id"])].append(face["_id"])
         ids = [face_id for c in clusters for face_id in by_cluster[c["_id"]]]
         hits = profiles.search(faces.fetch(ids), 2) if ids else []
         decisions, offset = [], 0

@@ -44,7 +44,7 @@ def match_new_faces(
     images = [f["image"] for f in pending]
     persons, centroids = (
         person_centroids(
-            [f["person_id"] for f in human], unit(vectors.fetch([f["_id"] for f in human])).astype(np.float32)
+            [str(f["person_id"]) for f in human], unit(vectors.fetch([f["_id"] for f in human])).astype(np.float32)
         )
         if human
         else ([], np.zeros((0, matrix.shape[1]), np.float32))

@@ -12,7 +12,7 @@ import datetime as dt
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, Method, clus
 from facecluster.engine.projection import unit
 from facecluster.engine.registry import EmbedderSpec
 from facecluster.settings import Settings, first_set
+from facecluster.store.documents import FaceDoc
 from facecluster.store.meta import Doc, MetaStore
 from facecluster.store.vectors import Vectors
 
@@ -54,11 +55,13 @@ class RunSummary:
         return asdict(self)
 
 
-def _quality(face: dict[str, Any]) -> float:
+def _quality(face: Mapping[str, Any]) -> float:
     return float(face.get("quality", {}).get("score", 0.0))
 
 
-def choose_faces(faces: Sequence[Doc], min_quality: float, max_faces: int | None) -> tuple[list[Doc], list[Doc]]:
+def choose_faces(
+    faces: Sequence[FaceDoc], min_quality: float, max_faces: int | None
+) -> tuple[list[FaceDoc], list[FaceDoc]]:
     """What a run works on: every human-labelled face (they define the known persons) and the other faces
     at or above `min_quality`, best first, so that there are at most `max_faces` in all."""
     human = [f for f in faces if f.get("label_source") == "human" and f.get("person_id")]
@@ -70,7 +73,7 @@ def choose_faces(faces: Sequence[Doc], min_quality: float, max_faces: int | None
 
 
 def next_states(
-    faces: Sequence[Doc], auto: dict[str, tuple[str, float]], clusters: dict[str, Sequence[str]]
+    faces: Sequence[Mapping[str, Any]], auto: dict[str, tuple[str, float]], clusters: dict[str, Sequence[str]]
 ) -> dict[str, Doc]:
     """Each face's labels after a run: human labels stay; machine ones lapse unless renewed by `auto`
     (face → person, similarity); cluster ids come from `clusters` (cluster → faces) and nothing else."""
@@ -106,7 +109,7 @@ def run_clustering(
     human_vectors, other_vectors = matrix[: len(human)], matrix[len(human) :]
     other_images = [f["image"] for f in others]
 
-    person_ids, centroids = person_centroids([f["person_id"] for f in human], human_vectors)
+    person_ids, centroids = person_centroids([str(f["person_id"]) for f in human], human_vectors)
     position = {p: i for i, p in enumerate(person_ids)}
     rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in others]
 
@@ -125,8 +128,8 @@ def run_clustering(
     ]
     previous: dict[str, set[str]] = defaultdict(set)
     for face in faces:
-        if face.get("cluster_id"):
-            previous[face["cluster_id"]].add(face["_id"])
+        if cluster_id := face.get("cluster_id"):
+            previous[cluster_id].add(face["_id"])
     cluster_ids = stable_ids(previous, groups)
 
     auto = {
@@ -179,7 +182,7 @@ def person_centroids(persons: list[str], vectors: NDArray[np.float32]) -> tuple[
 
 
 def write_labels(
-    meta: MetaStore, vectors: Vectors, faces: list[dict[str, Any]], new_state: dict[str, dict[str, Any]]
+    meta: MetaStore, vectors: Vectors, faces: Sequence[Mapping[str, Any]], new_state: dict[str, dict[str, Any]]
 ) -> None:
     """Write only what changed, to MongoDB and to the Qdrant payloads."""
     changed: list[tuple[str, dict[str, Any]]] = []
@@ -204,7 +207,7 @@ def cluster_docs(
     run_id: str,
     cluster_ids: list[str],
     groups: list[list[str]],
-    faces: list[dict[str, Any]],
+    faces: Sequence[Mapping[str, Any]],
     ids: list[str],
     matrix: NDArray[np.float32],
     new_state: dict[str, dict[str, Any]],

@@ -6,7 +6,7 @@ import csv
 import itertools
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,7 @@ def evaluate_clustering(
             yield {"ingest": ingest.to_dict(), "labelled_faces": len(truth), "identities": len(set(truth.values()))}
             for method in methods:
                 summary = run_cluster(scoped, "eval", method=method)
-                run = meta.run(summary.run_id) or {}
+                run: Mapping[str, Any] = meta.run(summary.run_id) or {}
                 scores = library_scores(meta, "eval", truth)
                 yield {"method": method, "params": run.get("params"), "seconds": summary.seconds, **scores.to_dict()}
         finally:

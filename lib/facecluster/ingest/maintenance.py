@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from facecluster.engine.detector import Detection
 from facecluster.engine.embedder import FaceEmbedder
 from facecluster.ingest.sources import S3Options, read_uri
 from facecluster.settings import Settings
+from facecluster.store.documents import FaceDoc
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import Vectors, face_payload
 
@@ -61,7 +62,7 @@ def repair_stores(
     """Delete orphan points; re-embed faces whose vector is missing from their stored landmarks."""
     vectors.delete(report.orphan_points)
     faces = meta.faces_by_id(report.missing_vectors)
-    by_image: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_image: dict[tuple[str, str], list[FaceDoc]] = {}
     for doc in faces:
         by_image.setdefault((doc["library"], doc["image"]), []).append(doc)
     s3 = S3Options.from_settings(settings)
@@ -83,13 +84,13 @@ def repair_stores(
     return report
 
 
-def _detection(doc: dict[str, Any]) -> Detection:
+def _detection(doc: Mapping[str, Any]) -> Detection:
     x, y, w, h = doc["bbox"]
     box = np.array([x, y, x + w, y + h], np.float32)
     return Detection(box, float(doc["score"]), np.array(doc["landmarks"], np.float32))
 
 
-def face_record(doc: dict[str, Any]) -> dict[str, Any]:
+def face_record(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A stored face as `export faces` and the API show it."""
     return {
         "face_id": doc["_id"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,7 +253,7 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
             fid = face_id(ctx.library, key, etag, index, ctx.detector_version)
             x1, y1, x2, y2 = (round(float(v), 2) for v in batch["boxes"][i][index])
             quality = dict(zip(QUALITY_FIELDS, (round(float(v), 4) for v in batch["quality"][i][index]), strict=True))
-            previous = stored.get(fid, {})
+            previous: Mapping[str, Any] = stored.get(fid, {})
             face = {
                 "_id": fid,
                 "library": ctx.library,

@@ -6,8 +6,9 @@ written to the `audit` collection with who, what, when and the state before, so 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from facecluster.cluster.run import cluster_docs, write_labels
 from facecluster.engine.projection import unit
 from facecluster.errors import Conflict, NotFound
 from facecluster.people.decisions import changed_since, cleared, face_state, labelled
+from facecluster.store.documents import AuditDoc, ClusterDoc, FaceDoc, PersonDoc
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
 
@@ -30,25 +32,25 @@ class Curator:
     actor: str = "anonymous"
 
     # Reading.
-    def face(self, face_id: str) -> Doc:
+    def face(self, face_id: str) -> FaceDoc:
         found = self.meta.face(face_id, self.library)
         if found is None:
             raise NotFound(f"face {face_id} not found in library {self.library}")
         return found
 
-    def person(self, person_id: str) -> Doc:
+    def person(self, person_id: str) -> PersonDoc:
         doc = self.meta.person(person_id, self.library)
         if doc is None:
             raise NotFound(f"person {person_id} not found in library {self.library}")
         return doc
 
-    def active_person(self, person_id: str) -> Doc:
+    def active_person(self, person_id: str) -> PersonDoc:
         doc = self.person(person_id)
         if doc.get("merged_into"):
             raise Conflict(f"person {person_id} was merged into {doc['merged_into']}")
         return doc
 
-    def cluster(self, cluster_id: str) -> Doc:
+    def cluster(self, cluster_id: str) -> ClusterDoc:
         doc = self.meta.cluster(cluster_id, self.library)
         if doc is None:
             raise NotFound(f"cluster {cluster_id} not found in library {self.library}")
@@ -58,10 +60,11 @@ class Curator:
         """Active persons (hidden ones with `hidden`), most faces first, with their face counts and
         best-quality face."""
         counts = self.meta.person_face_counts(self.library)
-        docs = self.meta.active_persons(self.library)
-        docs = [d for d in docs if hidden or not d.get("hidden")]
-        for doc in docs:
-            doc["faces"] = counts.get(doc["_id"], 0)
+        docs: list[Doc] = [
+            {**d, "faces": counts.get(d["_id"], 0)}
+            for d in self.meta.active_persons(self.library)
+            if hidden or not d.get("hidden")
+        ]
         docs.sort(key=lambda d: (-d["faces"], d["name"]))
         page = docs[skip : skip + limit]
         for doc in page:
@@ -69,7 +72,7 @@ class Curator:
             doc["owner_face_id"] = best[0]["_id"] if best else None
         return len(docs), page
 
-    def person_by_name(self, name: str) -> Doc | None:
+    def person_by_name(self, name: str) -> PersonDoc | None:
         return self.meta.person_by_name(self.library, name)
 
     # Changing, with the audit trail.
@@ -77,11 +80,11 @@ class Curator:
         self,
         action: str,
         target: str,
-        faces: Sequence[Doc],
+        faces: Sequence[FaceDoc],
         new_states: dict[str, Doc],
         *,
-        persons: dict[str, Doc | None] | None = None,
-        clusters: dict[str, Doc | None] | None = None,
+        persons: Mapping[str, Mapping[str, Any] | None] | None = None,
+        clusters: Mapping[str, Mapping[str, Any] | None] | None = None,
         details: Doc | None = None,
     ) -> Doc:
         """Apply face states and person/cluster documents (None deletes); record the before state."""
@@ -114,7 +117,7 @@ class Curator:
             self.meta.put_cluster(cluster_id, doc)
         return entry
 
-    def _new_person(self, name: str) -> Doc:
+    def _new_person(self, name: str) -> PersonDoc:
         if self.person_by_name(name) is not None:
             raise Conflict(f"a person named {name!r} exists in library {self.library}")
         return {
@@ -126,7 +129,7 @@ class Curator:
             "created_by": self.actor,
         }
 
-    def create_person(self, name: str) -> Doc:
+    def create_person(self, name: str) -> PersonDoc:
         person = self._new_person(name)
         self._change("create_person", person["_id"], [], {}, persons={person["_id"]: person})
         return person
@@ -211,7 +214,7 @@ class Curator:
         )
         return {"person_id": into_id, "merged": source_id, "faces_moved": len(faces)}
 
-    def _person_faces(self, person_id: str, face_ids: Sequence[str]) -> list[Doc]:
+    def _person_faces(self, person_id: str, face_ids: Sequence[str]) -> list[FaceDoc]:
         faces = self.meta.faces_in(self.library, ids=face_ids)
         found = {f["_id"] for f in faces if f.get("person_id") == person_id}
         missing = [f for f in face_ids if f not in found]
@@ -231,7 +234,7 @@ class Curator:
         """Move faces to the person `to`, or to a new person called `name`."""
         self.person(person_id)
         faces = self._person_faces(person_id, face_ids)
-        persons: dict[str, Doc | None] = {}
+        persons: dict[str, PersonDoc] = {}
         if to is not None:
             target = self.active_person(to)
         elif name is not None:
@@ -269,7 +272,7 @@ class Curator:
         self._change("reject_face", face_id, [face], {face_id: state}, details={"person_id": person_id})
         return {"face_id": face_id, "rejected_persons": state["rejected_persons"]}
 
-    def audit(self, *, skip: int = 0, limit: int = 50) -> list[Doc]:
+    def audit(self, *, skip: int = 0, limit: int = 50) -> list[AuditDoc]:
         return self.meta.audit_page(self.library, skip=skip, limit=limit)
 
     def undo(self, audit_id: str) -> Doc:

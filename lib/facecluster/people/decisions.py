@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from facecluster.store.meta import Doc
 
@@ -10,12 +11,12 @@ from facecluster.store.meta import Doc
 FIELDS = ("person_id", "label_source", "cluster_id", "rejected_persons", "person_similarity")
 
 
-def face_state(face: Doc) -> Doc:
+def face_state(face: Mapping[str, Any]) -> Doc:
     """The labels of a face: what a change may alter and an undo restores."""
     return {field: face.get(field) for field in FIELDS}
 
 
-def labelled(face: Doc, person_id: str) -> Doc:
+def labelled(face: Mapping[str, Any], person_id: str) -> Doc:
     """A person names the face: it leaves its cluster, and a "not this person" for that person lapses."""
     rejected = [p for p in face.get("rejected_persons") or [] if p != person_id]
     return {
@@ -27,7 +28,7 @@ def labelled(face: Doc, person_id: str) -> Doc:
     }
 
 
-def cleared(face: Doc, reject: str | None = None) -> Doc:
+def cleared(face: Mapping[str, Any], reject: str | None = None) -> Doc:
     """The face belongs to nobody; with `reject`, it may never be matched to that person again."""
     rejected = list(face.get("rejected_persons") or [])
     if reject and reject not in rejected:
@@ -41,7 +42,7 @@ def cleared(face: Doc, reject: str | None = None) -> Doc:
     }
 
 
-def changed_since(expected: Mapping[str, Doc], faces: Iterable[Doc]) -> str | None:
+def changed_since(expected: Mapping[str, Doc], faces: Iterable[Mapping[str, Any]]) -> str | None:
     """The first face whose labels differ from the state a change left (`expected`: face id → state), or
     None: an undo is safe only when nothing changed the faces since."""
     for face in faces:

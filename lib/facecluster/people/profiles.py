@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from facecluster.engine.analysis import FaceResult
 from facecluster.engine.projection import VectorSpace, unit
 from facecluster.errors import Conflict, NotFound
+from facecluster.store.documents import ProfileDoc
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
 
@@ -36,7 +37,7 @@ def point_id(user_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, user_id))
 
 
-def public(doc: Doc) -> Doc:
+def public(doc: ProfileDoc) -> Doc:
     """A profile without vectors."""
     return {
         "user_id": doc["_id"],
@@ -72,7 +73,7 @@ class ProfileStore:
             )
         return len(docs)
 
-    def get(self, user_id: str) -> Doc:
+    def get(self, user_id: str) -> ProfileDoc:
         doc = self.meta.profile(user_id)
         if doc is None:
             raise ProfileNotFound(user_id)
@@ -81,7 +82,7 @@ class ProfileStore:
     def exists(self, user_id: str) -> bool:
         return self.meta.profile(user_id) is not None
 
-    def page(self, skip: int = 0, limit: int = 100) -> list[Doc]:
+    def page(self, skip: int = 0, limit: int = 100) -> list[ProfileDoc]:
         return self.meta.profiles_page(skip=skip, limit=limit)
 
     def count(self) -> int:

@@ -4,13 +4,15 @@ assignments from their own modules; `MetaStore` is the one object the rest of th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any, cast
 
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from facecluster.errors import Conflict
+from facecluster.store.documents import ClusterDoc, FaceDoc, ImageDoc, JobDoc, RunDoc
 from facecluster.store.mongo import Doc, MongoCollections, now
 from facecluster.store.people import PeopleDocs
 from facecluster.store.profiles import ProfileDocs
@@ -57,9 +59,9 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         return {name: self.delete(name, {"library": library}) for name in LIBRARY_COLLECTIONS}
 
     # Images.
-    def images_by_key(self, library: str, keys: Sequence[str]) -> dict[str, Doc]:
+    def images_by_key(self, library: str, keys: Sequence[str]) -> dict[str, ImageDoc]:
         query = {"library": library, "key": {"$in": list(keys)}}
-        return {doc["key"]: doc for doc in self.call(lambda: list(self.db.images.find(query)))}
+        return {doc["key"]: cast(ImageDoc, doc) for doc in self.call(lambda: list(self.db.images.find(query)))}
 
     def write_images(self, docs: Iterable[Doc]) -> None:
         operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
@@ -71,10 +73,10 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         return {row["_id"]: row["n"] for row in self.call(lambda: list(self.db.images.aggregate(pipeline)))}
 
     # Faces.
-    def faces_of_images(self, library: str, keys: Sequence[str]) -> list[Doc]:
+    def faces_of_images(self, library: str, keys: Sequence[str]) -> list[FaceDoc]:
         query = {"library": library, "image": {"$in": list(keys)}}
         projection = {"_id": 1, "image": 1, "person_id": 1, "cluster_id": 1}
-        return self.call(lambda: list(self.db.faces.find(query, projection)))
+        return cast(list[FaceDoc], self.call(lambda: list(self.db.faces.find(query, projection))))
 
     def write_faces(self, docs: Iterable[Doc]) -> None:
         """Upsert faces; person and cluster ids of faces already stored are left as they are."""
@@ -98,18 +100,22 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         query = {} if library is None else {"library": library}
         return {doc["_id"] for doc in self.call(lambda: list(self.db.faces.find(query, {"_id": 1})))}
 
-    def iter_faces(self, library: str) -> Iterator[Doc]:
-        yield from self.call(lambda: list(self.db.faces.find({"library": library}).sort("_id", ASCENDING)))
+    def iter_faces(self, library: str) -> Iterator[FaceDoc]:
+        found = self.call(lambda: list(self.db.faces.find({"library": library}).sort("_id", ASCENDING)))
+        yield from cast(list[FaceDoc], found)
 
-    def faces_by_id(self, ids: Sequence[str]) -> list[Doc]:
-        return self.call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}})))
+    def faces_by_id(self, ids: Sequence[str]) -> list[FaceDoc]:
+        return cast(list[FaceDoc], self.call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}}))))
 
-    def clustering_faces(self, library: str) -> list[Doc]:
+    def clustering_faces(self, library: str) -> list[FaceDoc]:
         projection = {
             "_id": 1, "image": 1, "quality": 1, "person_id": 1, "label_source": 1,
             "rejected_persons": 1, "cluster_id": 1,
         }  # fmt: skip
-        return self.call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING)))
+        return cast(
+            list[FaceDoc],
+            self.call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING))),
+        )
 
     @contextmanager
     def locked(self, name: str, holder: str, ttl_s: float) -> Iterator[None]:
@@ -168,8 +174,8 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         update = {"$set": {"progress": text, "progress_at": now()}}
         self.call(lambda: self.db.jobs.update_one({"_id": job_id}, update))
 
-    def job(self, job_id: str) -> Doc | None:
-        return self.find_one("jobs", {"_id": job_id})
+    def job(self, job_id: str) -> JobDoc | None:
+        return cast("JobDoc | None", self.find_one("jobs", {"_id": job_id}))
 
     # Faces, as the rest of the code reads them.
     @staticmethod
@@ -188,8 +194,8 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
             query["cluster_id"] = cluster_id
         return query
 
-    def face(self, face_id: str, library: str | None = None) -> Doc | None:
-        return self.find_one("faces", self._face_query(library, [face_id]))
+    def face(self, face_id: str, library: str | None = None) -> FaceDoc | None:
+        return cast("FaceDoc | None", self.find_one("faces", self._face_query(library, [face_id])))
 
     def faces_in(
         self,
@@ -202,11 +208,11 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         best_first: bool = False,
         skip: int = 0,
         limit: int = 0,
-    ) -> list[Doc]:
+    ) -> list[FaceDoc]:
         """Faces of a library (or of all), narrowed by ids, person or cluster; best quality first when asked."""
         query = self._face_query(library, ids, person_id, cluster_id)
         sort = [("quality.score", -1), ("_id", 1)] if best_first else [("_id", 1)]
-        return self.find("faces", query, fields, sort=sort, skip=skip, limit=limit)
+        return cast(list[FaceDoc], self.find("faces", query, fields, sort=sort, skip=skip, limit=limit))
 
     def count_faces(self, library: str | None, *, person_id: str | None = None, cluster_id: str | None = None) -> int:
         return self.count("faces", self._face_query(library, None, person_id, cluster_id))
@@ -223,27 +229,29 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         ]
         return {row["_id"]: int(row["n"]) for row in self.call(lambda: list(self.db.faces.aggregate(pipeline)))}
 
-    def unlabelled_faces(self, library: str, limit: int | None = None) -> list[Doc]:
+    def unlabelled_faces(self, library: str, limit: int | None = None) -> list[FaceDoc]:
         """Faces with neither a person nor a cluster, best quality first."""
         query = {"library": library, "person_id": None, "cluster_id": None}
-        return self.find("faces", query, sort=[("quality.score", -1), ("_id", 1)], limit=limit or 0)
+        return cast(
+            list[FaceDoc], self.find("faces", query, sort=[("quality.score", -1), ("_id", 1)], limit=limit or 0)
+        )
 
-    def human_labelled_faces(self, library: str | None) -> list[Doc]:
+    def human_labelled_faces(self, library: str | None) -> list[FaceDoc]:
         """Faces a person named (`label_source: human`), of one library or of all, in id order."""
         query: Doc = {"label_source": "human", "person_id": {"$ne": None}}
         if library is not None:
             query["library"] = library
-        return self.find("faces", query, ["person_id"], sort=[("_id", 1)])
+        return cast(list[FaceDoc], self.find("faces", query, ["person_id"], sort=[("_id", 1)]))
 
-    def clustered_faces(self, library: str, cluster_ids: Sequence[str] | None = None, limit: int = 0) -> list[Doc]:
+    def clustered_faces(self, library: str, cluster_ids: Sequence[str] | None = None, limit: int = 0) -> list[FaceDoc]:
         """Faces in a cluster (in one of `cluster_ids` when given), in id order: their ids and clusters."""
         members: Doc = {"$ne": None} if cluster_ids is None else {"$in": list(cluster_ids)}
         query = {"library": library, "cluster_id": members}
-        return self.find("faces", query, ["cluster_id"], sort=[("_id", 1)], limit=limit)
+        return cast(list[FaceDoc], self.find("faces", query, ["cluster_id"], sort=[("_id", 1)], limit=limit))
 
-    def images(self, library: str, status: str | None = None) -> list[Doc]:
+    def images(self, library: str, status: str | None = None) -> list[ImageDoc]:
         query = {"library": library} if status is None else {"library": library, "status": status}
-        return self.find("images", query)
+        return cast(list[ImageDoc], self.find("images", query))
 
     def owner_library(self, collection: str, key: str) -> str | None:
         """The library a face, person, cluster or audit entry belongs to; None when there is no such document."""
@@ -251,26 +259,26 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         return None if doc is None else str(doc["library"])
 
     # Clusters and runs.
-    def cluster(self, cluster_id: str, library: str | None = None, *, centroid: bool = True) -> Doc | None:
+    def cluster(self, cluster_id: str, library: str | None = None, *, centroid: bool = True) -> ClusterDoc | None:
         query: Doc = {"_id": cluster_id} if library is None else {"_id": cluster_id, "library": library}
         doc = self.find_one("clusters", query)
         if doc is not None and not centroid:
             doc.pop("centroid", None)
-        return doc
+        return cast("ClusterDoc | None", doc)
 
-    def clusters(self, library: str) -> list[Doc]:
+    def clusters(self, library: str) -> list[ClusterDoc]:
         """A library's clusters in id order, with their centroids."""
-        return self.find("clusters", {"library": library}, sort=[("_id", 1)])
+        return cast(list[ClusterDoc], self.find("clusters", {"library": library}, sort=[("_id", 1)]))
 
-    def clusters_page(self, library: str | None, *, skip: int, limit: int) -> tuple[int, list[Doc]]:
+    def clusters_page(self, library: str | None, *, skip: int, limit: int) -> tuple[int, list[ClusterDoc]]:
         """Clusters (of one library or all), largest first, without centroids, and how many there are."""
         query: Doc = {} if library is None else {"library": library}
         found = self.find("clusters", query, sort=[("size", -1), ("_id", 1)], skip=skip, limit=limit)
         for doc in found:
             doc.pop("centroid", None)
-        return self.count("clusters", query), found
+        return self.count("clusters", query), cast(list[ClusterDoc], found)
 
-    def put_cluster(self, cluster_id: str, doc: Doc | None) -> None:
+    def put_cluster(self, cluster_id: str, doc: Mapping[str, Any] | None) -> None:
         self.put("clusters", cluster_id, doc)
 
     def grow_clusters(self, sizes: dict[str, int]) -> None:
@@ -279,20 +287,23 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         if operations:
             self.call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
 
-    def run(self, run_id: str, library: str | None = None) -> Doc | None:
-        return self.find_one("runs", {"_id": run_id} if library is None else {"_id": run_id, "library": library})
+    def run(self, run_id: str, library: str | None = None) -> RunDoc | None:
+        return cast(
+            "RunDoc | None",
+            self.find_one("runs", {"_id": run_id} if library is None else {"_id": run_id, "library": library}),
+        )
 
-    def runs(self, library: str, limit: int = 50, *, by: str = "started_at") -> list[Doc]:
+    def runs(self, library: str, limit: int = 50, *, by: str = "started_at") -> list[RunDoc]:
         """A library's clustering runs, newest first by `by`."""
-        return self.find("runs", {"library": library}, sort=[(by, -1)], limit=limit)
+        return cast(list[RunDoc], self.find("runs", {"library": library}, sort=[(by, -1)], limit=limit))
 
-    def latest_run(self, library: str, *, by: str = "started_at") -> Doc | None:
+    def latest_run(self, library: str, *, by: str = "started_at") -> RunDoc | None:
         found = self.runs(library, 1, by=by)
         return found[0] if found else None
 
-    def jobs_of(self, library: str, limit: int = 20, *, kind: str | None = None) -> list[Doc]:
+    def jobs_of(self, library: str, limit: int = 20, *, kind: str | None = None) -> list[JobDoc]:
         query = {"library": library} if kind is None else {"library": library, "kind": kind}
-        return self.find("jobs", query, sort=[("started_at", -1)], limit=limit)
+        return cast(list[JobDoc], self.find("jobs", query, sort=[("started_at", -1)], limit=limit))
 
     # What the debug routes show.
     def collection_counts(self) -> dict[str, int]:

@@ -4,7 +4,7 @@ embedded server's quirks handled in one place."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pymongo import MongoClient
@@ -91,7 +91,7 @@ class MongoCollections:
     def count(self, collection: str, query: Doc) -> int:
         return int(self.call(lambda: self.db[collection].count_documents(query)))
 
-    def put(self, collection: str, key: str, doc: Doc | None) -> None:
+    def put(self, collection: str, key: str, doc: Mapping[str, Any] | None) -> None:
         """Replace (or insert) the document `key`; None deletes it."""
         table = self.db[collection]
         if doc is None:

@@ -2,42 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
+from facecluster.store.documents import AuditDoc, PersonDoc
 from facecluster.store.mongo import Doc, MongoCollections
 
 
 class PeopleDocs(MongoCollections):
     """Named persons of a library and every human change made to them."""
 
-    def person(self, person_id: str, library: str | None = None) -> Doc | None:
+    def person(self, person_id: str, library: str | None = None) -> PersonDoc | None:
         query: Doc = {"_id": person_id} if library is None else {"_id": person_id, "library": library}
-        return self.find_one("persons", query)
+        return cast("PersonDoc | None", self.find_one("persons", query))
 
-    def active_persons(self, library: str) -> list[Doc]:
+    def active_persons(self, library: str) -> list[PersonDoc]:
         """Persons not merged into another one."""
-        return self.find("persons", {"library": library, "merged_into": None})
+        return cast(list[PersonDoc], self.find("persons", {"library": library, "merged_into": None}))
 
-    def person_by_name(self, library: str, name: str) -> Doc | None:
-        return self.find_one("persons", {"library": library, "name": name, "merged_into": None})
+    def person_by_name(self, library: str, name: str) -> PersonDoc | None:
+        return cast(
+            "PersonDoc | None", self.find_one("persons", {"library": library, "name": name, "merged_into": None})
+        )
 
     def person_names(self, person_ids: Iterable[str]) -> dict[str, str]:
         docs = self.find("persons", {"_id": {"$in": sorted(set(person_ids))}}, ["name"])
         return {doc["_id"]: doc["name"] for doc in docs}
 
-    def put_person(self, person_id: str, doc: Doc | None) -> None:
+    def put_person(self, person_id: str, doc: Mapping[str, Any] | None) -> None:
         self.put("persons", person_id, doc)
 
     def record_audit(self, entry: Doc) -> None:
         self.call(lambda: self.db.audit.replace_one({"_id": entry["_id"]}, entry, upsert=True))  # retry-safe
 
-    def audit_entry(self, audit_id: str, library: str) -> Doc | None:
-        return self.find_one("audit", {"_id": audit_id, "library": library})
+    def audit_entry(self, audit_id: str, library: str) -> AuditDoc | None:
+        return cast("AuditDoc | None", self.find_one("audit", {"_id": audit_id, "library": library}))
 
-    def audit_page(self, library: str, *, skip: int, limit: int) -> list[Doc]:
+    def audit_page(self, library: str, *, skip: int, limit: int) -> list[AuditDoc]:
         """A library's changes, newest first, without their before and after states."""
         fields = ["library", "actor", "action", "target", "details", "at", "faces", "undone_by"]
-        return self.find("audit", {"library": library}, fields, sort=[("at", -1)], skip=skip, limit=limit)
+        return cast(
+            list[AuditDoc], self.find("audit", {"library": library}, fields, sort=[("at", -1)], skip=skip, limit=limit)
+        )
 
     def mark_undone(self, audit_id: str, by: str) -> None:
         self.call(lambda: self.db.audit.update_one({"_id": audit_id}, {"$set": {"undone_by": by}}))

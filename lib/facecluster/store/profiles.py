@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from pymongo import ReplaceOne
 
+from facecluster.store.documents import AssignmentDoc, ProfileDoc
 from facecluster.store.mongo import Doc, MongoCollections
 
 
 class ProfileDocs(MongoCollections):
     """Profile documents (enrolment faces and template) and cluster→user assignments."""
 
-    def profile(self, user_id: str) -> Doc | None:
-        return self.find_one("profiles", {"_id": user_id})
+    def profile(self, user_id: str) -> ProfileDoc | None:
+        return cast("ProfileDoc | None", self.find_one("profiles", {"_id": user_id}))
 
-    def profiles_of_model(self, model_version: str) -> list[Doc]:
-        return self.find("profiles", {"model_version": model_version})
+    def profiles_of_model(self, model_version: str) -> list[ProfileDoc]:
+        return cast(list[ProfileDoc], self.find("profiles", {"model_version": model_version}))
 
-    def profiles_page(self, *, skip: int, limit: int) -> list[Doc]:
-        return self.find("profiles", {}, sort=[("_id", 1)], skip=skip, limit=limit)
+    def profiles_page(self, *, skip: int, limit: int) -> list[ProfileDoc]:
+        return cast(list[ProfileDoc], self.find("profiles", {}, sort=[("_id", 1)], skip=skip, limit=limit))
 
     def profile_count(self) -> int:
         return self.count("profiles", {})
@@ -35,7 +37,7 @@ class ProfileDocs(MongoCollections):
         cluster_id: str | None = None,
         user_id: str | None = None,
         sort: str = "similarity",
-    ) -> list[Doc]:
+    ) -> list[AssignmentDoc]:
         """Assignments matching every filter given, highest `sort` first."""
         query = {
             name: value
@@ -47,7 +49,7 @@ class ProfileDocs(MongoCollections):
             )
             if value is not None
         }
-        return self.find("assignments", query, sort=[(sort, -1)])
+        return cast(list[AssignmentDoc], self.find("assignments", query, sort=[(sort, -1)]))
 
     def write_assignments(self, docs: Sequence[Doc]) -> None:
         operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -37,7 +37,7 @@ class MissingVectors(Conflict):
     """Faces stored in MongoDB whose vectors Qdrant lacks (`facecluster check --repair` mends them)."""
 
 
-def face_payload(face: dict[str, Any]) -> dict[str, Any]:
+def face_payload(face: Mapping[str, Any]) -> dict[str, Any]:
     """The Qdrant payload of a stored face document: typed fields, the indexed ones included."""
     return {
         "library": face["library"],

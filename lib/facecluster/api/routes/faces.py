@@ -22,6 +22,7 @@ from facecluster.api.services import (
     PersonId,
     Services,
     face_view,
+    with_id,
 )
 from facecluster.api.uploads import analyze_upload
 from facecluster.cluster.commands import run_cluster, run_match
@@ -127,7 +128,7 @@ def versions(services: Deps) -> dict[str, Any]:
     return {
         "active": stores.version,
         "base": stores.space.base,
-        "versions": [{"version": d.pop("_id"), **d} for d in trained],
+        "versions": [with_id("version", d) for d in trained],
     }
 
 
@@ -170,7 +171,7 @@ def list_clusters(
         "total": total,
         "page": page,
         "page_size": page_size,
-        "clusters": [{"cluster_id": d.pop("_id"), **d} for d in docs],
+        "clusters": [with_id("cluster_id", d) for d in docs],
     }
 
 
@@ -187,7 +188,7 @@ def get_cluster(services: Deps, cluster_id: ClusterId, page: Page = 1, page_size
     skip, limit = _page(page, page_size)
     fields = ["image", "bbox", "score", "quality"]
     faces = meta.faces_in(None, fields, cluster_id=cluster_id, best_first=True, skip=skip, limit=limit)
-    return {"cluster_id": doc.pop("_id"), **doc, "faces": [face_view(f) for f in faces]}
+    return {**with_id("cluster_id", doc), "faces": [face_view(f) for f in faces]}
 
 
 class LabelRequest(BaseModel):
@@ -245,7 +246,7 @@ def list_persons(
         "total": total,
         "page": page,
         "page_size": page_size,
-        "persons": [{"person_id": d.pop("_id"), **d} for d in docs],
+        "persons": [with_id("person_id", d) for d in docs],
     }
 
 
@@ -258,7 +259,7 @@ class PersonRequest(BaseModel):
 def create_person(services: Deps, actor: Actor, body: PersonRequest) -> dict[str, Any]:
     library = resolve_library(services, body.library)
     doc = _curator(services, actor, library).create_person(body.name.strip())
-    return {"person_id": doc.pop("_id"), **doc}
+    return with_id("person_id", doc)
 
 
 class PersonUpdate(BaseModel):
@@ -277,7 +278,7 @@ def update_person(services: Deps, actor: Actor, person_id: PersonId, body: Perso
     doc = curator.rename_person(person_id, body.name.strip()) if body.name is not None else {}
     if body.hidden is not None:
         doc = curator.hide_person(person_id, body.hidden)
-    return {"person_id": doc.pop("_id"), **doc}
+    return with_id("person_id", doc)
 
 
 class MergeRequest(BaseModel):
@@ -380,7 +381,7 @@ def reject_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) 
 def audit_log(services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
     name = resolve_library(services, library)
     entries = _curator(services, "anonymous", name).audit(skip=(page - 1) * page_size, limit=page_size)
-    return {"library": name, "entries": [{"audit_id": e.pop("_id"), **e} for e in entries]}
+    return {"library": name, "entries": [with_id("audit_id", e) for e in entries]}
 
 
 @router.post("/audit/{audit_id}/undo", summary="Undo a change", response_model=schemas.Undone)

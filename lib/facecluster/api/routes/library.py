@@ -3,13 +3,25 @@ details, and cleanup."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from facecluster.api import schemas
-from facecluster.api.services import CLUSTER_ID, PERSON_ID, RUN_ID, Bucket, Deps, Services, Sub, face_view, library_of
+from facecluster.api.services import (
+    CLUSTER_ID,
+    PERSON_ID,
+    RUN_ID,
+    Bucket,
+    Deps,
+    Services,
+    Sub,
+    face_view,
+    library_of,
+    with_id,
+)
 from facecluster.jobs import PipelineJob
 
 router = APIRouter(tags=["person clustering"])
@@ -42,8 +54,8 @@ def cluster_bucket_persons(
     return {"job_id": job_id, "library": library, "source": source, "status_url": f"/api/v1/jobs/{job_id}"}
 
 
-def _run(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"clustering_id": doc["_id"], **{k: v for k, v in doc.items() if k not in ("_id",)}}
+def _run(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return with_id("clustering_id", doc)
 
 
 @router.get(

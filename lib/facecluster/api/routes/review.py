@@ -116,7 +116,7 @@ def stats(services: Deps, library: LibraryQuery = None) -> dict[str, Any]:
     counts = np.zeros(len(edges) - 1, dtype=np.int64)
     if members:
         vectors = unit(services.stores.vectors.fetch([m["_id"] for m in members]))
-        own = np.stack([centroids[m["cluster_id"]] for m in members])
+        own = np.stack([centroids[str(m["cluster_id"])] for m in members])
         similarity = np.clip((vectors * unit(own)).sum(axis=1), 0.0, 1.0)
         counts, _ = np.histogram(similarity, bins=edges)
     latest = meta.latest_run(name, by="finished_at")

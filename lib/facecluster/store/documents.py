@@ -1,0 +1,150 @@
+"""The documents facecluster keeps in MongoDB, one type per collection.
+
+Reads may carry fewer fields (a projection) or, for documents written by an older version, lack new
+ones; hence every field but `_id` is optional to the type checker, and readers use `.get` where a field
+may be absent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal, TypedDict
+
+ImageStatus = Literal["done", "no_face", "error"]
+LabelSource = Literal["human", "auto"]
+
+
+class _Document(TypedDict):
+    _id: str
+
+
+class ImageDoc(_Document, total=False):
+    """One photo of a library: where it is, which version of it was read, and what came of it."""
+
+    library: str
+    key: str
+    uri: str
+    etag: str
+    size: int
+    status: ImageStatus
+    error_code: str | None
+    error: str | None
+    faces: int
+    width: int
+    height: int
+    detector: str
+    embedder: str
+    job_id: str
+    updated_at: dt.datetime
+
+
+class FaceQuality(TypedDict, total=False):
+    score: float
+    confidence: float
+    face_size: float
+    blur: float
+    pose: float
+
+
+class FaceDoc(_Document, total=False):
+    """One detected face with its labels: a person (named by a human, or matched) or a cluster."""
+
+    library: str
+    image: str
+    image_id: str
+    face_index: int
+    bbox: list[float]
+    landmarks: list[list[float]]
+    score: float
+    quality: FaceQuality
+    detector: str
+    embedder: str
+    collection: str
+    person_id: str | None
+    cluster_id: str | None
+    label_source: LabelSource | None
+    rejected_persons: list[str]
+    person_similarity: float | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class PersonDoc(_Document, total=False):
+    library: str
+    name: str
+    merged_into: str | None
+    hidden: bool
+    created_at: dt.datetime
+    created_by: str
+
+
+class ClusterDoc(_Document, total=False):
+    library: str
+    run_id: str
+    size: int
+    owner_face_id: str
+    centroid: list[float]
+    images: int
+    single_person_images: int
+    multi_person_images: int
+    updated_at: dt.datetime
+
+
+class RunDoc(_Document, total=False):
+    library: str
+    method: str
+    params: dict[str, Any]
+    model_version: str
+    counts: dict[str, int]
+    started_at: dt.datetime
+    finished_at: dt.datetime
+
+
+class AuditDoc(_Document, total=False):
+    """One human change: who, what, when, and the state before and after (for undo)."""
+
+    library: str
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+    at: dt.datetime
+    faces: int
+    before: dict[str, Any]
+    after: dict[str, Any]
+    undone_by: str | None
+
+
+class AssignmentDoc(_Document, total=False):
+    library: str
+    clustering_id: str
+    cluster_id: str
+    user_id: str | None
+    similarity: float | None
+    strategy: str
+    threshold: float
+    model_version: str
+    assigned_at: dt.datetime
+
+
+class ProfileDoc(_Document, total=False):
+    """A known user: enrolment faces (with their embeddings) and the template vector."""
+
+    faces: list[dict[str, Any]]
+    template: list[float]
+    model_version: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class JobDoc(_Document, total=False):
+    kind: str
+    library: str
+    source: str
+    options: dict[str, Any]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: str
+    result: dict[str, Any]
+    queued_at: dt.datetime
+    started_at: dt.datetime
+    finished_at: dt.datetime
