@@ -96,7 +96,7 @@ def store_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     from facecluster.store.embedded import stop_mongo
 
     data = tmp_path / "data"
-    yield settings.model_copy(update={"data_dir": data, "write_batch_size": 4, "progress_interval_s": 0.5})
+    yield settings.updated(data_dir=data, write_batch_size=4, progress_interval_s=0.5)
     stop_mongo(data)
 
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from facecluster.engine.align import ARCFACE_TEMPLATE, crop_faces, crop_matrix, similarity_transform
 from facecluster.engine.embedder import normalize_crops
-from facecluster.engine.faces import FaceEngine, load_embedder
+from facecluster.engine.faces import FaceEngine, ModelFileMissing, load_embedder
 from facecluster.engine.registry import load_registry
 from facecluster.eval.accuracy import enrolment_separation
 from facecluster.settings import Settings
@@ -110,7 +110,7 @@ def build_facenet_like(path: Path, *, layout: str, dim: int, seed: int = 0) -> n
 @pytest.mark.parametrize(("layout", "dim"), [("NHWC", 512), ("NCHW", 128)])
 def test_bring_your_own_facenet(settings: Settings, photos_dir: Path, tmp_path: Path, layout: str, dim: int) -> None:
     weights = build_facenet_like(tmp_path / "facenet.onnx", layout=layout, dim=dim)
-    own = settings.model_copy(update={"embedder": "facenet", "embedder_path": tmp_path / "facenet.onnx"})
+    own = settings.updated(embedder="facenet", embedder_path=tmp_path / "facenet.onnx")
     embedder = load_embedder(own)
     assert (embedder.contract.layout, embedder.size, embedder.dim) == (layout, 160, dim)
 
@@ -132,6 +132,6 @@ def test_bring_your_own_facenet(settings: Settings, photos_dir: Path, tmp_path: 
 
 
 def test_a_missing_own_model_says_where_it_looked(settings: Settings, tmp_path: Path) -> None:
-    own = settings.model_copy(update={"embedder": "facenet", "embedder_path": tmp_path / "nope.onnx"})
-    with pytest.raises(FileNotFoundError, match=r"nope\.onnx"):
+    own = settings.updated(embedder="facenet", embedder_path=tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileMissing, match=r"nope\.onnx"):
         load_embedder(own)

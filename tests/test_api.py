@@ -44,7 +44,7 @@ def api_settings(settings: Settings, photos_dir: Path, tmp_path_factory: pytest.
 
 @pytest.fixture(scope="module")
 def services(api_settings: Settings, engine: FaceEngine, ray_cluster: None) -> Services:
-    run_ingest(api_settings, str(api_settings.library_root / "my-bucket" / "my-sub"), library=LIBRARY)
+    run_ingest(api_settings, str(api_settings.general.library_root / "my-bucket" / "my-sub"), library=LIBRARY)
     run_cluster(api_settings, LIBRARY)
     return Services(api_settings, connect(api_settings), LocalEngine(engine), JobRunner(api_settings))
 
@@ -342,7 +342,7 @@ def test_api_keys_guard_mutating_and_debug_routes(services: Services) -> None:
 
     from facecluster.api.serving import check_bind
 
-    keyed = services.settings.model_copy(update={"api_keys": [SecretStr("ops:s3cret")]})
+    keyed = services.settings.updated(api_keys=[SecretStr("ops:s3cret")])
     with TestClient(create_app(keyed, services)) as client:
         assert client.get("/health").status_code == 200
         assert client.get("/api/v1/faces/clusters").status_code == 200

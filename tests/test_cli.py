@@ -71,9 +71,10 @@ def test_config_show_masks_secrets_and_reads_seed_names(env: dict[str, str]) -> 
     )
     shown = json.loads(result.stdout)
     assert "hunter2" not in result.stdout and "s3cret" not in result.stdout
-    assert shown["mongo_uri"] == shown["qdrant_api_key"] == "**********"
-    assert shown["person_match_threshold"] == 0.55 and shown["unknown_clustering_method"] == "dbscan"
-    assert shown["models_dir"] == env["FACECLUSTER_MODELS_DIR"]
+    assert shown["stores"]["mongo_uri"] == shown["stores"]["qdrant_api_key"] == "**********"
+    clustering = shown["clustering"]
+    assert clustering["person_match_threshold"] == 0.55 and clustering["unknown_clustering_method"] == "dbscan"
+    assert shown["general"]["models_dir"] == env["FACECLUSTER_MODELS_DIR"]
 
 
 @pytest.mark.fast

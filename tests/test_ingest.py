@@ -56,7 +56,7 @@ def faulty_folder(photos_dir: Path, root: Path) -> Path:
 
 @pytest.fixture
 def fault_settings(store_settings: Settings) -> Settings:
-    return store_settings.model_copy(update={"max_image_bytes": 900_000, "max_image_pixels": 20_000_000})
+    return store_settings.updated(max_image_bytes=900_000, max_image_pixels=20_000_000)
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_unreachable_mongodb_is_named(store_settings: Settings, photos_dir: Path
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     unreachable = SecretStr(f"mongodb://127.0.0.1:{port}/")
-    settings = store_settings.model_copy(update={"mongo_uri": unreachable, "store_retries": 2})
+    settings = store_settings.updated(mongo_uri=unreachable, store_retries=2)
     with pytest.raises(BackendUnavailable, match=r"MongoDB at 127\.0\.0\.1"):
         run_ingest(settings, str(photos_dir / "enrol" / "biden"))
 
@@ -230,7 +230,7 @@ def test_unreachable_qdrant_is_named(store_settings: Settings, photos_dir: Path)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    settings = store_settings.model_copy(update={"qdrant_url": f"http://127.0.0.1:{port}", "store_retries": 2})
+    settings = store_settings.updated(qdrant_url=f"http://127.0.0.1:{port}", store_retries=2)
     with pytest.raises(BackendUnavailable, match=rf"Qdrant at http://127\.0\.0\.1:{port} is unreachable after 2"):
         run_ingest(settings, str(photos_dir / "enrol" / "biden"))
 

@@ -87,7 +87,7 @@ def test_train_reproject_switch_and_rollback(
     from facecluster.store.versions import active_version, load_space
     from facecluster.train.job import activate, labelled_vectors, reproject, run_rollback, run_train
 
-    settings = store_settings.model_copy(update={"heads_dir": tmp_path / "heads"})
+    settings = store_settings.updated(heads_dir=tmp_path / "heads")
     folder = tmp_path / "photos"
     names = _library(lfw_dir, folder, persons=16, photos=8)
     run_ingest(settings, str(folder), library="family")

@@ -19,5 +19,5 @@ def init_ray(settings: Settings) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS") or "local"
-    level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    level = logging.getLevelNamesMapping().get(settings.general.log_level.upper(), logging.INFO)
     ray.init(address=address, namespace=NAMESPACE, logging_level=level, log_to_driver=True)

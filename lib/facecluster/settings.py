@@ -1,17 +1,22 @@
-"""The one settings object, read from the environment and `.env`.
+"""The one settings object, in sections, read from the environment, `.env` and `.env.<ENV>`.
 
-Every field has a `FACECLUSTER_*` variable; where users know a variable by another name
+Every field has a flat `FACECLUSTER_*` variable (sections group fields; they add no prefix); where users
+know a variable by another name
 (`MONGO_URI`, `QDRANT_URL`, `FACE_PERSON_MATCH_THRESHOLD`, …) that name works too.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 Provider = Literal["cuda", "cpu"]
 
@@ -25,21 +30,44 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "facecluster"
 
 
-class Settings(BaseSettings):
-    """Effective configuration of every facecluster process (CLI, jobs, Serve replicas)."""
+def split_commas(value: object) -> object:
+    """`a, b` → ["a", "b"]; a JSON list or a list passes as it is."""
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True)
 
-    # Where things live.
+class Section(BaseModel):
+    """A group of settings; its fields keep their flat variable names."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", validate_default=True)
+
+
+class GeneralSettings(Section):
+    """Where data and models live, and logging."""
+
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias=_env("DATA_DIR"))
     models_dir: Path | None = Field(
         default=None,
         validation_alias=_env("MODELS_DIR", "DEEPFACE_HOME"),
         description="Folder holding the ONNX files; default <data_dir>/models.",
     )
+    heads_dir: Path | None = Field(
+        default=None,
+        validation_alias=_env("HEADS_DIR"),
+        description="Where trained projection heads are checkpointed; default <models_dir>/heads.",
+    )
     log_level: str = Field(default="INFO", validation_alias=_env("LOG_LEVEL", "LOG_LEVEL"))
+    library_root: Path | None = Field(
+        default=None,
+        validation_alias=_env("LIBRARY_ROOT", "LOCAL_STORAGE_PATH"),
+        description="Local folder whose <bucket>/<sub> folders are the libraries; unset: s3://<bucket>/<sub>.",
+    )
 
-    # Models.
+
+class ModelsSettings(Section):
+    """Which face models run, and how ONNX Runtime runs them."""
+
     detector: str = Field(default="yolov5n-0.5-face", validation_alias=_env("DETECTOR"))
     embedder: str = Field(default="mobilefacenet", validation_alias=_env("EMBEDDER", "EMBED_MODEL_NAME"))
     embedder_path: Path | None = Field(
@@ -65,7 +93,22 @@ class Settings(BaseSettings):
         description="Where `models pull` fetches `<repo>/<commit>/<path>` from.",
     )
 
-    # Image decoding limits.
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        return split_commas(value)
+
+    @field_validator("providers", mode="after")
+    @classmethod
+    def _no_duplicate_providers(cls, value: list[Provider] | None) -> list[Provider] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("providers must not repeat")
+        return value
+
+
+class ImagesSettings(Section):
+    """Limits on the photos read."""
+
     max_image_bytes: int = Field(
         default=50_000_000, gt=0, validation_alias=_env("MAX_IMAGE_BYTES", "MAX_IMAGE_SIZE_BYTES")
     )
@@ -73,7 +116,10 @@ class Settings(BaseSettings):
         default=80_000_000, gt=0, validation_alias=_env("MAX_IMAGE_PIXELS", "MAX_IMAGE_PIXELS")
     )
 
-    # Detection. The detector runs at a low floor; the thresholds below are applied after it.
+
+class DetectionSettings(Section):
+    """Detection and embedding batches and thresholds; the detector runs at a low floor and these apply after it."""
+
     detect_batch_size: int = Field(default=8, gt=0, validation_alias=_env("DETECT_BATCH_SIZE"))
     embed_batch_size: int = Field(default=64, gt=0, validation_alias=_env("EMBED_BATCH_SIZE"))
     min_confidence: float | None = Field(
@@ -85,20 +131,24 @@ class Settings(BaseSettings):
     )
     min_face_size: int = Field(default=20, ge=0, validation_alias=_env("MIN_FACE_SIZE", "MIN_FACE_SIZE"))
 
-    # Profile (enrolment) quality checks; looser values really loosen.
+
+class ProfilesSettings(Section):
+    """Profile (enrolment) checks and the quality score's weights; looser values really loosen."""
+
     profile_min_face_size: int = Field(default=30, ge=0, validation_alias=_env("PROFILE_MIN_FACE_SIZE"))
     profile_min_confidence: float = Field(default=0.4, ge=0.0, le=1.0, validation_alias=_env("PROFILE_MIN_CONFIDENCE"))
     profile_blur_threshold: float = Field(
         default=50.0, ge=0.0, validation_alias=_env("PROFILE_BLUR_THRESHOLD", "BLUR_THRESHOLD")
     )
-
-    # Quality score weights (normalised when combined).
     quality_weight_confidence: float = Field(default=0.3, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_CONFIDENCE"))
     quality_weight_size: float = Field(default=0.25, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_SIZE"))
     quality_weight_blur: float = Field(default=0.25, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_BLUR"))
     quality_weight_pose: float = Field(default=0.2, ge=0.0, validation_alias=_env("QUALITY_WEIGHT_POSE"))
 
-    # Matching and clustering; default: the embedder's calibrated values.
+
+class ClusteringSettings(Section):
+    """Matching and clustering; unset values come from the embedder's calibration."""
+
     person_match_threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, validation_alias=_env("PERSON_MATCH_THRESHOLD", "FACE_PERSON_MATCH_THRESHOLD")
     )
@@ -122,6 +172,11 @@ class Settings(BaseSettings):
     cluster_min_quality: float = Field(default=0.0, ge=0.0, le=1.0, validation_alias=_env("CLUSTER_MIN_QUALITY"))
     cluster_max_faces: int | None = Field(default=None, gt=0, validation_alias=_env("CLUSTER_MAX_FACES", "MAX_FACES"))
     unknown_eps: float | None = Field(default=None, gt=0.0, validation_alias=_env("UNKNOWN_EPS", "FACE_UNKNOWN_EPS"))
+
+
+class TrainingSettings(Section):
+    """Triplet fine-tuning of the projection head."""
+
     triplet_margin: float = Field(default=0.2, gt=0.0, validation_alias=_env("TRIPLET_MARGIN", "FACE_TRIPLET_MARGIN"))
     training_epochs: int = Field(default=20, gt=0, validation_alias=_env("TRAINING_EPOCHS", "FACE_TRAINING_EPOCHS"))
     training_min_faces: int = Field(
@@ -133,18 +188,21 @@ class Settings(BaseSettings):
     training_workers: int = Field(
         default=1, ge=1, validation_alias=_env("TRAINING_WORKERS"), description="Ray Train workers"
     )
-    heads_dir: Path | None = Field(
-        default=None,
-        validation_alias=_env("HEADS_DIR"),
-        description="Where trained projection heads are checkpointed; default <models_dir>/heads.",
-    )
 
-    # Backing services; unset means the embedded default under data_dir.
+
+class StoresSettings(Section):
+    """MongoDB and Qdrant; unset means the embedded ones under the data directory."""
+
     mongo_uri: SecretStr | None = Field(default=None, validation_alias=_env("MONGO_URI", "MONGO_URI", "MONGODB_URL"))
     mongo_db: str = Field(default="facecluster", validation_alias=_env("MONGO_DB", "MONGO_DB", "MONGO_DB_NAME"))
     qdrant_url: str | None = Field(default=None, validation_alias=_env("QDRANT_URL", "QDRANT_URL"))
     qdrant_api_key: SecretStr | None = Field(default=None, validation_alias=_env("QDRANT_API_KEY", "QDRANT_API_KEY"))
-    # S3-compatible sources (AWS, Wasabi, …); unset values fall back to boto3's own chain.
+    store_retries: int = Field(default=5, ge=1, validation_alias=_env("STORE_RETRIES"))
+
+
+class S3Settings(Section):
+    """S3-compatible sources (AWS, Wasabi, …); unset values fall back to boto3's own chain."""
+
     s3_endpoint_url: str | None = Field(
         default=None,
         validation_alias=_env("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "WASABI_ENDPOINT"),
@@ -159,7 +217,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "WASABI_SECRET_KEY")
     )
 
-    # Ingest pipeline (Ray Data). GPU fractions apply when the cluster has GPUs, CPU fractions otherwise.
+
+class IngestSettings(Section):
+    """The Ray Data ingest: batch and pool sizes; GPU shares apply when the cluster has GPUs, CPU shares otherwise."""
+
     read_batch_size: int = Field(default=16, gt=0, validation_alias=_env("READ_BATCH_SIZE"))
     write_batch_size: int = Field(default=64, gt=0, validation_alias=_env("WRITE_BATCH_SIZE"))
     detector_actors: int = Field(default=0, ge=0, validation_alias=_env("DETECTOR_ACTORS"))
@@ -170,10 +231,12 @@ class Settings(BaseSettings):
     task_cpus: float = Field(default=0.5, gt=0.0, validation_alias=_env("TASK_CPUS"))
     write_streams: int = Field(default=4, gt=0, validation_alias=_env("WRITE_STREAMS"))
     align_max_side: int = Field(default=2048, ge=256, validation_alias=_env("ALIGN_MAX_SIDE"))
-    store_retries: int = Field(default=5, ge=1, validation_alias=_env("STORE_RETRIES"))
     progress_interval_s: float = Field(default=10.0, gt=0.0, validation_alias=_env("PROGRESS_INTERVAL_S"))
 
-    # The HTTP API (Ray Serve).
+
+class ServeSettings(Section):
+    """The HTTP API on Ray Serve."""
+
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("CORS_ORIGINS", "CORS_ORIGINS")
     )
@@ -196,48 +259,162 @@ class Settings(BaseSettings):
         validation_alias=_env("RAY_DASHBOARD_URL", "RAY_JOB_ADDRESS"),
         description="Where the API submits its Ray jobs (the Job Submission API of the head node).",
     )
-    library_root: Path | None = Field(
-        default=None,
-        validation_alias=_env("LIBRARY_ROOT", "LOCAL_STORAGE_PATH"),
-        description="Local folder whose <bucket>/<sub> folders are the libraries; unset: s3://<bucket>/<sub>.",
-    )
     engine_batch_size: int = Field(default=8, gt=0, validation_alias=_env("ENGINE_BATCH_SIZE"))
     engine_batch_wait_s: float = Field(default=0.02, ge=0.0, validation_alias=_env("ENGINE_BATCH_WAIT_S"))
     engine_replicas: int = Field(default=1, gt=0, validation_alias=_env("ENGINE_REPLICAS"))
 
-    # Cluster → profile assignment; the threshold defaults to the embedder's calibrated one.
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        return split_commas(value)
+
+
+class AssignmentSettings(Section):
+    """Cluster → profile assignment; the threshold defaults to the embedder's calibrated one."""
+
     assign_threshold: float | None = Field(default=None, ge=-1.0, le=1.0, validation_alias=_env("ASSIGN_THRESHOLD"))
     assign_strategy: Literal["centroid", "vote"] = Field(default="centroid", validation_alias=_env("ASSIGN_STRATEGY"))
     vote_min_share: float = Field(default=0.5, ge=0.0, le=1.0, validation_alias=_env("VOTE_MIN_SHARE"))
     vote_min_margin: float = Field(default=0.2, ge=0.0, le=1.0, validation_alias=_env("VOTE_MIN_MARGIN"))
 
-    @field_validator("providers", "cors_origins", "api_keys", mode="before")
-    @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
-    @field_validator("providers", mode="after")
+SECTIONS: dict[str, type[Section]] = {
+    "general": GeneralSettings,
+    "models": ModelsSettings,
+    "images": ImagesSettings,
+    "detection": DetectionSettings,
+    "profiles": ProfilesSettings,
+    "clustering": ClusteringSettings,
+    "training": TrainingSettings,
+    "stores": StoresSettings,
+    "s3": S3Settings,
+    "ingest": IngestSettings,
+    "serve": ServeSettings,
+    "assignment": AssignmentSettings,
+}
+#: Which section holds each setting.
+SECTION_OF = {field: section for section, model in SECTIONS.items() for field in model.model_fields}
+
+
+def variable_names(info: FieldInfo) -> list[str]:
+    """The environment variables a setting is read from, in order of preference."""
+    alias = info.validation_alias
+    return [str(choice) for choice in alias.choices] if isinstance(alias, AliasChoices) else []
+
+
+class FlatEnvSource(PydanticBaseSettingsSource):
+    """Every section's settings from their flat variables: the environment first, then `.env` files
+    (`.env`, then `.env.<ENV>` when ENV names a deployment such as `dev`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env_files: list[Path]) -> None:
+        super().__init__(settings_cls)
+        self.env_files = env_files
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # values come from __call__, section by section
+
+    def _dotenv(self, environ: Mapping[str, str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        files = list(self.env_files)
+        for path in files:
+            if path.is_file():
+                found.update({k.lower(): v for k, v in dotenv_values(path).items() if v is not None})
+        deployment = environ.get("env") or found.get("env")
+        if deployment and files:
+            extra = files[0].with_name(f"{files[0].name}.{deployment}")
+            if extra.is_file():
+                found.update({k.lower(): v for k, v in dotenv_values(extra).items() if v is not None})
+        return found
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {key.lower(): value for key, value in os.environ.items()}
+        dotenv = self._dotenv(environ)
+        out: dict[str, dict[str, str]] = {}
+        for section, model in SECTIONS.items():
+            for name, info in model.model_fields.items():
+                variables = [v.lower() for v in variable_names(info)]
+                value = next((environ[v] for v in variables if v in environ), None)
+                if value is None:
+                    value = next((dotenv[v] for v in variables if v in dotenv), None)
+                if value is not None:
+                    out.setdefault(section, {})[name] = value
+        return out
+
+
+class Settings(BaseSettings):
+    """Effective configuration of every facecluster process (CLI, jobs, Serve replicas), in sections.
+
+    Built from flat names too (`Settings(data_dir=…)`, `settings.updated(max_faces=…)`): each goes to
+    its section."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    general: GeneralSettings = Field(default_factory=GeneralSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    images: ImagesSettings = Field(default_factory=ImagesSettings)
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    profiles: ProfilesSettings = Field(default_factory=ProfilesSettings)
+    clustering: ClusteringSettings = Field(default_factory=ClusteringSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    stores: StoresSettings = Field(default_factory=StoresSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    assignment: AssignmentSettings = Field(default_factory=AssignmentSettings)
+
     @classmethod
-    def _no_duplicate_providers(cls, value: list[Provider] | None) -> list[Provider] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ValueError("providers must not repeat")
-        return value
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        given = getattr(dotenv_settings, "env_file", None)
+        files = [] if given is None else [Path(given)] if isinstance(given, str | Path) else [Path(f) for f in given]
+        return init_settings, FlatEnvSource(settings_cls, files)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names_to_sections(cls, data: Any) -> Any:
+        """Flat setting names (from callers) join their section, over what the section had."""
+        if not isinstance(data, Mapping):
+            return data
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in SECTIONS:
+                given = value.model_dump() if isinstance(value, BaseModel) else dict(value)
+                out[key] = {**given, **out.get(key, {})}
+        for key, value in data.items():
+            if key in SECTION_OF:
+                out.setdefault(SECTION_OF[key], {})[key] = value
+        return out
+
+    def updated(self, **values: Any) -> Settings:
+        """These settings with some changed, by flat name, validated."""
+        unknown = sorted(set(values) - set(SECTION_OF))
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(unknown)}")
+        return type(self).model_validate({**self.model_dump(), **values})
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name."""
+        return {name: value for section in SECTIONS for name, value in getattr(self, section).model_dump().items()}
 
     @property
     def resolved_models_dir(self) -> Path:
-        return (self.models_dir or self.data_dir / "models").expanduser()
+        return (self.general.models_dir or self.general.data_dir / "models").expanduser()
 
     @property
     def resolved_heads_dir(self) -> Path:
-        return (self.heads_dir or self.resolved_models_dir / "heads").expanduser()
+        return (self.general.heads_dir or self.resolved_models_dir / "heads").expanduser()
 
     def to_env(self, *, secrets: bool = False) -> dict[str, str]:
         """These settings as FACECLUSTER_* variables, for another process (a Ray job, a Serve replica);
         secrets only when asked for."""
         out: dict[str, str] = {}
-        for name, value in self.model_dump().items():
+        for name, value in self.flat().items():
             if value is None or value == []:
                 continue
             if isinstance(value, SecretStr) or (isinstance(value, list) and isinstance(value[0], SecretStr)):
@@ -253,19 +430,22 @@ class Settings(BaseSettings):
                 out[f"FACECLUSTER_{name.upper()}"] = str(value)
         return out
 
-    def masked(self) -> dict[str, Any]:
-        """The effective settings as JSON-ready values, secrets and URI passwords masked."""
-        out: dict[str, Any] = {}
-        for name, value in self.model_dump().items():
-            if isinstance(value, SecretStr):
-                out[name] = "**********" if value.get_secret_value() else ""
-            elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
-                out[name] = ["**********"] * len(value)
-            elif isinstance(value, Path):
-                out[name] = str(value)
-            else:
-                out[name] = value
-        out["models_dir"] = str(self.resolved_models_dir)
+    def masked(self) -> dict[str, dict[str, Any]]:
+        """The effective settings by section, as JSON-ready values, secrets masked."""
+        out: dict[str, dict[str, Any]] = {}
+        for section in SECTIONS:
+            shown: dict[str, Any] = {}
+            for name, value in getattr(self, section).model_dump().items():
+                if isinstance(value, SecretStr):
+                    shown[name] = "**********" if value.get_secret_value() else ""
+                elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
+                    shown[name] = ["**********"] * len(value)
+                elif isinstance(value, Path):
+                    shown[name] = str(value)
+                else:
+                    shown[name] = value
+            out[section] = shown
+        out["general"]["models_dir"] = str(self.resolved_models_dir)
         return out
 
 

@@ -48,7 +48,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     for router in (system.router, profiles.router, library.router, assignments.router, review.router, faces.router):
         app.include_router(router)
-    origins = settings.cors_origins
+    origins = settings.serve.cors_origins
     if origins:
         app.add_middleware(
             CORSMiddleware,
@@ -57,7 +57,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(UploadLimit, limit=settings.serve.max_upload_bytes)
 
     app.add_exception_handler(FaceclusterError, _answer)
     return app

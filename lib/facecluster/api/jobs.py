@@ -28,7 +28,7 @@ def job_env(settings: Settings) -> dict[str, str]:
     nodes' environment (they would show in the dashboard)."""
     env = settings.to_env()
     env["FACECLUSTER_MODELS_DIR"] = str(settings.resolved_models_dir)
-    if settings.mongo_uri is None:  # the embedded server: a loopback URI without credentials
+    if settings.stores.mongo_uri is None:  # the embedded server: a loopback URI without credentials
         env["FACECLUSTER_MONGO_URI"] = mongo_uri(settings)
     return env
 
@@ -46,10 +46,10 @@ class JobRunner:
             from ray.job_submission import JobSubmissionClient
 
             try:
-                self._client = JobSubmissionClient(self.settings.ray_dashboard_url)
+                self._client = JobSubmissionClient(self.settings.serve.ray_dashboard_url)
             except (ConnectionError, RuntimeError, OSError) as exc:
                 raise BackendUnavailable(
-                    f"Ray's job API at {self.settings.ray_dashboard_url} did not answer ({exc}); "
+                    f"Ray's job API at {self.settings.serve.ray_dashboard_url} did not answer ({exc}); "
                     "set FACECLUSTER_RAY_DASHBOARD_URL to the head node's dashboard"
                 ) from exc
         return self._client
@@ -70,7 +70,7 @@ class JobRunner:
         except (ConnectionError, RuntimeError, OSError) as exc:
             meta.finish_job(job_id, "failed", {"error": f"not submitted: {exc}"})
             raise BackendUnavailable(
-                f"Ray's job API at {self.settings.ray_dashboard_url} refused the job: {exc}"
+                f"Ray's job API at {self.settings.serve.ray_dashboard_url} refused the job: {exc}"
             ) from exc
         log.info("submitted %s job %s", kind, job_id)
         return job_id

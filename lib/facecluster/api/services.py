@@ -58,7 +58,7 @@ class Services:
     @property
     def detector_threshold(self) -> float:
         """Detections below this are not faces (the settings, else the detector's calibrated value)."""
-        return min_confidence(self.settings, load_registry().detector(self.settings.detector))
+        return min_confidence(self.settings, load_registry().detector(self.settings.models.detector))
 
     @property
     def profiles(self) -> ProfileStore:
@@ -98,10 +98,10 @@ def library_of(bucket: str, sub: str) -> str:
 def key_name(request: Request) -> str | None:
     """The name of the API key the request carries (None when keys are off); 401 for a wrong key."""
     settings: Settings = request.app.state.settings
-    if not settings.api_keys:
+    if not settings.serve.api_keys:
         return None
     given = request.headers.get("x-api-key", "")
-    for index, key in enumerate(settings.api_keys):
+    for index, key in enumerate(settings.serve.api_keys):
         name, _, secret = key.get_secret_value().rpartition(":")
         if given and hmac.compare_digest(given.encode(), secret.encode()):
             return name or f"key{index + 1}"

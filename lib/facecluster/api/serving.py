@@ -30,7 +30,7 @@ class FaceEngineDeployment:
 
     def __init__(self, batch_size: int, wait_s: float) -> None:
         # The replica shares its machine with the HTTP proxy and the ingress: ONNX threads sleep, not spin.
-        self.engine = FaceEngine.from_settings(get_settings().model_copy(update={"ort_spinning": False}))
+        self.engine = FaceEngine.from_settings(get_settings().updated(ort_spinning=False))
         self.analyze_batch.set_max_batch_size(batch_size)  # type: ignore[attr-defined]
         self.analyze_batch.set_batch_wait_timeout_s(wait_s)  # type: ignore[attr-defined]
 
@@ -65,13 +65,13 @@ def build(current: Settings | None = None, *, forward_env: bool = False) -> Any:
     """The application: the ingress bound to the engine deployment, sized from the settings.
     `forward_env` gives the replicas this process's settings, secrets included."""
     current = current or get_settings()
-    batch = current.engine_batch_size
+    batch = current.serve.engine_batch_size
     runtime_env = {"env_vars": current.to_env(secrets=True)} if forward_env else {}
     engine = FaceEngineDeployment.options(  # type: ignore[attr-defined]
-        num_replicas=current.engine_replicas,
+        num_replicas=current.serve.engine_replicas,
         max_ongoing_requests=max(4 * batch, 32),
         ray_actor_options={"num_cpus": 1, "runtime_env": runtime_env},
-    ).bind(batch, current.engine_batch_wait_s)
+    ).bind(batch, current.serve.engine_batch_wait_s)
     options = {"num_cpus": 0.25, "runtime_env": runtime_env}
     return Api.options(ray_actor_options=options).bind(engine)  # type: ignore[attr-defined]
 
@@ -86,7 +86,7 @@ def check_bind(current: Settings, host: str) -> None:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback and not current.api_keys and not current.allow_open_bind:
+    if not loopback and not current.serve.api_keys and not current.serve.allow_open_bind:
         raise PermissionError(
             f"refusing to serve on {host} without API keys: set FACECLUSTER_API_KEYS, "
             "or FACECLUSTER_ALLOW_OPEN_BIND=true to serve an open API"

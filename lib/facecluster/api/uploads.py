@@ -19,7 +19,7 @@ async def read_upload(file: UploadFile, limit: int) -> bytes:
 
 async def analyze_upload(services: Services, file: UploadFile) -> tuple[bytes, ImageAnalysis]:
     """The upload's bytes and every face in it; a file that is not a usable photo is a 422 that says why."""
-    data = await read_upload(file, services.settings.max_upload_bytes)
+    data = await read_upload(file, services.settings.serve.max_upload_bytes)
     analysis = await services.engine.analyze(data)
     if analysis.error_code is not None:
         raise HTTPException(422, {"error": analysis.error_code, "message": f"not a usable photo: {analysis.error}"})

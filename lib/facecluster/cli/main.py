@@ -248,20 +248,18 @@ def face_json(face: Face) -> dict[str, Any]:
 
 
 def cmd_detect(settings: Settings, args: argparse.Namespace) -> int:
-    from facecluster.engine.decode import ImageDecodeError, decode_image
+    from facecluster.engine.decode import ImageDecodeError, decode_photo
     from facecluster.engine.faces import FaceEngine
 
     engine = FaceEngine.from_settings(settings)
-    for chunk in _chunks(iter_image_files(args.paths), settings.detect_batch_size * 4):
+    for chunk in _chunks(iter_image_files(args.paths), settings.detection.detect_batch_size * 4):
         results: list[dict[str, Any]] = []
         decoded: list[tuple[dict[str, Any], NDArray[np.uint8]]] = []
         for path in chunk:
             result: dict[str, Any] = {"path": str(path)}
             results.append(result)
             try:
-                pixels = decode_image(
-                    path.read_bytes(), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-                ).pixels
+                pixels = decode_photo(path.read_bytes(), settings.images).pixels
             except (OSError, ImageDecodeError) as exc:
                 result["error"] = str(exc)
                 continue
@@ -301,7 +299,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
             failed += 1
             continue
         try:
-            emit(pull_model(found, models_dir, settings.model_base_url).to_dict())
+            emit(pull_model(found, models_dir, settings.models.model_base_url).to_dict())
         except ModelFetchError as exc:
             log.error("%s", exc)
             failed += 1
@@ -463,7 +461,9 @@ def _add_profile(settings: Settings, args: argparse.Namespace, store: Any) -> in
         return 2
     engine = FaceEngine.from_settings(settings)
     checks = ProfileChecks(
-        settings.profile_min_face_size, settings.profile_min_confidence, settings.profile_blur_threshold
+        settings.profiles.profile_min_face_size,
+        settings.profiles.profile_min_confidence,
+        settings.profiles.profile_blur_threshold,
     )
     code, replace = 0, args.replace
     for path in args.images:
@@ -515,7 +515,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from facecluster.api.serving import run
 
-    host, port = args.host or settings.serve_host, args.port or settings.serve_port
+    host, port = args.host or settings.serve.serve_host, args.port or settings.serve.serve_port
     try:
         run(settings, host, port, blocking=False)
     except PermissionError as exc:
@@ -594,7 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
-        level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.general.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "config":
         emit(settings.masked())

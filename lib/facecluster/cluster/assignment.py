@@ -213,8 +213,8 @@ def assign_options(
 ) -> AssignOptions:
     """The call's values, else the settings, else the embedder's calibrated person threshold."""
     return AssignOptions(
-        strategy=strategy or settings.assign_strategy,
-        threshold=first_set(threshold, settings.assign_threshold, spec.person_match_threshold),
-        min_share=settings.vote_min_share,
-        min_margin=settings.vote_min_margin,
+        strategy=strategy or settings.assignment.assign_strategy,
+        threshold=first_set(threshold, settings.assignment.assign_threshold, spec.person_match_threshold),
+        min_share=settings.assignment.vote_min_share,
+        min_margin=settings.assignment.vote_min_margin,
     )

@@ -49,7 +49,7 @@ def run_cluster(
         init_ray(settings)
         neighbours = partial(sharded_knn, shards=shards)
     holder = f"{socket.gethostname()}:{os.getpid()}"
-    with stores.meta.locked(f"clustering of {library}", holder, settings.cluster_lock_s):
+    with stores.meta.locked(f"clustering of {library}", holder, settings.clustering.cluster_lock_s):
         return run_clustering(stores.meta, stores.vectors, library, options, neighbours)
 
 

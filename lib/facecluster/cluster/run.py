@@ -260,11 +260,13 @@ def run_options(
 ) -> RunOptions:
     """Options of one run: the call's values, else the settings, else the registry's
     calibrated values for the embedding model. `eps` is a cosine distance."""
-    chosen = method or settings.cluster_method
+    chosen = method or settings.clustering.cluster_method
     unknown: Method = (
-        (unknown_method or settings.unknown_clustering_method or spec.unknown_method) if chosen == "dual" else chosen
+        (unknown_method or settings.clustering.unknown_clustering_method or spec.unknown_method)
+        if chosen == "dual"
+        else chosen
     )
-    epsilon = eps if eps is not None else settings.unknown_eps
+    epsilon = eps if eps is not None else settings.clustering.unknown_eps
     calibrated = spec.cluster_thresholds[unknown]
     similarity = threshold if threshold is not None else (1.0 - epsilon if epsilon is not None else calibrated)
     return RunOptions(
@@ -273,10 +275,12 @@ def run_options(
             method=unknown,
             threshold=similarity,
             merge_threshold=max(similarity, spec.cluster_merge_threshold),
-            min_cluster_size=min_cluster_size or settings.unknown_min_cluster_size,
+            min_cluster_size=min_cluster_size or settings.clustering.unknown_min_cluster_size,
         ),
-        person_threshold=first_set(person_threshold, settings.person_match_threshold, spec.person_match_threshold),
-        min_quality=first_set(min_quality, settings.cluster_min_quality),
-        max_faces=max_faces or settings.cluster_max_faces,
+        person_threshold=first_set(
+            person_threshold, settings.clustering.person_match_threshold, spec.person_match_threshold
+        ),
+        min_quality=first_set(min_quality, settings.clustering.cluster_min_quality),
+        max_faces=max_faces or settings.clustering.cluster_max_faces,
         model_version=model_version,
     )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from facecluster.engine.decode import ImageDecodeError, decode_image
+from facecluster.engine.decode import ImageDecodeError, decode_photo
 from facecluster.engine.faces import FaceEngine
 from facecluster.engine.quality import ProfileChecks
 from facecluster.errors import InvalidInput
@@ -56,7 +56,7 @@ def analyze_uploads(engine: FaceEngine, blobs: Sequence[bytes]) -> list[ImageAna
     out: list[ImageAnalysis] = [ImageAnalysis() for _ in blobs]
     for index, blob in enumerate(blobs):
         try:
-            image = decode_image(blob, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+            image = decode_photo(blob, settings.images)
         except ImageDecodeError as exc:
             out[index] = ImageAnalysis(error_code=exc.code, error=exc.reason)
             continue

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from facecluster.errors import InvalidInput
+from facecluster.settings import ImagesSettings
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -59,6 +60,11 @@ class DecodedImage:
     @property
     def width(self) -> int:
         return int(self.pixels.shape[1])
+
+
+def decode_photo(data: bytes, limits: ImagesSettings) -> DecodedImage:
+    """`decode_image` within the configured limits on bytes and pixels."""
+    return decode_image(data, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:

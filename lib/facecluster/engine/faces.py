@@ -36,8 +36,8 @@ class Face:
 
 def model_path(settings: Settings, spec: ModelSpec) -> Path:
     """Where `spec`'s file is: the user's own embedder file, or the models directory."""
-    if isinstance(spec, EmbedderSpec) and settings.embedder_path is not None:
-        path = settings.embedder_path.expanduser()
+    if isinstance(spec, EmbedderSpec) and settings.models.embedder_path is not None:
+        path = settings.models.embedder_path.expanduser()
     else:
         path = settings.resolved_models_dir / spec.file
     if not path.is_file():
@@ -50,16 +50,16 @@ def model_path(settings: Settings, spec: ModelSpec) -> Path:
 
 def quality_weights(settings: Settings) -> QualityWeights:
     return QualityWeights(
-        confidence=settings.quality_weight_confidence,
-        size=settings.quality_weight_size,
-        blur=settings.quality_weight_blur,
-        pose=settings.quality_weight_pose,
+        confidence=settings.profiles.quality_weight_confidence,
+        size=settings.profiles.quality_weight_size,
+        blur=settings.profiles.quality_weight_blur,
+        pose=settings.profiles.quality_weight_pose,
     )
 
 
 def min_confidence(settings: Settings, spec: DetectorSpec) -> float:
     """Detections below this are not faces: the setting, else the detector's calibrated threshold."""
-    return settings.min_confidence if settings.min_confidence is not None else spec.score_threshold
+    return settings.detection.min_confidence if settings.detection.min_confidence is not None else spec.score_threshold
 
 
 def keep_faces(
@@ -89,20 +89,20 @@ def model_version(settings: Settings, spec: ModelSpec) -> str:
 def _session_for(settings: Settings, spec: ModelSpec) -> ort.InferenceSession:
     return cached_session(
         model_path(settings, spec),
-        tuple(select_providers(settings.providers)),
-        settings.intra_op_threads,
-        settings.inter_op_threads,
-        settings.ort_spinning,
+        tuple(select_providers(settings.models.providers)),
+        settings.models.intra_op_threads,
+        settings.models.inter_op_threads,
+        settings.models.ort_spinning,
     )
 
 
 def load_detector(settings: Settings, name: str | None = None) -> FaceDetector:
-    spec: DetectorSpec = load_registry().detector(name or settings.detector)
+    spec: DetectorSpec = load_registry().detector(name or settings.models.detector)
     return build_detector(spec, _session_for(settings, spec))
 
 
 def load_embedder(settings: Settings, name: str | None = None) -> FaceEmbedder:
-    spec: EmbedderSpec = load_registry().embedder(name or settings.embedder)
+    spec: EmbedderSpec = load_registry().embedder(name or settings.models.embedder)
     return FaceEmbedder(spec, _session_for(settings, spec))
 
 
@@ -128,9 +128,11 @@ class FaceEngine:
     ) -> list[list[Face]]:
         """Faces of each image with their quality, at least `min_confidence` and `min_size` pixels."""
         floor = self.min_confidence if min_confidence is None else min_confidence
-        smallest = self.settings.min_face_size if min_size is None else min_size
+        smallest = self.settings.detection.min_face_size if min_size is None else min_size
         found = self.detector.detect(
-            images, batch_size=self.settings.detect_batch_size, score_floor=min(floor, self.detector.spec.score_floor)
+            images,
+            batch_size=self.settings.detection.detect_batch_size,
+            score_floor=min(floor, self.detector.spec.score_floor),
         )
         return [
             self.assess(image, keep_faces(detections, min_confidence=floor, min_face_size=smallest))
@@ -142,7 +144,10 @@ class FaceEngine:
 
     def keep(self, detections: list[Detection], *, scale: float = 1.0) -> list[Detection]:
         return keep_faces(
-            detections, min_confidence=self.min_confidence, min_face_size=self.settings.min_face_size, scale=scale
+            detections,
+            min_confidence=self.min_confidence,
+            min_face_size=self.settings.detection.min_face_size,
+            scale=scale,
         )
 
     def embed(self, images: Sequence[NDArray[np.uint8]], faces: Sequence[list[Face]]) -> list[list[Face]]:
@@ -152,7 +157,7 @@ class FaceEngine:
             for image, image_faces in zip(images, faces, strict=True)
         ]
         flat = np.concatenate(crops) if crops else np.zeros((0, self.embedder.size, self.embedder.size, 3), np.uint8)
-        vectors = self.embedder.embed(flat, batch_size=self.settings.embed_batch_size)
+        vectors = self.embedder.embed(flat, batch_size=self.settings.detection.embed_batch_size)
         out: list[list[Face]] = []
         offset = 0
         for image_faces in faces:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from facecluster.engine.decode import IMAGE_SUFFIXES, decode_image
+from facecluster.engine.decode import IMAGE_SUFFIXES, decode_photo
 from facecluster.engine.faces import FaceEngine
 from facecluster.engine.projection import unit
 from facecluster.eval.metrics import ClusterScores, score_clustering, tar_at_far
@@ -55,14 +55,7 @@ def detection_recall(engine: FaceEngine, images: Path, boxes_csv: Path, *, iou: 
     """Share of annotated faces that a reported detection overlaps by at least `iou`."""
     truth = read_boxes(boxes_csv)
     paths = sorted(truth)
-    pixels = [
-        decode_image(
-            (images / p).read_bytes(),
-            max_bytes=engine.settings.max_image_bytes,
-            max_pixels=engine.settings.max_image_pixels,
-        ).pixels
-        for p in paths
-    ]
+    pixels = [decode_photo((images / p).read_bytes(), engine.settings.images).pixels for p in paths]
     found = engine.detect(pixels)
     matched = detections = 0
     for path, faces in zip(paths, found, strict=True):
@@ -90,9 +83,7 @@ def enrolment_separation(engine: FaceEngine, folder: Path) -> SeparationReport:
     different-person pairs below?"""
     vectors: list[tuple[str, NDArray[np.float32]]] = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        image = decode_image(
-            path.read_bytes(), max_bytes=engine.settings.max_image_bytes, max_pixels=engine.settings.max_image_pixels
-        ).pixels
+        image = decode_photo(path.read_bytes(), engine.settings.images).pixels
         faces = engine.analyze([image])[0]
         if faces:
             largest = max(faces, key=lambda f: f.detection.size)
@@ -149,7 +140,7 @@ def evaluate_clustering(
     from facecluster.store.embedded import stop_mongo
 
     with tempfile.TemporaryDirectory(prefix="facecluster-eval-") as scratch:
-        scoped = settings.model_copy(update={"data_dir": Path(scratch)})
+        scoped = settings.updated(data_dir=Path(scratch))
         try:
             ingest = run_ingest(scoped, str(images), library="eval", limit=limit)
             stores, _, _ = open_stores(scoped)
@@ -200,7 +191,7 @@ def evaluate_training(
     chosen = [people[i] for i in order]
     halves = {"train": chosen[: len(chosen) // 2], "heldout": chosen[len(chosen) // 2 :]}
     with tempfile.TemporaryDirectory(prefix="facecluster-eval-train-") as scratch:
-        scoped = settings.model_copy(update={"data_dir": Path(scratch), "heads_dir": Path(scratch, "heads")})
+        scoped = settings.updated(data_dir=Path(scratch), heads_dir=Path(scratch, "heads"))
         try:
             truth: dict[str, dict[str, str]] = {}
             for library, names in halves.items():

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from facecluster.cluster.methods import Method
 from facecluster.engine.align import crop_faces
-from facecluster.engine.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_image
+from facecluster.engine.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_image, decode_photo
 from facecluster.engine.detector import Detection
 from facecluster.engine.faces import load_detector, load_embedder
 from facecluster.settings import Settings
@@ -50,10 +50,7 @@ def _load_images(settings: Settings, folder: Path | None, count: int) -> list[ND
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
     if not files:
         raise ValueError(f"no images under {folder}")
-    images = [
-        decode_image(p.read_bytes(), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels).pixels
-        for p in files
-    ]
+    images = [decode_photo(p.read_bytes(), settings.images).pixels for p in files]
     return [images[i % len(images)] for i in range(count)]
 
 
@@ -147,10 +144,10 @@ def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = No
     s3 = S3Options.from_settings(settings)
     items = list(itertools.islice(source.items(s3), limit))
     engine = FaceEngine.from_settings(settings)
-    limits = {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
+    limits = {"max_bytes": settings.images.max_image_bytes, "max_pixels": settings.images.max_image_pixels}
 
     def faces_of(found: list[Detection]) -> list[Detection]:
-        return keep_faces(found, min_confidence=engine.min_confidence, min_face_size=settings.min_face_size)
+        return keep_faces(found, min_confidence=engine.min_confidence, min_face_size=settings.detection.min_face_size)
 
     def decoded() -> list[NDArray[np.uint8]]:
         out = []
@@ -161,7 +158,7 @@ def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = No
 
     # (a) Model-only bound: decoding is done beforehand and not timed.
     pixels = decoded()
-    batch = settings.detect_batch_size
+    batch = settings.detection.detect_batch_size
     with _PeakMemory() as memory:
         start = time.perf_counter()
         faces_a = 0
@@ -174,7 +171,7 @@ def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = No
             ]
             flat = np.concatenate(crops)
             faces_a += len(flat)
-            engine.embedder.embed(flat, batch_size=settings.embed_batch_size)
+            engine.embedder.embed(flat, batch_size=settings.detection.embed_batch_size)
         a = _rates(len(pixels), faces_a, time.perf_counter() - start, memory.peak)
     del pixels
 
@@ -200,7 +197,7 @@ def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = No
         try:
             with _PeakMemory() as memory:
                 start = time.perf_counter()
-                summary = run_ingest(settings.model_copy(update={"data_dir": data_dir}), source_spec, limit=limit)
+                summary = run_ingest(settings.updated(data_dir=data_dir), source_spec, limit=limit)
                 c = _rates(summary.images - summary.failed, summary.faces, time.perf_counter() - start, memory.peak)
         finally:
             stop_mongo(data_dir)
@@ -260,7 +257,7 @@ def bench_cluster(
     from facecluster.eval.verification import embed_central_faces
 
     engine = FaceEngine.from_settings(settings)
-    spec = load_registry().embedder(settings.embedder)
+    spec = load_registry().embedder(settings.models.embedder)
     chosen = method or spec.unknown_method
     paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     found = embed_central_faces(engine, paths)

@@ -112,7 +112,7 @@ def bench_serve(settings: Settings, images: Path, *, clients: int = 32, seconds:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     with tempfile.TemporaryDirectory(prefix="facecluster-bench-") as data:
-        current = settings.model_copy(update={"data_dir": Path(data)})
+        current = settings.updated(data_dir=Path(data))
         run(current, "127.0.0.1", port, blocking=False)
         try:
             base = f"http://127.0.0.1:{port}"
@@ -128,8 +128,8 @@ def bench_serve(settings: Settings, images: Path, *, clients: int = 32, seconds:
         "clients": clients,
         "seconds": seconds,
         "photo_pixels": "about 1 MP",
-        "engine_batch_size": settings.engine_batch_size,
-        "engine_replicas": settings.engine_replicas,
+        "engine_batch_size": settings.serve.engine_batch_size,
+        "engine_replicas": settings.serve.engine_replicas,
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         **report,

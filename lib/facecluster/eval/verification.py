@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facecluster.engine.align import crop_faces
-from facecluster.engine.decode import ImageDecodeError, decode_image
+from facecluster.engine.decode import ImageDecodeError, decode_photo
 from facecluster.engine.detector import Detection
 from facecluster.engine.faces import FaceEngine
 
@@ -100,18 +100,14 @@ def embed_central_faces(
         images, kept = [], []
         for path in batch_paths:
             try:
-                decoded = decode_image(
-                    path.read_bytes(),
-                    max_bytes=engine.settings.max_image_bytes,
-                    max_pixels=engine.settings.max_image_pixels,
-                )
+                decoded = decode_photo(path.read_bytes(), engine.settings.images)
             except (OSError, ImageDecodeError) as exc:
                 log.warning("%s: %s", path, exc)
                 vectors[path] = None
                 continue
             images.append(decoded.pixels)
             kept.append(path)
-        found = engine.detector.detect(images, batch_size=engine.settings.detect_batch_size)
+        found = engine.detector.detect(images, batch_size=engine.settings.detection.detect_batch_size)
         crops, owners = [], []
         for path, image, faces in zip(kept, images, found, strict=True):
             face = central_face(faces, image.shape[1], image.shape[0])
@@ -120,7 +116,9 @@ def embed_central_faces(
                 crops.append(crop_faces(image, [face], engine.embedder.size, engine.embedder.alignment))
                 owners.append(path)
         if crops:
-            embedded = engine.embedder.embed(np.concatenate(crops), batch_size=engine.settings.embed_batch_size)
+            embedded = engine.embedder.embed(
+                np.concatenate(crops), batch_size=engine.settings.detection.embed_batch_size
+            )
             for path, vector in zip(owners, embedded, strict=True):
                 vectors[path] = vector
     return vectors

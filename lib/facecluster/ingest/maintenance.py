@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from facecluster.engine.align import crop_faces
-from facecluster.engine.decode import decode_image
+from facecluster.engine.decode import decode_photo
 from facecluster.engine.detector import Detection
 from facecluster.engine.embedder import FaceEmbedder
 from facecluster.ingest.sources import S3Options, read_uri
@@ -72,12 +72,10 @@ def repair_stores(
             log.warning("face %s: its image %s is not recorded; removing the face", docs[0]["_id"], key)
             meta.delete_faces([d["_id"] for d in docs])
             continue
-        pixels = decode_image(
-            read_uri(image["uri"], s3), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-        ).pixels
+        pixels = decode_photo(read_uri(image["uri"], s3), settings.images).pixels
         detections = [_detection(doc) for doc in docs]
         crops = crop_faces(pixels, detections, embedder.size, embedder.alignment)
-        embedded = embedder.embed(crops, batch_size=settings.embed_batch_size)
+        embedded = embedder.embed(crops, batch_size=settings.detection.embed_batch_size)
         payloads = [face_payload(doc) for doc in docs]
         vectors.upsert([d["_id"] for d in docs], embedded, payloads)
     report.repaired = True

@@ -48,21 +48,21 @@ def _meta(uri: str, database: str, attempts: int) -> MetaStore:
 
 
 def _skip_done(batch: Batch, ctx: IngestContext) -> Batch:
-    return skip_done(batch, ctx, _meta(ctx.mongo_uri, ctx.settings.mongo_db, ctx.settings.store_retries))
+    return skip_done(batch, ctx, _meta(ctx.mongo_uri, ctx.settings.stores.mongo_db, ctx.settings.stores.store_retries))
 
 
 class _Writer:
     def __init__(self, ctx: IngestContext, qdrant: QdrantConfig, space: VectorSpace) -> None:
         self.ctx = ctx
         self.qdrant = qdrant
-        self.meta = MetaStore(ctx.mongo_uri, ctx.settings.mongo_db, attempts=ctx.settings.store_retries)
+        self.meta = MetaStore(ctx.mongo_uri, ctx.settings.stores.mongo_db, attempts=ctx.settings.stores.store_retries)
         self.space = space
-        self.vectors = space_vectors(qdrant, space, ctx.settings.store_retries)
+        self.vectors = space_vectors(qdrant, space, ctx.settings.stores.store_retries)
 
     def __call__(self, batch: Batch) -> Batch:
         if active_version(self.meta, self.space.base) != self.space.id:  # switched while the ingest runs
             self.space = active_space(self.meta, self.space.base, self.space.dim)
-            self.vectors = space_vectors(self.qdrant, self.space, self.ctx.settings.store_retries)
+            self.vectors = space_vectors(self.qdrant, self.space, self.ctx.settings.stores.store_retries)
         return store_batch(batch, self.ctx, self.meta, self.vectors)
 
 
@@ -139,7 +139,7 @@ def run_ingest(
     s3 = S3Options.from_settings(settings)
     ctx = IngestContext(
         # Several model processes share the CPUs here: their ONNX threads sleep rather than spin.
-        settings=settings.model_copy(update={"ort_spinning": False}),
+        settings=settings.updated(ort_spinning=False),
         library=library,
         job_id=uuid.uuid4().hex,
         s3=s3,
@@ -185,12 +185,12 @@ def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settin
         """An actor pool and each actor's (CPUs, GPUs): a GPU share when there are GPUs, else a CPU share."""
         if gpus > 0:
             return ActorPoolStrategy(min_size=1, max_size=count or max(1, int(gpus / gpu_share))), 1.0, gpu_share
-        return ActorPoolStrategy(min_size=1, max_size=count or max(1, int(cpus // 4))), settings.actor_cpus, 0.0
+        return ActorPoolStrategy(min_size=1, max_size=count or max(1, int(cpus // 4))), settings.ingest.actor_cpus, 0.0
 
-    detect_pool, detect_cpus, detect_gpus = pool(settings.detector_actors, settings.detector_gpus)
-    embed_pool, embed_cpus, embed_gpus = pool(settings.embedder_actors, settings.embedder_gpus)
+    detect_pool, detect_cpus, detect_gpus = pool(settings.ingest.detector_actors, settings.ingest.detector_gpus)
+    embed_pool, embed_cpus, embed_gpus = pool(settings.ingest.embedder_actors, settings.ingest.embedder_gpus)
     qdrant = stores.config.qdrant
-    writers = 1 if qdrant.local else settings.write_streams
+    writers = 1 if qdrant.local else settings.ingest.write_streams
 
     def skip(batch: Batch) -> Batch:
         return _skip_done(batch, ctx)
@@ -202,21 +202,21 @@ def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settin
         return align_batch(batch, ctx)
 
     return (
-        ds.map_batches(skip, batch_size=settings.read_batch_size, num_cpus=0.1)
-        .map_batches(decode, batch_size=settings.read_batch_size, num_cpus=settings.task_cpus)
+        ds.map_batches(skip, batch_size=settings.ingest.read_batch_size, num_cpus=0.1)
+        .map_batches(decode, batch_size=settings.ingest.read_batch_size, num_cpus=settings.ingest.task_cpus)
         .map_batches(
             DetectStage,
             fn_constructor_kwargs={"ctx": ctx},
-            batch_size=settings.detect_batch_size * 2,
+            batch_size=settings.detection.detect_batch_size * 2,
             compute=detect_pool,
             num_cpus=detect_cpus,
             num_gpus=detect_gpus,
         )
-        .map_batches(align, batch_size=settings.read_batch_size, num_cpus=settings.task_cpus)
+        .map_batches(align, batch_size=settings.ingest.read_batch_size, num_cpus=settings.ingest.task_cpus)
         .map_batches(
             EmbedStage,
             fn_constructor_kwargs={"ctx": ctx},
-            batch_size=settings.read_batch_size * 2,
+            batch_size=settings.ingest.read_batch_size * 2,
             compute=embed_pool,
             num_cpus=embed_cpus,
             num_gpus=embed_gpus,
@@ -224,7 +224,7 @@ def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settin
         .map_batches(
             _Writer,
             fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant, "space": stores.space},
-            batch_size=settings.write_batch_size,
+            batch_size=settings.ingest.write_batch_size,
             compute=ActorPoolStrategy(size=writers),
             num_cpus=0.25,
         )
@@ -243,7 +243,7 @@ def _execute(
         summary.faces += int(batch["faces"].sum())
         summary.no_face += int((status == "no_face").sum())
         summary.failed += int((status == "error").sum())
-        if time.monotonic() - last_report >= settings.progress_interval_s:
+        if time.monotonic() - last_report >= settings.ingest.progress_interval_s:
             last_report = time.monotonic()
             rate = processed / max(1e-9, last_report - started)
             report(

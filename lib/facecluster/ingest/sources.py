@@ -59,10 +59,10 @@ class S3Options:
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Options:
         return cls(
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+            endpoint_url=settings.s3.s3_endpoint_url,
+            region=settings.s3.s3_region,
+            access_key=settings.s3.s3_access_key.get_secret_value() if settings.s3.s3_access_key else None,
+            secret_key=settings.s3.s3_secret_key.get_secret_value() if settings.s3.s3_secret_key else None,
         )
 
 

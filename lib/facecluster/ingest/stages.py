@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from numpy.typing import NDArray
 
 from facecluster.engine.align import crop_faces
-from facecluster.engine.decode import ImageDecodeError, decode_image
+from facecluster.engine.decode import ImageDecodeError, decode_photo
 from facecluster.engine.detector import Detection, Letterbox, letterbox
 from facecluster.engine.faces import assess_faces, keep_faces, load_detector, load_embedder, quality_weights
 from facecluster.engine.quality import QUALITY_FIELDS
@@ -96,13 +96,13 @@ def _decode_one(uri: str, ctx: IngestContext) -> dict[str, Any]:
     failed |= {"canvas": _EMPTY_IMAGE, "letterbox": (1.0, 0.0, 0.0)}
     try:
         data = read_uri(uri, ctx.s3)
-        pixels = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels).pixels
+        pixels = decode_photo(data, settings.images).pixels
     except ImageDecodeError as exc:
         return failed | {"error_code": exc.code, "error": exc.reason}
     except (OSError, BotoCoreError, ClientError) as exc:
         return failed | {"error_code": "read_failed", "error": f"cannot read the file: {exc}"}
     height, width = pixels.shape[:2]
-    scale = min(1.0, settings.align_max_side / max(height, width))
+    scale = min(1.0, settings.ingest.align_max_side / max(height, width))
     work: NDArray[np.uint8] = pixels
     if scale < 1.0:
         size = (round(width * scale), round(height * scale))
@@ -164,7 +164,7 @@ class DetectStage:
             )
             for i in ok
         ]
-        batch_size = self.ctx.settings.detect_batch_size
+        batch_size = self.ctx.settings.detection.detect_batch_size
         found = self.detector.detect_letterboxed(boxes, batch_size=batch_size)
         found = self.detector.retry_weak(found, [batch["work"][i] for i in ok], batch_size=batch_size)
         per_row: list[list[Detection]] = [[] for _ in batch["key"]]
@@ -192,7 +192,10 @@ def align_batch(batch: Batch, ctx: IngestContext) -> Batch:
             )
         ]
         kept = keep_faces(
-            detections, min_confidence=ctx.min_confidence, min_face_size=ctx.settings.min_face_size, scale=scale
+            detections,
+            min_confidence=ctx.min_confidence,
+            min_face_size=ctx.settings.detection.min_face_size,
+            scale=scale,
         )
         faces = assess_faces(batch["work"][i], kept, weights, scale=scale)
         boxes.append(np.array([d.box / scale for d in kept], np.float32).reshape(-1, 4))
@@ -226,7 +229,7 @@ class EmbedStage:
         size = self.embedder.size
         crops = [c for c in batch["crops"] if len(c)]
         flat = np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
-        vectors = self.embedder.embed(flat, batch_size=self.ctx.settings.embed_batch_size)
+        vectors = self.embedder.embed(flat, batch_size=self.ctx.settings.detection.embed_batch_size)
         splits = np.split(vectors, np.cumsum(counts)[:-1]) if counts else []
         out = {k: v for k, v in batch.items() if k != "crops"}
         out["vectors"] = _objects([np.asarray(part, np.float32).reshape(-1, self.embedder.dim) for part in splits])

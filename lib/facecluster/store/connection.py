@@ -31,13 +31,13 @@ def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreCon
     """The configured MongoDB and Qdrant, or the embedded ones under the data directory."""
     mongo = mongo_uri(settings)
     qdrant = QdrantConfig(
-        url=settings.qdrant_url,
-        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-        path=None if settings.qdrant_url else str(settings.data_dir / "qdrant"),
+        url=settings.stores.qdrant_url,
+        api_key=settings.stores.qdrant_api_key.get_secret_value() if settings.stores.qdrant_api_key else None,
+        path=None if settings.stores.qdrant_url else str(settings.general.data_dir / "qdrant"),
         collection=collection,
         dim=dim,
     )
-    return StoreConfig(mongo, settings.mongo_db, qdrant)
+    return StoreConfig(mongo, settings.stores.mongo_db, qdrant)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
@@ -106,7 +106,7 @@ def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
 
 def open_meta(settings: Settings) -> MetaStore:
     """MongoDB alone (configured, else embedded): no Qdrant, no Ray, no model."""
-    return MetaStore(mongo_uri(settings), settings.mongo_db, attempts=settings.store_retries)
+    return MetaStore(mongo_uri(settings), settings.stores.mongo_db, attempts=settings.stores.store_retries)
 
 
 def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
@@ -159,13 +159,13 @@ def connect(settings: Settings) -> Connection:
     """Open MongoDB and Qdrant (indexes and collections created) at the active vector version; Ray is
     started when the local Qdrant storage needs its owner actor."""
     config, embedder, version = open_stores(settings)
-    meta = MetaStore(config.mongo_uri, config.mongo_db, attempts=settings.store_retries)
+    meta = MetaStore(config.mongo_uri, config.mongo_db, attempts=settings.stores.store_retries)
     meta.ensure_indexes()
     if config.qdrant.local:
         init_ray(settings)
     space = active_space(meta, version, embedder.dim)
-    vectors = space_vectors(config.qdrant, space, settings.store_retries)
-    profiles = open_vectors(space_config(config.qdrant, space, "profiles"), settings.store_retries)
+    vectors = space_vectors(config.qdrant, space, settings.stores.store_retries)
+    profiles = open_vectors(space_config(config.qdrant, space, "profiles"), settings.stores.store_retries)
     for store in (vectors, profiles):
         store.ensure_collection()
     return Connection(config, meta, vectors, profiles, embedder, space)

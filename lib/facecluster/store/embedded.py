@@ -88,7 +88,11 @@ def ensure_mongo(data_dir: Path, *, timeout: float = 30.0) -> str:
 
 def mongo_uri(settings: Settings) -> str:
     """The configured MongoDB (`MONGO_URI`), else the embedded server of the data directory."""
-    return settings.mongo_uri.get_secret_value() if settings.mongo_uri else ensure_mongo(settings.data_dir)
+    return (
+        settings.stores.mongo_uri.get_secret_value()
+        if settings.stores.mongo_uri
+        else ensure_mongo(settings.general.data_dir)
+    )
 
 
 def stop_mongo(data_dir: Path) -> bool:

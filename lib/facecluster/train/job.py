@@ -123,13 +123,13 @@ def fit_head(
             "val_rows": val_rows,
         },
         scaling_config=ScalingConfig(
-            num_workers=settings.training_workers,
-            use_gpu=resources.get("GPU", 0.0) >= settings.training_workers,
+            num_workers=settings.training.training_workers,
+            use_gpu=resources.get("GPU", 0.0) >= settings.training.training_workers,
             resources_per_worker=None if resources.get("GPU") else {"CPU": 1},
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str((settings.data_dir / "ray-train").resolve()),
+            storage_path=str((settings.general.data_dir / "ray-train").resolve()),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="validation_loss", checkpoint_score_order="min"
             ),
@@ -161,9 +161,9 @@ class _Reproject:
     """A Ray Data stage: one chunk of face ids → their embedder vectors through the head → the target."""
 
     def __init__(self, settings: Settings, mongo: tuple[str, str], base: QdrantConfig, space: VectorSpace) -> None:
-        self.meta = MetaStore(*mongo, attempts=settings.store_retries)
-        self.base = open_vectors(base, settings.store_retries)
-        self.target = open_vectors(space_config(base, space), settings.store_retries)
+        self.meta = MetaStore(*mongo, attempts=settings.stores.store_retries)
+        self.base = open_vectors(base, settings.stores.store_retries)
+        self.target = open_vectors(space_config(base, space), settings.stores.store_retries)
         self.space = space
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def reproject(
     faces that are gone are removed."""
     init_ray(settings)
     base = stores.config.qdrant
-    target = open_vectors(space_config(base, space), settings.store_retries)
+    target = open_vectors(space_config(base, space), settings.stores.store_retries)
     target.ensure_collection()
     ids = sorted(stores.own_vectors.ids())
     todo = sorted(set(ids) - target.ids()) if missing_only else ids
@@ -199,12 +199,12 @@ def reproject(
                 "base": base,
                 "space": space,
             },
-            compute=ActorPoolStrategy(min_size=1, max_size=1 if base.local else settings.write_streams),
+            compute=ActorPoolStrategy(min_size=1, max_size=1 if base.local else settings.ingest.write_streams),
             num_cpus=0.25,
         )
         written = sum(int(row["points"]) for row in ds.iter_rows())
     target.delete(sorted(target.ids() - set(ids)))
-    profiles = open_vectors(space_config(base, space, "profiles"), settings.store_retries)
+    profiles = open_vectors(space_config(base, space, "profiles"), settings.stores.store_retries)
     profiles.ensure_collection()
     count = ProfileStore(stores.meta, profiles, space).reproject()
     log.info("re-projected %d faces and %d profiles into %s", written, count, space.id)
@@ -225,10 +225,10 @@ def run_train(
     init_ray(settings)
     stores = connect(settings)
     options = TrainOptions(
-        epochs=epochs or settings.training_epochs,
-        margin=margin if margin is not None else settings.triplet_margin,
-        min_faces=min_faces or settings.training_min_faces,
-        mining=settings.training_mining,
+        epochs=epochs or settings.training.training_epochs,
+        margin=margin if margin is not None else settings.training.triplet_margin,
+        min_faces=min_faces or settings.training.training_min_faces,
+        mining=settings.training.training_mining,
     )
     ids, vectors, labels = labelled_vectors(stores, library)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")

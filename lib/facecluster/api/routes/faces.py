@@ -403,7 +403,7 @@ async def search(
 ) -> dict[str, Any]:
     name = None if library is None else resolve_library(services, library)
     _, analysis = await analyze_upload(services, file)
-    faces = analysis.faces_above(services.detector_threshold, services.settings.min_face_size)
+    faces = analysis.faces_above(services.detector_threshold, services.settings.detection.min_face_size)
     if not faces:
         return {"faces": []}
     stores = services.stores

@@ -29,7 +29,7 @@ router = APIRouter(tags=["person clustering"])
 
 def library_source(services: Services, bucket: str, sub: str) -> str:
     """Where a library's photos are: <library_root>/<bucket>/<sub> when configured, else S3."""
-    root = services.settings.library_root
+    root = services.settings.general.library_root
     if root is None:
         return f"s3://{bucket}/{sub}/"
     folder = root.expanduser() / bucket / sub

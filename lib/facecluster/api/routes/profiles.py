@@ -23,9 +23,9 @@ BlurThreshold = Annotated[float | None, Form(ge=0.0, le=100_000.0)]
 def _checks(services: Services, size: int | None, confidence: float | None, blur: float | None) -> ProfileChecks:
     s = services.settings
     return ProfileChecks(
-        min_face_size=s.profile_min_face_size if size is None else size,
-        min_confidence=s.profile_min_confidence if confidence is None else confidence,
-        blur_threshold=s.profile_blur_threshold if blur is None else blur,
+        min_face_size=s.profiles.profile_min_face_size if size is None else size,
+        min_confidence=s.profiles.profile_min_confidence if confidence is None else confidence,
+        blur_threshold=s.profiles.profile_blur_threshold if blur is None else blur,
     )
 
 
@@ -109,17 +109,17 @@ async def update_face(
 def quality_settings(services: Deps) -> dict[str, Any]:
     s = services.settings
     return {
-        "min_face_size": s.profile_min_face_size,
-        "min_confidence": s.profile_min_confidence,
-        "blur_threshold": s.profile_blur_threshold,
-        "detector": s.detector,
+        "min_face_size": s.profiles.profile_min_face_size,
+        "min_confidence": s.profiles.profile_min_confidence,
+        "blur_threshold": s.profiles.profile_blur_threshold,
+        "detector": s.models.detector,
         "detector_threshold": services.detector_threshold,
         "embedder": services.stores.version,
         "quality_weights": {
-            "confidence": s.quality_weight_confidence,
-            "size": s.quality_weight_size,
-            "blur": s.quality_weight_blur,
-            "pose": s.quality_weight_pose,
+            "confidence": s.profiles.quality_weight_confidence,
+            "size": s.profiles.quality_weight_size,
+            "blur": s.profiles.quality_weight_blur,
+            "pose": s.profiles.quality_weight_pose,
         },
     }
 

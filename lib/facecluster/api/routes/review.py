@@ -64,7 +64,7 @@ def _thumbnail(services: Services, face_id: str, size: int) -> bytes:
     if image is None:
         raise HTTPException(404, f"the photo {face['image']} of library {face['library']} is not recorded")
     settings = services.settings
-    limits = (settings.max_image_bytes, settings.max_image_pixels)
+    limits = (settings.images.max_image_bytes, settings.images.max_image_pixels)
     try:
         return _cached_thumbnail(
             face_id, image["uri"], tuple(face["bbox"]), size, S3Options.from_settings(settings), limits
