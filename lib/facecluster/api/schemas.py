@@ -66,16 +66,6 @@ class FaceView(Answer):
     label_source: str | None = None
 
 
-class RunSummary(Answer):
-    run_id: str
-    method: str
-    faces: int
-    clusters: int
-    persons: int
-    unclustered: int
-    seconds: float
-
-
 class DualAnswer(Answer):
     queued: bool
     library: str

@@ -65,6 +65,10 @@ class MongoCollections:
     def close(self) -> None:
         self.client.close()
 
+    def ping(self) -> None:
+        """Raise unless the server answers (once, no retries: readiness probes want the truth now)."""
+        self.client.admin.command("ping")
+
     def find(
         self,
         collection: str,

@@ -18,7 +18,7 @@ def probe(services: Services) -> dict[str, Any]:
     """Whether MongoDB, Qdrant and Ray answer, with the error of any that does not."""
     checks: dict[str, Any] = {}
     try:
-        services.meta.client.admin.command("ping")
+        services.meta.ping()
         checks["mongodb"] = {"ok": True}
     except Exception as exc:  # any failure means not reachable
         checks["mongodb"] = {"ok": False, "error": str(exc)[:300]}
