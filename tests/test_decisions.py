@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from facecluster.cluster.assignment import AssignOptions, decide_centroid, decide_vote
-from facecluster.cluster.run import choose_faces, next_states
-from facecluster.people.decisions import changed_since, cleared, face_state, labelled
+from facecluster.cluster.run import choose_faces, held_in_photo, next_states
+from facecluster.people.decisions import changed_since, cleared, face_state, labelled, shared_photo
 from facecluster.store.vectors import Hit
 
 pytestmark = pytest.mark.fast
@@ -95,3 +95,22 @@ def test_vote_needs_a_majority_and_a_margin() -> None:
     assert split.user_id is None and "below min_share" not in split.reason and "margin" in split.reason
     weak = decide_vote("clu_1", [[hit("alice", 0.5)]] * 4, options)
     assert weak.user_id is None and weak.share == 0.0
+
+
+def test_what_the_other_faces_of_a_photo_hold_is_barred() -> None:
+    context = [
+        {"_id": "a", "image": "p1", "person_id": "per_1", "cluster_id": None},
+        {"_id": "b", "image": "p1", "person_id": None, "cluster_id": "clu_1"},
+        {"_id": "c", "image": "p2", "person_id": "per_2", "cluster_id": None},
+    ]
+    targets = [{"_id": "a", "image": "p1"}, {"_id": "x", "image": "p1"}, {"_id": "y", "image": "p3"}]
+    assert held_in_photo(context, targets, "person_id") == [set(), {"per_1"}, set()]
+    assert held_in_photo(context, targets, "cluster_id") == [{"clu_1"}, {"clu_1"}, set()]
+
+
+def test_a_person_never_gets_two_faces_of_one_photo() -> None:
+    members = [{"_id": "m1", "image": "p1"}, {"_id": "m2", "image": "p2"}]
+    assert shared_photo([{"_id": "j1", "image": "p3"}], members) is None
+    assert shared_photo([{"_id": "j1", "image": "p2"}], members) == "p2"
+    assert shared_photo([{"_id": "m1", "image": "p1"}], members) is None  # a face already theirs
+    assert shared_photo([{"_id": "j1", "image": "p9"}, {"_id": "j2", "image": "p9"}], []) == "p9"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facecluster.cluster.methods import UNCLUSTERED, match_known
-from facecluster.cluster.run import person_centroids, write_labels
+from facecluster.cluster.run import held_in_photo, person_centroids, write_labels
 from facecluster.engine.projection import unit
 from facecluster.store.meta import Doc, MetaStore
 from facecluster.store.vectors import Vectors
@@ -49,15 +49,29 @@ def match_new_faces(
         if human
         else ([], np.zeros((0, matrix.shape[1]), np.float32))
     )
+    # Two faces of one photo never share a person or a cluster: what the photo's other faces hold is barred.
+    photos = meta.faces_of_images(library, sorted(set(images)))
     position = {p: i for i, p in enumerate(persons)}
-    rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in pending]
+    barred = held_in_photo(photos, pending, "person_id")
+    rejected = [
+        {position[p] for p in {*(f.get("rejected_persons") or []), *held} if p in position}
+        for f, held in zip(pending, barred, strict=True)
+    ]
     to_person, similarity = match_known(matrix, images, centroids, person_threshold, rejected)
     clusters = meta.clusters(library)
     rest = np.flatnonzero(to_person == UNCLUSTERED)
     cluster_centroids = np.asarray([c["centroid"] for c in clusters], np.float32).reshape(
         len(clusters), matrix.shape[1]
     )
-    to_cluster, _ = match_known(matrix[rest], [images[i] for i in rest], cluster_centroids, cluster_threshold)
+    row = {c["_id"]: i for i, c in enumerate(clusters)}
+    occupied = held_in_photo(photos, [pending[i] for i in rest], "cluster_id")
+    to_cluster, _ = match_known(
+        matrix[rest],
+        [images[i] for i in rest],
+        cluster_centroids,
+        cluster_threshold,
+        [{row[c] for c in held if c in row} for held in occupied],
+    )
     states: dict[str, Doc] = {}
     for index in np.flatnonzero(to_person >= 0).tolist():
         states[pending[index]["_id"]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -50,6 +50,7 @@ class RunSummary:
     persons: int
     unclustered: int
     seconds: float
+    kept: int = 0  # faces outside the run's limits (quality, max faces): left as they were
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +71,23 @@ def choose_faces(
     if max_faces is not None:
         others = others[: max(0, max_faces - len(human))]
     return human, others
+
+
+def face_labels(face: Mapping[str, Any]) -> Doc:
+    """A face's cluster and person as they stand."""
+    return {"cluster_id": face.get("cluster_id"), "person_id": face.get("person_id")}
+
+
+def held_in_photo(
+    context: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]], field: str
+) -> list[set[str]]:
+    """For each target face, the values of `field` (persons or clusters) that other faces of its photo
+    hold in `context`: two faces of one photo never share a person or a cluster."""
+    by_image: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for face in context:
+        if value := face.get(field):
+            by_image[str(face["image"])].append((str(face["_id"]), str(value)))
+    return [{value for other, value in by_image[str(t["image"])] if other != t["_id"]} for t in targets]
 
 
 def next_states(
@@ -104,14 +122,21 @@ def run_clustering(
     run_id = f"run_{uuid.uuid4().hex[:12]}"
     faces = meta.clustering_faces(library)
     human, others = choose_faces(faces, options.min_quality, options.max_faces)
-    ids = [f["_id"] for f in human + others]
+    considered = human + others
+    ids = [f["_id"] for f in considered]
+    untouched = [f for f in faces if f["_id"] not in set(ids)]  # outside the limits: they keep their labels
     matrix = unit(vectors.fetch(ids)).astype(np.float32) if ids else np.zeros((0, 1), np.float32)
     human_vectors, other_vectors = matrix[: len(human)], matrix[len(human) :]
     other_images = [f["image"] for f in others]
 
     person_ids, centroids = person_centroids([str(f["person_id"]) for f in human], human_vectors)
     position = {p: i for i, p in enumerate(person_ids)}
-    rejected = [{position[p] for p in f.get("rejected_persons") or [] if p in position} for f in others]
+    # Never a person a human said the face is not, nor one another face of its photo already is.
+    taken = held_in_photo([*human, *untouched], others, "person_id")
+    rejected = [
+        {position[p] for p in {*(f.get("rejected_persons") or []), *held} if p in position}
+        for f, held in zip(others, taken, strict=True)
+    ]
 
     assigned = np.full(len(others), UNCLUSTERED, dtype=np.int64)
     similarity = np.zeros(len(others), np.float32)
@@ -126,9 +151,11 @@ def run_clustering(
         [others[unknown[i]]["_id"] for i in np.flatnonzero(labels == value)]
         for value in range(labels.max(initial=-1) + 1)
     ]
+    # A cluster with faces outside the limits keeps them and its id; new groups never take it over.
+    kept = {str(f["cluster_id"]) for f in untouched if f.get("cluster_id")}
     previous: dict[str, set[str]] = defaultdict(set)
-    for face in faces:
-        if cluster_id := face.get("cluster_id"):
+    for face in considered:
+        if (cluster_id := face.get("cluster_id")) and cluster_id not in kept:
             previous[cluster_id].add(face["_id"])
     cluster_ids = stable_ids(previous, groups)
 
@@ -136,15 +163,15 @@ def run_clustering(
         others[index]["_id"]: (person_ids[int(assigned[index])], round(float(similarity[index]), 4))
         for index in np.flatnonzero(assigned >= 0).tolist()
     }
-    new_state = next_states(faces, auto, dict(zip(cluster_ids, groups, strict=True)))
-    write_labels(meta, vectors, faces, new_state)
+    new_state = next_states(considered, auto, dict(zip(cluster_ids, groups, strict=True)))
+    write_labels(meta, vectors, considered, new_state)
 
     now = dt.datetime.now(dt.UTC)
-    docs = cluster_docs(library, run_id, cluster_ids, groups, faces, ids, matrix, new_state, now)
-    meta.replace_clusters(library, docs)
+    everyone = {**{f["_id"]: face_labels(f) for f in untouched}, **new_state}
+    docs = cluster_docs(library, run_id, cluster_ids, groups, faces, ids, matrix, everyone, now)
+    meta.replace_clusters(library, docs, keep=Counter(str(f["cluster_id"]) for f in untouched if f.get("cluster_id")))
     persons = {s["person_id"] for s in new_state.values() if s.get("person_id")}
-    considered = {f["_id"] for f in human + others}
-    unclustered = sum(1 for f in considered if not new_state[f]["person_id"] and not new_state[f]["cluster_id"])
+    unclustered = sum(1 for s in new_state.values() if not s["person_id"] and not s["cluster_id"])
     summary = RunSummary(
         run_id=run_id,
         method=options.method,
@@ -153,6 +180,7 @@ def run_clustering(
         persons=len(persons),
         unclustered=unclustered,
         seconds=round(time.monotonic() - started, 3),
+        kept=len(untouched),
     )
     meta.record_run(
         {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +23,10 @@ from facecluster.engine.detector import Detection, Letterbox, letterbox
 from facecluster.engine.faces import assess_faces, keep_faces, load_detector, load_embedder, quality_weights
 from facecluster.engine.quality import QUALITY_FIELDS
 from facecluster.engine.registry import Alignment
+from facecluster.ingest.relabel import LABEL_FIELDS, Relabelling, carry_labels
 from facecluster.ingest.sources import S3Options, read_uri
 from facecluster.settings import Settings
+from facecluster.store.documents import FaceDoc
 from facecluster.store.meta import FINAL_STATES, MetaStore
 from facecluster.store.vectors import Vectors, face_payload
 
@@ -240,30 +241,41 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
     """Store the batch: vectors first, then face metadata, then each image's final status.
 
     An image counts as done only once all its faces are in both stores, so a crash at any point
-    leaves it to be redone by the next run; faces of an older version of an image are removed.
+    leaves it to be redone by the next run. A photo read again passes its faces' labels to the new
+    faces that overlap them (`relabel.carry_labels`); human work nothing overlaps stays. A photo that
+    cannot be read this time keeps what was stored of it.
     """
     keys = [str(k) for k in batch["key"]]
-    stored = {doc["_id"]: doc for doc in meta.faces_of_images(ctx.library, keys)}
+    stored: dict[str, list[FaceDoc]] = {}
+    for doc in meta.faces_of_images(ctx.library, keys):
+        stored.setdefault(doc["image"], []).append(doc)
     now = dt.datetime.now(dt.UTC)
     ids: list[str] = []
     payloads: list[dict[str, Any]] = []
     face_docs: list[dict[str, Any]] = []
     image_docs: list[dict[str, Any]] = []
+    stale: list[str] = []
+    kept: list[str] = []
     for i, key in enumerate(keys):
         etag = str(batch["etag"][i])
-        count = len(batch["scores"][i]) if batch["status"][i] == "done" else 0
+        status = str(batch["status"][i])
+        old = stored.get(key, [])
+        count = len(batch["scores"][i]) if status == "done" else 0
+        boxes = [_xywh(batch["boxes"][i][index]) for index in range(count)]
+        # Nothing read: what was stored stays until a read says otherwise.
+        unread = Relabelling([], kept=[f["_id"] for f in old])
+        relabelled = unread if status == "error" else carry_labels(old, boxes)
         for index in range(count):
             fid = face_id(ctx.library, key, etag, index, ctx.detector_version)
-            x1, y1, x2, y2 = (round(float(v), 2) for v in batch["boxes"][i][index])
             quality = dict(zip(QUALITY_FIELDS, (round(float(v), 4) for v in batch["quality"][i][index]), strict=True))
-            previous: Mapping[str, Any] = stored.get(fid, {})
+            labels = relabelled.inherited[index] or {}
             face = {
                 "_id": fid,
                 "library": ctx.library,
                 "image": key,
                 "image_id": image_id(ctx.library, key),
                 "face_index": index,
-                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                "bbox": boxes[index],
                 "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in batch["landmarks"][i][index]],
                 "score": round(float(batch["scores"][i][index]), 4),
                 "quality": quality,
@@ -271,11 +283,14 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
                 "embedder": ctx.embedder_version,
                 "collection": ctx.collection,
                 "updated_at": now,
+                **{name: labels.get(name) for name in LABEL_FIELDS},
+                "rejected_persons": labels.get("rejected_persons") or [],
             }
             ids.append(fid)
             face_docs.append(face)
-            labels = {"person_id": previous.get("person_id"), "cluster_id": previous.get("cluster_id")}
-            payloads.append(face_payload(face | labels))
+            payloads.append(face_payload(face))
+        stale += relabelled.dropped
+        kept += [] if status == "error" else relabelled.kept
         image_docs.append(
             {
                 "_id": image_id(ctx.library, key),
@@ -284,10 +299,10 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
                 "uri": str(batch["uri"][i]),
                 "etag": etag,
                 "size": int(batch["size"][i]),
-                "status": str(batch["status"][i]),
+                "status": status,
                 "error_code": str(batch["error_code"][i]) or None,
                 "error": str(batch["error"][i]) or None,
-                "faces": count,
+                "faces": count + len(relabelled.kept),
                 "width": int(batch["width"][i]),
                 "height": int(batch["height"][i]),
                 "detector": ctx.detector_version,
@@ -296,17 +311,24 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
                 "updated_at": now,
             }
         )
-    stale = sorted(set(stored) - set(ids))
-    if stale:
-        vectors.delete(stale)
-        meta.delete_faces(stale)
     if ids:
         all_vectors = [v for v, state in zip(batch["vectors"], batch["status"], strict=True) if state == "done"]
         vectors.upsert(ids, np.concatenate(all_vectors).astype(np.float32), payloads)
         meta.write_faces(face_docs)
+    new = set(ids)
+    gone = sorted({face for face in stale if face not in new})
+    if gone:
+        vectors.delete(gone)
+        meta.delete_faces(gone)
+    meta.mark_not_redetected(kept)
     meta.write_images(image_docs)
     return {
         "key": np.array(keys, dtype=object),
         "status": np.array([doc["status"] for doc in image_docs], dtype=object),
         "faces": np.array([doc["faces"] for doc in image_docs], dtype=np.int64),
     }
+
+
+def _xywh(box: NDArray[np.floating]) -> list[float]:
+    x1, y1, x2, y2 = (round(float(v), 2) for v in box)
+    return [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]

@@ -16,7 +16,7 @@ from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, cluster
 from facecluster.cluster.run import cluster_docs, write_labels
 from facecluster.engine.projection import unit
 from facecluster.errors import Conflict, NotFound
-from facecluster.people.decisions import changed_since, cleared, face_state, labelled
+from facecluster.people.decisions import changed_since, cleared, face_state, labelled, shared_photo
 from facecluster.store.documents import AuditDoc, ClusterDoc, FaceDoc, PersonDoc
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
@@ -117,6 +117,16 @@ class Curator:
             self.meta.put_cluster(cluster_id, doc)
         return entry
 
+    def _one_face_per_photo(self, person: Mapping[str, Any], joining: Sequence[FaceDoc]) -> None:
+        """Refuse a change that would make two faces of one photo the same person, naming the photo."""
+        members = self.meta.faces_in(self.library, ["image"], person_id=str(person["_id"]))
+        photo = shared_photo(joining, members)
+        if photo is not None:
+            raise Conflict(
+                f"photo {photo} would show {person.get('name', person['_id'])} twice: "
+                "two faces of one photo are never the same person; move or remove the other face first"
+            )
+
     def _new_person(self, name: str) -> PersonDoc:
         if self.person_by_name(name) is not None:
             raise Conflict(f"a person named {name!r} exists in library {self.library}")
@@ -155,6 +165,7 @@ class Curator:
         self.cluster(cluster_id)
         person = self.person_by_name(name) or self._new_person(name)
         faces = self.meta.faces_in(self.library, cluster_id=cluster_id)
+        self._one_face_per_photo(person, faces)
         states = {f["_id"]: labelled(f, person["_id"]) for f in faces}
         self._change(
             "label_cluster",
@@ -207,6 +218,7 @@ class Curator:
             raise Conflict("a person cannot be merged into itself")
         source, into = self.active_person(source_id), self.active_person(into_id)
         faces = self.meta.faces_in(self.library, person_id=source_id)
+        self._one_face_per_photo(into, faces)
         states = {f["_id"]: {"person_id": into_id} for f in faces}
         merged = {**source, "merged_into": into_id, "merged_at": now()}
         self._change(
@@ -242,12 +254,14 @@ class Curator:
             persons[target["_id"]] = target
         else:
             raise Conflict("say where the faces go: `to_person_id` or `new_name`")
+        self._one_face_per_photo(target, faces)
         states = {f["_id"]: labelled(f, target["_id"]) for f in faces}
         self._change("move_faces", person_id, faces, states, persons=persons, details={"to": target["_id"]})
         return {"from": person_id, "to": target["_id"], "moved": len(faces)}
 
     def assign_face(self, face_id: str, person_id: str) -> Doc:
-        face, _ = self.face(face_id), self.active_person(person_id)
+        face, person = self.face(face_id), self.active_person(person_id)
+        self._one_face_per_photo(person, [face])
         self._change(
             "assign_face", face_id, [face], {face_id: labelled(face, person_id)}, details={"person_id": person_id}
         )

@@ -49,3 +49,14 @@ def changed_since(expected: Mapping[str, Doc], faces: Iterable[Mapping[str, Any]
         if any(face.get(key) != value for key, value in expected[face["_id"]].items()):
             return str(face["_id"])
     return None
+
+
+def shared_photo(joining: Iterable[Mapping[str, Any]], members: Iterable[Mapping[str, Any]]) -> str | None:
+    """The first photo that would show one person twice if the `joining` faces joined a person whose faces
+    are `members`, or None: two faces of one photo are never the same person."""
+    seen: dict[str, str] = {}
+    for face in [*members, *joining]:
+        image, face_id = str(face["image"]), str(face["_id"])
+        if seen.setdefault(image, face_id) != face_id:
+            return image
+    return None

@@ -65,6 +65,7 @@ class FaceDoc(_Document, total=False):
     label_source: LabelSource | None
     rejected_persons: list[str]
     person_similarity: float | None
+    redetected: bool
     created_at: dt.datetime
     updated_at: dt.datetime
 

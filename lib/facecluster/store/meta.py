@@ -75,21 +75,23 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
     # Faces.
     def faces_of_images(self, library: str, keys: Sequence[str]) -> list[FaceDoc]:
         query = {"library": library, "image": {"$in": list(keys)}}
-        projection = {"_id": 1, "image": 1, "person_id": 1, "cluster_id": 1}
-        return cast(list[FaceDoc], self.call(lambda: list(self.db.faces.find(query, projection))))
+        fields = ["image", "bbox", "person_id", "cluster_id", "label_source", "rejected_persons", "person_similarity"]
+        return cast(list[FaceDoc], self.find("faces", query, fields))
 
     def write_faces(self, docs: Iterable[Doc]) -> None:
-        """Upsert faces; person and cluster ids of faces already stored are left as they are."""
+        """Upsert faces as given (labels included); a face keeps when it was first stored."""
         operations = [
-            UpdateOne(
-                {"_id": doc["_id"]},
-                {"$set": doc, "$setOnInsert": {"person_id": None, "cluster_id": None, "created_at": now()}},
-                upsert=True,
-            )
+            UpdateOne({"_id": doc["_id"]}, {"$set": doc, "$setOnInsert": {"created_at": now()}}, upsert=True)
             for doc in docs
         ]
         if operations:
             self.call(lambda: self.db.faces.bulk_write(operations, ordered=False))
+
+    def mark_not_redetected(self, ids: Sequence[str]) -> None:
+        """Faces with human work that the last processing of their photo did not find again: kept, marked."""
+        if ids:
+            update = {"$set": {"redetected": False}}
+            self.call(lambda: self.db.faces.update_many({"_id": {"$in": list(ids)}}, update))
 
     def delete_faces(self, ids: Sequence[str]) -> int:
         if not ids:
@@ -144,13 +146,16 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         if operations:
             self.call(lambda: self.db.faces.bulk_write(operations, ordered=False))
 
-    def replace_clusters(self, library: str, docs: Sequence[Doc]) -> None:
-        """The library's clusters become exactly `docs`."""
-        keep = [doc["_id"] for doc in docs]
-        operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
+    def replace_clusters(self, library: str, docs: Sequence[Doc], keep: Mapping[str, int] | None = None) -> None:
+        """The library's clusters become `docs`, and the clusters in `keep` (id → faces it still has), which
+        a run left alone because some of their faces were outside its limits."""
+        keep = keep or {}
+        operations: list[ReplaceOne[Doc] | UpdateOne] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
+        operations += [UpdateOne({"_id": cluster}, {"$set": {"size": size}}) for cluster, size in keep.items()]
         if operations:
             self.call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
-        self.call(lambda: self.db.clusters.delete_many({"library": library, "_id": {"$nin": keep}}))
+        current = [doc["_id"] for doc in docs] + list(keep)
+        self.call(lambda: self.db.clusters.delete_many({"library": library, "_id": {"$nin": current}}))
 
     def record_run(self, doc: Doc) -> None:
         self.call(lambda: self.db.runs.insert_one(doc))

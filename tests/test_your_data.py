@@ -1,0 +1,114 @@
+"""Nothing a person did is lost: names and "not this person" survive a detector change, touched files, a
+failed read, limited clustering runs and incremental matching, on the real stores, models and Ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facecluster.cluster.commands import run_cluster, run_match
+from facecluster.ingest.pipeline import run_ingest
+from facecluster.ingest.relabel import box_iou
+from facecluster.people.curation import Curator
+from facecluster.settings import Settings
+from facecluster.store.connection import connect
+from facecluster.store.meta import MetaStore
+
+PEOPLE = ["Colin_Powell", "Ariel_Sharon", "Hugo_Chavez"]
+GROUP = ["dlib_bald_guys.jpg", "face_recognition_two_people.jpg", "dlib_voc_2008_001322.jpg"]
+LIBRARY = "family"
+
+
+def human_work(meta: MetaStore) -> list[tuple[str, list[float], str | None, set[str]]]:
+    """Every face a person named or rejected a person for: (photo, box, person, rejected persons)."""
+    return [
+        (f["image"], list(f["bbox"]), f.get("person_id"), set(f.get("rejected_persons") or []))
+        for f in meta.faces_in(LIBRARY)
+        if f.get("label_source") == "human" or f.get("rejected_persons")
+    ]
+
+
+def assert_intact(meta: MetaStore, work: list[tuple[str, list[float], str | None, set[str]]], step: str) -> None:
+    faces = meta.faces_in(LIBRARY)
+    for image, bbox, person, rejected in work:
+        here = [f for f in faces if f["image"] == image and box_iou(f["bbox"], bbox) >= 0.5]
+        assert any(f.get("person_id") == person and rejected <= set(f.get("rejected_persons") or []) for f in here), (
+            f"{step}: the human work on {image} {bbox} is gone: {here}"
+        )
+    for field in ("person_id", "cluster_id"):
+        pairs = Counter((f["image"], f[field]) for f in faces if f.get(field))  # type: ignore[literal-required]
+        assert max(pairs.values(), default=1) == 1, f"{step}: a photo has two faces of one {field}: {pairs}"
+    clusters = {c["_id"]: c for c in meta.clusters(LIBRARY)}
+    members = Counter(f["cluster_id"] for f in faces if f.get("cluster_id"))
+    assert set(members) <= set(clusters), f"{step}: faces point to deleted clusters"
+    assert all(clusters[c]["size"] == n for c, n in members.items()), f"{step}: cluster sizes are off"
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_human_work_survives_every_re_run(
+    store_settings: Settings, lfw_dir: Path, photos_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "library"
+    for name in PEOPLE:
+        (folder / name).mkdir(parents=True)
+        for path in sorted((lfw_dir / "images" / name).glob("*.jpg"))[:8]:
+            shutil.copy(path, folder / name / path.name)
+    for name in GROUP:
+        shutil.copy(photos_dir / "group" / name, folder / name)
+    run_ingest(store_settings, str(folder), library=LIBRARY)
+    run_cluster(store_settings, LIBRARY, method="dual")
+    stores = connect(store_settings)
+    meta = stores.meta
+    curator = Curator(meta, stores.vectors, LIBRARY, "tester")
+
+    # A person names Colin Powell's cluster and says a face of a group photo is not him.
+    faces = meta.faces_in(LIBRARY)
+    powell = Counter(f["cluster_id"] for f in faces if f["image"].startswith("Colin_Powell/") and f.get("cluster_id"))
+    named = curator.label_cluster(powell.most_common(1)[0][0], "Colin Powell")
+    stranger = next(f for f in faces if f["image"] == GROUP[0])
+    curator.reject_face(stranger["_id"], named["person_id"])
+    work = human_work(meta)
+    assert len(work) >= 6 and any(rejected for *_, rejected in work)
+    assert_intact(meta, work, "labelled")
+
+    # Another detector, forced: every face id changes, the labels follow the boxes.
+    forced = run_ingest(store_settings.updated(detector="yunet-s"), str(folder), library=LIBRARY, force=True)
+    assert forced.faces > 0
+    assert_intact(meta, work, "another detector")
+
+    # Every file touched (a copy, a sync): new etags, new ids, the same labels.
+    for path in folder.rglob("*.jpg"):
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 60))
+    touched = run_ingest(store_settings, str(folder), library=LIBRARY)
+    assert touched.skipped == 0
+    assert_intact(meta, work, "touched")
+
+    # A labelled photo that cannot be read on a re-run keeps its faces and labels.
+    victim = folder / work[0][0]
+    saved = victim.read_bytes()
+    victim.write_bytes(b"not a photo any more")
+    broken = run_ingest(store_settings, str(folder), library=LIBRARY)
+    assert broken.failed == 1
+    assert_intact(meta, work, "failed read")
+    victim.write_bytes(saved)
+    run_ingest(store_settings, str(folder), library=LIBRARY)
+    assert_intact(meta, work, "read again")
+
+    # A limited run changes only the faces it considers.
+    before: dict[str, Any] = {f["_id"]: f.get("cluster_id") for f in meta.faces_in(LIBRARY)}
+    limited = run_cluster(store_settings, LIBRARY, method="dual", max_faces=len(work) + 5)
+    assert limited.kept > 0 and limited.faces == len(work) + 5
+    after = {f["_id"]: f.get("cluster_id") for f in meta.faces_in(LIBRARY)}
+    assert sum(before[f] != after[f] for f in after) <= limited.faces
+    assert sum(1 for c in after.values() if c) >= sum(1 for c in before.values() if c) - limited.faces
+    assert_intact(meta, work, "limited run")
+
+    # Incremental matching of new faces respects the same rules.
+    run_ingest(store_settings, str(photos_dir / "group"), library=LIBRARY)
+    run_match(store_settings, stores, LIBRARY)
+    assert_intact(meta, work, "match")
