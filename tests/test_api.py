@@ -36,9 +36,7 @@ def api_settings(settings: Settings, photos_dir: Path, tmp_path_factory: pytest.
     for person in PEOPLE:
         shutil.copytree(photos_dir / "enrol" / person, folder / person)
     data = tmp_path_factory.mktemp("api-data")
-    yield settings.model_copy(
-        update={"data_dir": data, "library_root": root, "write_batch_size": 4, "unknown_min_cluster_size": 2}
-    )
+    yield settings.updated(data_dir=data, library_root=root, write_batch_size=4, unknown_min_cluster_size=2)
     stop_mongo(data)
 
 
@@ -381,10 +379,30 @@ def test_openapi_fuzzing_finds_no_server_error(services: Services) -> None:
     assert not failures, failures[:5]
 
 
-def test_cleanup_removes_the_whole_library(client: TestClient, services: Services) -> None:
+def test_cleanup_undoes_the_run_erasure_and_library_deletion_remove_data(
+    client: TestClient, services: Services
+) -> None:
     before = services.stores.vectors.ids(LIBRARY)
     assert before
-    deleted = client.delete("/cleanup-person-data/my-bucket/my-sub").json()["deleted"]
-    assert deleted["faces"] == len(before) and deleted["runs"] >= 1 and deleted["images"] > 0
+    cleaned = client.delete("/cleanup-person-data/my-bucket/my-sub?dry_run=true")
+    assert cleaned.status_code == 200 and cleaned.json()["dry_run"] is True, cleaned.text
+    cleaned = client.delete("/cleanup-person-data/my-bucket/my-sub").json()
+    assert cleaned["removed"]["clusters"] >= 1
+    assert services.stores.vectors.ids(LIBRARY) == before  # ingested faces stay
+    assert client.get("/api/v1/faces/clusters", params={"library": LIBRARY}).json()["total"] == 0
+
+    assert client.post("/api/v1/erasure", json={"face_id": None}).status_code == 422
+    assert client.post("/api/v1/erasure", json={"image": "x.jpg"}).status_code == 422  # without its library
+    assert client.post("/api/v1/erasure", json={"user_id": "nobody"}).status_code == 404
+    face = sorted(before)[0]
+    assert client.get(f"/api/v1/faces/faces/{face}/thumbnail").status_code == 200
+    erased = client.post("/api/v1/erasure", json={"face_id": face})
+    assert erased.status_code == 200 and erased.json()["mongodb"]["faces"] == 1, erased.text
+    assert client.get(f"/api/v1/faces/faces/{face}/thumbnail").status_code == 404
+    assert face not in services.stores.vectors.ids(LIBRARY)
+
+    deleted = client.delete(f"/api/v1/libraries/{LIBRARY}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["mongodb"]["faces"] == len(before) - 1
     assert services.stores.vectors.ids(LIBRARY) == set()
     assert client.get("/person-cluster-status/my-bucket/my-sub").json()["runs"] == []

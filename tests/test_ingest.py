@@ -165,13 +165,8 @@ def s3_server() -> Iterator[str]:
 
 
 def test_s3_source_and_manifest(store_settings: Settings, photos_dir: Path, s3_server: str, tmp_path: Path) -> None:
-    settings = store_settings.model_copy(
-        update={
-            "s3_endpoint_url": s3_server,
-            "s3_region": "us-east-1",
-            "s3_access_key": SecretStr("testing"),
-            "s3_secret_key": SecretStr("testing"),
-        }
+    settings = store_settings.updated(
+        s3_endpoint_url=s3_server, s3_region="us-east-1", s3_access_key="testing", s3_secret_key="testing"
     )
     client = boto3.client(
         "s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="x"

@@ -1,5 +1,6 @@
 """Nothing a person did is lost: names and "not this person" survive a detector change, touched files, a
-failed read, limited clustering runs and incremental matching, on the real stores, models and Ray."""
+failed read, limited clustering runs and incremental matching; erasure reaches every copy and stays;
+cleanup undoes one run and nothing else. On the real stores, models and Ray."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import Any
 import pytest
 
 from facecluster.cluster.commands import run_cluster, run_match
+from facecluster.errors import NotFound
+from facecluster.ingest.maintenance import check_stores
 from facecluster.ingest.pipeline import run_ingest
 from facecluster.ingest.relabel import box_iou
 from facecluster.people.curation import Curator
+from facecluster.people.erasure import cleanup_clustering, delete_library, erase
 from facecluster.settings import Settings
 from facecluster.store.connection import connect
 from facecluster.store.meta import MetaStore
@@ -112,3 +116,58 @@ def test_human_work_survives_every_re_run(
     run_ingest(store_settings, str(photos_dir / "group"), library=LIBRARY)
     run_match(store_settings, stores, LIBRARY)
     assert_intact(meta, work, "match")
+
+    # Erasing the person: their faces leave MongoDB and every Qdrant collection, and stay out.
+    person = named["person_id"]
+    erased_faces = [f for f in meta.faces_in(LIBRARY) if f.get("person_id") == person]
+    result = erase(stores, actor="tester", person_id=person)
+    assert result["mongodb"]["faces"] == len(erased_faces) == result["mongodb"]["tombstones"]
+    assert result["qdrant"]["face_points"] >= len(erased_faces)
+    ids = [f["_id"] for f in erased_faces]
+    assert not meta.faces_in(LIBRARY, ids=ids) and meta.person(person) is None
+    assert not stores.vectors.ids(LIBRARY) & set(ids)
+    assert not any("Colin Powell" in repr(entry) for entry in meta.audit_page(LIBRARY, skip=0, limit=1000))
+    again = run_ingest(store_settings, str(folder), library=LIBRARY, force=True)
+    assert again.failed == 0
+    back = [f for f in meta.faces_in(LIBRARY) for (image, bbox, *_rest) in work if f["image"] == image]
+    erased_boxes = [(f["image"], f["bbox"]) for f in erased_faces]
+    assert not any(f["image"] == i and box_iou(f["bbox"], b) >= 0.5 for f in back for i, b in erased_boxes)
+    assert check_stores(meta, stores.vectors, LIBRARY).consistent
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_cleanup_undoes_one_run_and_library_deletion_removes_the_rest(
+    store_settings: Settings, lfw_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "library"
+    for name in PEOPLE:
+        (folder / name).mkdir(parents=True)
+        for path in sorted((lfw_dir / "images" / name).glob("*.jpg"))[:5]:
+            shutil.copy(path, folder / name / path.name)
+    run_ingest(store_settings, str(folder), library=LIBRARY)
+    first = run_cluster(store_settings, LIBRARY, method="dual")
+    stores = connect(store_settings)
+    meta = stores.meta
+    faces = meta.faces_in(LIBRARY)
+    clustered = next(f for f in faces if f.get("cluster_id"))
+    named = Curator(meta, stores.vectors, LIBRARY, "tester").label_cluster(str(clustered["cluster_id"]), "Someone")
+    second = run_cluster(store_settings, LIBRARY, method="dual")
+    assert second.clusters >= 1
+
+    counted = cleanup_clustering(stores, LIBRARY, dry_run=True)
+    assert counted["clustering_id"] == second.run_id and counted["removed"]["clusters"] == second.clusters
+    assert len(meta.clusters(LIBRARY)) == second.clusters  # a dry run changes nothing
+    with pytest.raises(NotFound):
+        cleanup_clustering(stores, LIBRARY, clustering_id="run_000000000000")
+    done = cleanup_clustering(stores, LIBRARY, clustering_id=second.run_id)
+    assert done["removed"] == counted["removed"]
+    after = meta.faces_in(LIBRARY)
+    assert len(after) == len(faces)  # never ingested faces
+    assert not meta.clusters(LIBRARY) and not any(f.get("cluster_id") for f in after)
+    assert sum(f.get("person_id") == named["person_id"] for f in after) == named["faces"]  # human labels stay
+    assert first.run_id != second.run_id
+
+    deleted = delete_library(stores, LIBRARY, actor="tester")
+    assert deleted["mongodb"]["faces"] == len(faces) and deleted["qdrant"]["face_points"] == len(faces)
+    assert not meta.faces_in(LIBRARY) and not stores.vectors.ids(LIBRARY) and LIBRARY not in meta.libraries()
+    assert meta.audit_page(LIBRARY, skip=0, limit=10)[0]["action"] == "delete_library"  # the audit stays

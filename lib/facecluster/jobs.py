@@ -69,6 +69,7 @@ class PipelineJob(Options):
     library: str | None = None
     limit: int | None = Field(default=None, ge=1)
     force: bool = False
+    prune: bool = False
     cluster: ClusterOptions = ClusterOptions()
     train: TrainOptions | None = None
 
@@ -107,7 +108,13 @@ def run_pipeline(settings: Settings, options: PipelineJob, progress: Progress) -
     from facecluster.train.job import run_train
 
     ingest = run_ingest(
-        settings, options.source, library=options.library, limit=options.limit, force=options.force, progress=progress
+        settings,
+        options.source,
+        library=options.library,
+        limit=options.limit,
+        force=options.force,
+        prune=options.prune,
+        progress=progress,
     )
     library = ingest.library
     progress(f"clustering library {library}")

@@ -398,6 +398,10 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown settings: {', '.join(unknown)}")
         return type(self).model_validate({**self.model_dump(), **values})
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """A copy; flat names in `update` go to their sections, validated, as with `updated`."""
+        return self.updated(**update) if update else super().model_copy(deep=deep)
+
     def flat(self) -> dict[str, Any]:
         """Every setting by its flat name."""
         return {name: value for section in SECTIONS for name, value in getattr(self, section).model_dump().items()}

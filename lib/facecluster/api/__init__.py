@@ -7,7 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from facecluster.api.routes import assignments, faces, library, profiles, review, system
+from facecluster.api.routes import assignments, data, faces, library, profiles, review, system
 from facecluster.api.services import Services, guard
 from facecluster.errors import FaceclusterError
 from facecluster.settings import Settings
@@ -46,7 +46,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.services = services
-    for router in (system.router, profiles.router, library.router, assignments.router, review.router, faces.router):
+    routers = (system, profiles, library, assignments, review, faces, data)
+    for router in (module.router for module in routers):
         app.include_router(router)
     origins = settings.serve.cors_origins
     if origins:

@@ -302,7 +302,25 @@ class PersonDetails(Answer):
 
 class Cleanup(Answer):
     library: str
-    deleted: dict[str, int]
+    clustering_id: str
+    dry_run: bool
+    removed: dict[str, int] = Field(description="clusters, faces_unclustered, auto_labels, assignments")
+
+
+class StoreCounts(Answer):
+    mongodb: dict[str, int]
+    qdrant: dict[str, int]
+
+
+class Erased(StoreCounts):
+    erased: str = Field(description="face, image, person or user")
+    target: str
+    audit_id: str
+
+
+class LibraryDeleted(StoreCounts):
+    library: str
+    audit_id: str
 
 
 # Profiles.

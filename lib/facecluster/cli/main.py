@@ -102,10 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("--library", default=None, help="library name (default: from the folder or bucket/prefix)")
         job.add_argument("--limit", type=int, default=None, help="at most N photos")
         job.add_argument("--force", action="store_true", help="redo photos already stored with the same models")
+        job.add_argument("--prune", action="store_true", help="remove photos no longer in SOURCE, with their faces")
         if name == "pipeline":
             _cluster_arguments(job)
             job.add_argument("--train", action="store_true", help="then train on the labelled persons and re-cluster")
             _train_arguments(job)
+
+    erase = commands.add_parser("erase", help="erase a face, a photo, a person or a user's data from every store")
+    erase_what = erase.add_subparsers(dest="what", required=True, metavar="WHAT")
+    erase_what.add_parser("face", help="one face").add_argument("id", metavar="FACE_ID")
+    erase_image = erase_what.add_parser("image", help="every face of one photo")
+    erase_image.add_argument("id", metavar="KEY")
+    erase_image.add_argument("--library", required=True)
+    erase_what.add_parser("person", help="a person and every face named as them").add_argument("id", metavar="PER_ID")
+    erase_what.add_parser("user", help="a user's profile, templates and assignments").add_argument(
+        "id", metavar="USER_ID"
+    )
+
+    libraries = commands.add_parser("library", help="whole libraries")
+    library_actions = libraries.add_subparsers(dest="action", required=True)
+    library_actions.add_parser("list", help="libraries with stored photos")
+    library_actions.add_parser(
+        "delete", help="remove a library: photos, faces, vectors of every version, persons, clusters, runs"
+    ).add_argument("library")
 
     queued = commands.add_parser("job", help="run a queued job (what the API submits to Ray)")
     queued.add_argument("kind", choices=sorted(KINDS))
@@ -319,12 +338,15 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             library=args.library,
             limit=args.limit,
             force=args.force,
+            prune=args.prune,
             cluster=validated(ClusterOptions, _cluster_overrides(args)),
             train=validated(TrainOptions, trained) if args.train else None,
         )
         result = run_pipeline(settings, options, partial(log.info, "progress: %s"))
     else:
-        result = run_ingest(settings, args.source, library=args.library, limit=args.limit, force=args.force).to_dict()
+        result = run_ingest(
+            settings, args.source, library=args.library, limit=args.limit, force=args.force, prune=args.prune
+        ).to_dict()
     ray.shutdown()  # flush worker logs before the summary, so it is the last line
     emit(result)
     return 0
@@ -371,6 +393,42 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.store.connection import open_meta
 
     emit(library_stats(open_meta(settings), args.library))
+    return 0
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+
+    from facecluster.ingest.sources import validate_library
+    from facecluster.people.erasure import erase
+    from facecluster.store.connection import connect
+
+    target = {"face": "face_id", "image": "image", "person": "person_id", "user": "user_id"}[args.what]
+    library = validate_library(args.library) if args.what == "image" else None
+    emit(erase(connect(settings), actor=_actor(), library=library, **{target: args.id}))
+    ray.shutdown()
+    return 0
+
+
+def cmd_library(settings: Settings, args: argparse.Namespace) -> int:
+    from facecluster.ingest.sources import validate_library
+    from facecluster.store.connection import connect, open_meta
+
+    if args.action == "list":
+        emit({"libraries": open_meta(settings).libraries()})
+        return 0
+    import ray
+
+    from facecluster.people.erasure import delete_library
+
+    emit(delete_library(connect(settings), validate_library(args.library), actor=_actor()))
+    ray.shutdown()
     return 0
 
 
@@ -486,7 +544,7 @@ def _add_profile(settings: Settings, args: argparse.Namespace, store: Any) -> in
 def cmd_profiles(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
-    from facecluster.people.profiles import ProfileNotFound, ProfileStore, public
+    from facecluster.people.profiles import ProfileStore, public
     from facecluster.store.connection import connect
 
     stores = connect(settings)
@@ -496,9 +554,12 @@ def cmd_profiles(settings: Settings, args: argparse.Namespace) -> int:
         for doc in store.page(0, 10**9):
             emit(public(doc))
     elif args.action == "delete":
-        try:
-            emit({"user_id": args.user_id, "assignments_deleted": store.delete(args.user_id)})
-        except ProfileNotFound:
+        from facecluster.people.erasure import erase
+
+        if store.exists(args.user_id):
+            erased = erase(stores, actor=_actor(), user_id=args.user_id)
+            emit({"user_id": args.user_id, "assignments_deleted": erased["mongodb"].get("assignments", 0)})
+        else:
             log.error("user %s has no profile", args.user_id)
             code = 1
     else:
@@ -623,6 +684,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": cmd_serve,
         "train": cmd_train,
         "job": cmd_job,
+        "erase": cmd_erase,
+        "library": cmd_library,
     }
     from facecluster.errors import FaceclusterError
 

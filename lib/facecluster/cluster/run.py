@@ -12,7 +12,7 @@ import datetime as dt
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -270,6 +270,25 @@ def cluster_docs(
             }
         )
     return docs
+
+
+def mend_clusters(meta: MetaStore, vectors: Vectors, cluster_ids: Iterable[str]) -> int:
+    """Clusters whose faces changed (erased, or vectors in another version): size, best-quality owner and
+    centroid from the faces they hold now, in `vectors`' space; an empty one goes. How many went."""
+    gone = 0
+    for cluster_id in sorted(set(cluster_ids)):
+        doc = meta.cluster(cluster_id)
+        if doc is None:
+            continue
+        members = meta.faces_in(doc.get("library"), ["quality"], cluster_id=cluster_id, best_first=True)
+        if not members:
+            meta.put_cluster(cluster_id, None)
+            gone += 1
+            continue
+        centroid = unit(vectors.fetch([m["_id"] for m in members]).sum(axis=0))
+        mended = {**doc, "size": len(members), "owner_face_id": members[0]["_id"]}
+        meta.put_cluster(cluster_id, {**mended, "centroid": [round(float(v), 6) for v in centroid]})
+    return gone
 
 
 def run_options(

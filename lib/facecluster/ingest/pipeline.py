@@ -21,6 +21,7 @@ from ray.data import ActorPoolStrategy, Dataset
 
 from facecluster.engine.faces import load_detector, min_confidence, model_version
 from facecluster.engine.projection import VectorSpace
+from facecluster.errors import InvalidInput
 from facecluster.ingest.sources import S3Options, Source, parse_source, validate_library
 from facecluster.ingest.stages import (
     Batch,
@@ -32,6 +33,7 @@ from facecluster.ingest.stages import (
     skip_done,
 )
 from facecluster.ingest.stages import write_batch as store_batch
+from facecluster.people.erasure import remove_images
 from facecluster.runtime import init_ray
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, connect, space_vectors
@@ -76,6 +78,8 @@ class IngestSummary:
     skipped: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
+    pruned_images: int = 0  # with --prune: photos no longer in the source, removed with their faces
+    pruned_faces: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,12 +129,16 @@ def run_ingest(
     library: str | None = None,
     limit: int | None = None,
     force: bool = False,
+    prune: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> IngestSummary:
     """Ingest every photo of `source_spec` into `library`; resumable, idempotent. Progress goes to the
-    ingest's `jobs` record and to `progress` (else the log) every `progress_interval_s`."""
+    ingest's `jobs` record and to `progress` (else the log) every `progress_interval_s`. With `prune`,
+    photos of the library no longer in the source leave it, with their faces and vectors."""
     source = parse_source(source_spec)
     library = validate_library(library or source.default_library)
+    if prune and limit is not None:
+        raise InvalidInput("--prune needs the whole source: it cannot go with --limit")
     started = time.monotonic()
     init_ray(settings)
     detector = load_detector(settings)
@@ -168,6 +176,9 @@ def run_ingest(
         processed = _execute(_build(ds, ctx, stores, settings), summary, settings, started, report)
         summary.images = total
         summary.skipped = total - processed
+        if prune:
+            listed = {str(row["key"]) for row in ds.select_columns(["key"]).iter_rows()}
+            summary.pruned_images, summary.pruned_faces = remove_images(stores, library, listed)
     except BaseException as exc:
         meta.finish_job(ctx.job_id, "failed", {"error": str(exc), **summary.to_dict()})
         raise

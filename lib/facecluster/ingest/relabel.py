@@ -30,6 +30,12 @@ def is_human_work(face: Mapping[str, Any]) -> bool:
     return bool((face.get("label_source") == "human" and face.get("person_id")) or face.get("rejected_persons"))
 
 
+def is_erased(box: Sequence[float], tombstones: Sequence[Sequence[float] | None]) -> bool:
+    """Whether a detected face is one a person had erased: its photo was erased whole (a tombstone without
+    a box), or its box overlaps an erased face's box as much as a re-detection would."""
+    return any(tomb is None or box_iou(box, tomb) >= MIN_IOU for tomb in tombstones)
+
+
 @dataclass
 class Relabelling:
     """What re-processing a photo does to its stored faces."""

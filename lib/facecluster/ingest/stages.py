@@ -23,7 +23,7 @@ from facecluster.engine.detector import Detection, Letterbox, letterbox
 from facecluster.engine.faces import assess_faces, keep_faces, load_detector, load_embedder, quality_weights
 from facecluster.engine.quality import QUALITY_FIELDS
 from facecluster.engine.registry import Alignment
-from facecluster.ingest.relabel import LABEL_FIELDS, Relabelling, carry_labels
+from facecluster.ingest.relabel import LABEL_FIELDS, Relabelling, carry_labels, is_erased
 from facecluster.ingest.sources import S3Options, read_uri
 from facecluster.settings import Settings
 from facecluster.store.documents import FaceDoc
@@ -249,8 +249,10 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
     stored: dict[str, list[FaceDoc]] = {}
     for doc in meta.faces_of_images(ctx.library, keys):
         stored.setdefault(doc["image"], []).append(doc)
+    erased = meta.tombstones(ctx.library, keys)
     now = dt.datetime.now(dt.UTC)
     ids: list[str] = []
+    rows: list[NDArray[np.float32]] = []
     payloads: list[dict[str, Any]] = []
     face_docs: list[dict[str, Any]] = []
     image_docs: list[dict[str, Any]] = []
@@ -260,15 +262,17 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
         etag = str(batch["etag"][i])
         status = str(batch["status"][i])
         old = stored.get(key, [])
-        count = len(batch["scores"][i]) if status == "done" else 0
-        boxes = [_xywh(batch["boxes"][i][index]) for index in range(count)]
+        found = len(batch["scores"][i]) if status == "done" else 0
+        boxes = [_xywh(batch["boxes"][i][index]) for index in range(found)]
+        chosen = [index for index in range(found) if not is_erased(boxes[index], erased.get(key, []))]
+        count = len(chosen)
         # Nothing read: what was stored stays until a read says otherwise.
         unread = Relabelling([], kept=[f["_id"] for f in old])
-        relabelled = unread if status == "error" else carry_labels(old, boxes)
-        for index in range(count):
+        relabelled = unread if status == "error" else carry_labels(old, [boxes[index] for index in chosen])
+        for position, index in enumerate(chosen):
             fid = face_id(ctx.library, key, etag, index, ctx.detector_version)
             quality = dict(zip(QUALITY_FIELDS, (round(float(v), 4) for v in batch["quality"][i][index]), strict=True))
-            labels = relabelled.inherited[index] or {}
+            labels = relabelled.inherited[position] or {}
             face = {
                 "_id": fid,
                 "library": ctx.library,
@@ -287,6 +291,7 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
                 "rejected_persons": labels.get("rejected_persons") or [],
             }
             ids.append(fid)
+            rows.append(batch["vectors"][i][index])
             face_docs.append(face)
             payloads.append(face_payload(face))
         stale += relabelled.dropped
@@ -312,8 +317,7 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
             }
         )
     if ids:
-        all_vectors = [v for v, state in zip(batch["vectors"], batch["status"], strict=True) if state == "done"]
-        vectors.upsert(ids, np.concatenate(all_vectors).astype(np.float32), payloads)
+        vectors.upsert(ids, np.stack(rows).astype(np.float32), payloads)
         meta.write_faces(face_docs)
     new = set(ids)
     gone = sorted({face for face in stale if face not in new})

@@ -71,6 +71,7 @@ class ProfileStore:
             self.vectors.upsert(
                 [point_id(doc["_id"])], vector[None, :], [{"user_id": doc["_id"], "faces": len(doc["faces"])}]
             )
+        self.vectors.delete(sorted(self.vectors.ids() - {point_id(doc["_id"]) for doc in docs}))  # erased users
         return len(docs)
 
     def get(self, user_id: str) -> ProfileDoc:
@@ -121,10 +122,3 @@ class ProfileStore:
         self.vectors.upsert([point_id(user_id)], vector[None, :], [{"user_id": user_id, "faces": len(faces)}])
         self.meta.put_profile(user_id, doc)
         return doc
-
-    def delete(self, user_id: str) -> int:
-        """Delete the profile and its assignments; returns how many assignments went with it."""
-        self.get(user_id)
-        self.vectors.delete([point_id(user_id)])
-        self.meta.put_profile(user_id, None)
-        return self.meta.delete_assignments(user_id=user_id)

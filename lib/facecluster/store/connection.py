@@ -17,7 +17,7 @@ from facecluster.settings import Settings
 from facecluster.store.embedded import mongo_uri
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import QdrantConfig, QdrantVectors, Vectors, collection_name
-from facecluster.store.versions import VersionedVectors, active_space, active_version
+from facecluster.store.versions import VersionedVectors, active_space, active_version, trained_versions
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class StoreConfig:
     mongo_uri: str
     mongo_db: str
     qdrant: QdrantConfig
+    retries: int = 5
 
 
 def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreConfig:
@@ -37,7 +38,7 @@ def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreCon
         collection=collection,
         dim=dim,
     )
-    return StoreConfig(mongo, settings.stores.mongo_db, qdrant)
+    return StoreConfig(mongo, settings.stores.mongo_db, qdrant, settings.stores.store_retries)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
@@ -77,8 +78,8 @@ class OwnedVectors:
     def upsert(self, ids: Any, vectors: Any, payloads: Any) -> None:
         self._call("upsert", ids, vectors, payloads)
 
-    def delete(self, ids: Any) -> None:
-        self._call("delete", ids)
+    def delete(self, ids: Any) -> int:
+        return int(self._call("delete", ids))
 
     def ids(self, library: str | None = None) -> set[str]:
         return set(self._call("ids", library))
@@ -95,8 +96,8 @@ class OwnedVectors:
     def search(self, queries: Any, limit: int, library: str | None = None) -> Any:
         return self._call("search", queries, limit, library)
 
-    def delete_library(self, library: str) -> None:
-        self._call("delete_library", library)
+    def delete_library(self, library: str) -> int:
+        return int(self._call("delete_library", library))
 
 
 def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
@@ -176,3 +177,11 @@ def current(settings: Settings, stores: Connection) -> Connection:
     if active_version(stores.meta, stores.space.base) == stores.version:
         return stores
     return connect(settings)
+
+
+def every_version(stores: Connection, kind: str = "faces") -> list[Vectors]:
+    """The `kind` collections (faces or profiles) of every vector version of the configured embedder: its
+    own vectors and each trained version's, active or not. Erasure and deletion reach all of them."""
+    base, dim = stores.space.base, stores.space.dim
+    spaces = [VectorSpace(version, base, dim) for version in (base, *trained_versions(stores.meta, base))]
+    return [open_vectors(space_config(stores.config.qdrant, space, kind), stores.config.retries) for space in spaces]

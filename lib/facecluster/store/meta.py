@@ -21,9 +21,9 @@ __all__ = ["FINAL_STATES", "INSPECTABLE", "Busy", "Doc", "MetaStore", "now"]
 
 #: Image states after ingest; `done` and `no_face` are final for an unchanged image and models.
 FINAL_STATES = ("done", "no_face")
-#: Collections whose documents belong to one library (`library` field); `describe` shows them too.
-LIBRARY_COLLECTIONS = ("images", "faces", "clusters", "runs", "assignments", "persons", "audit", "jobs")
-INSPECTABLE = (*LIBRARY_COLLECTIONS, "profiles")
+#: What a library holds; deleting it removes these (its audit and job records stay).
+LIBRARY_CONTENT = ("images", "faces", "clusters", "runs", "assignments", "persons")
+INSPECTABLE = (*LIBRARY_CONTENT, "audit", "jobs", "profiles", "erasures")
 
 
 class Busy(Conflict):
@@ -56,7 +56,7 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
 
     def delete_library(self, library: str) -> dict[str, int]:
         """Remove every document of `library` from every collection; the counts per collection."""
-        return {name: self.delete(name, {"library": library}) for name in LIBRARY_COLLECTIONS}
+        return {name: self.delete(name, {"library": library}) for name in LIBRARY_CONTENT}
 
     # Images.
     def images_by_key(self, library: str, keys: Sequence[str]) -> dict[str, ImageDoc]:
@@ -92,6 +92,25 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         if ids:
             update = {"$set": {"redetected": False}}
             self.call(lambda: self.db.faces.update_many({"_id": {"$in": list(ids)}}, update))
+
+    def faces_of_image(self, library: str, image: str) -> list[FaceDoc]:
+        return cast(list[FaceDoc], self.find("faces", {"library": library, "image": image}))
+
+    def delete_image(self, library: str, image: str) -> int:
+        return self.delete("images", {"library": library, "key": image})
+
+    # Tombstones of erased faces: photo and box, no biometric data.
+    def add_tombstones(self, docs: Sequence[Doc]) -> None:
+        operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
+        if operations:
+            self.call(lambda: self.db.erasures.bulk_write(operations, ordered=False))
+
+    def tombstones(self, library: str, images: Sequence[str]) -> dict[str, list[list[float] | None]]:
+        """Per photo, the boxes of faces erased from it (None: the whole photo was erased)."""
+        found: dict[str, list[list[float] | None]] = {}
+        for doc in self.find("erasures", {"library": library, "image": {"$in": list(images)}}, ["image", "bbox"]):
+            found.setdefault(doc["image"], []).append(doc.get("bbox"))
+        return found
 
     def delete_faces(self, ids: Sequence[str]) -> int:
         if not ids:

@@ -45,5 +45,29 @@ class PeopleDocs(MongoCollections):
             list[AuditDoc], self.find("audit", {"library": library}, fields, sort=[("at", -1)], skip=skip, limit=limit)
         )
 
+    def redact_audit(self, library: str, person_id: str, name: str, replacement: str) -> int:
+        """Replace an erased person's name everywhere the library's audit holds it; how many entries changed."""
+        changed = 0
+        for entry in self.find("audit", {"library": library}):
+            text = repr(entry)
+            if person_id not in text and repr(name) not in text:
+                continue
+            redacted = _replace_name(entry, person_id, name, replacement)
+            if redacted != entry:
+                self.call(lambda redacted=redacted: self.db.audit.replace_one({"_id": redacted["_id"]}, redacted))  # type: ignore[misc]
+                changed += 1
+        return changed
+
     def mark_undone(self, audit_id: str, by: str) -> None:
         self.call(lambda: self.db.audit.update_one({"_id": audit_id}, {"$set": {"undone_by": by}}))
+
+
+def _replace_name(value: Any, person_id: str, name: str, replacement: str) -> Any:
+    """`value` with the person's name replaced wherever it is the name of `person_id` or stands alone."""
+    if isinstance(value, dict):
+        if value.get("_id") == person_id and "name" in value:
+            value = {**value, "name": replacement}
+        return {k: _replace_name(v, person_id, name, replacement) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_name(v, person_id, name, replacement) for v in value]
+    return replacement if value == name else value

@@ -94,13 +94,13 @@ class Vectors(Protocol):
 
     def ensure_collection(self) -> None: ...
     def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[dict[str, Any]]) -> None: ...
-    def delete(self, ids: Sequence[str]) -> None: ...
+    def delete(self, ids: Sequence[str]) -> int: ...
     def ids(self, library: str | None = None) -> set[str]: ...
     def count(self) -> int: ...
     def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]: ...
     def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None: ...
     def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]: ...
-    def delete_library(self, library: str) -> None: ...
+    def delete_library(self, library: str) -> int: ...
 
 
 class QdrantVectors:
@@ -150,10 +150,24 @@ class QdrantVectors:
             )
             self._call(partial(self.client.upsert, self.config.collection, points=points, wait=True))
 
-    def delete(self, ids: Sequence[str]) -> None:
-        if ids:
-            selector = models.PointIdsList(points=list(ids))
+    def _exists(self) -> bool:
+        return bool(self._call(lambda: self.client.collection_exists(self.config.collection)))
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove these points; how many of them were there (a collection that does not exist holds none)."""
+        if not ids or not self._exists():
+            return 0
+        found: list[str] = []
+        for start in range(0, len(ids), 1024):
+            chunk = list(ids[start : start + 1024])
+            points = self._call(
+                partial(self.client.retrieve, self.config.collection, chunk, with_payload=False, with_vectors=False)
+            )
+            found += [str(p.id) for p in points]
+        if found:
+            selector = models.PointIdsList(points=list(found))
             self._call(lambda: self.client.delete(self.config.collection, points_selector=selector, wait=True))
+        return len(found)
 
     def ids(self, library: str | None = None) -> set[str]:
         """Every point id, of one library or of all, by paginated scroll."""
@@ -201,6 +215,8 @@ class QdrantVectors:
             for fields, points in updates
             if points
         ]
+        if not operations or not self._exists():
+            return
         for start in range(0, len(operations), 256):
             chunk = operations[start : start + 256]
             self._call(partial(self.client.batch_update_points, self.config.collection, chunk, wait=True))
@@ -220,6 +236,12 @@ class QdrantVectors:
             out.extend([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in a.points] for a in answers)
         return out
 
-    def delete_library(self, library: str) -> None:
-        selector = models.FilterSelector(filter=_library_filter(library))
+    def delete_library(self, library: str) -> int:
+        """Remove every point of `library`; how many there were."""
+        if not self._exists():
+            return 0
+        query = _library_filter(library)
+        count = int(self._call(lambda: self.client.count(self.config.collection, count_filter=query, exact=True).count))
+        selector = models.FilterSelector(filter=query)
         self._call(lambda: self.client.delete(self.config.collection, points_selector=selector, wait=True))
+        return count

@@ -85,6 +85,11 @@ def previous_version(meta: MetaStore, base: str) -> str:
     return str(current["previous"])
 
 
+def trained_versions(meta: MetaStore, base: str) -> list[str]:
+    """Every trained version of `base`, active or not: each has collections of its own."""
+    return [str(doc["_id"]) for doc in meta.find("versions", {"base": base}, ["_id"])]
+
+
 def list_versions(meta: MetaStore, base: str) -> list[Doc]:
     """Trained versions of `base`, newest first, without their weights."""
     return meta.call(
@@ -109,9 +114,8 @@ class VersionedVectors:
         self.base.upsert(ids, vectors, payloads)
         self.active.upsert(ids, self.space.project(vectors), payloads)
 
-    def delete(self, ids: Sequence[str]) -> None:
-        self.base.delete(ids)
-        self.active.delete(ids)
+    def delete(self, ids: Sequence[str]) -> int:
+        return self.base.delete(ids) + self.active.delete(ids)
 
     def ids(self, library: str | None = None) -> set[str]:
         """Faces with both vectors; one missing either is missing for `check`."""
@@ -124,11 +128,12 @@ class VersionedVectors:
         return self.active.fetch(ids)
 
     def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
+        """Labels go to both collections, so a rollback to the embedder's own vectors finds them current."""
+        self.base.set_payloads(updates)
         self.active.set_payloads(updates)
 
     def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
         return self.active.search(queries, limit, library)
 
-    def delete_library(self, library: str) -> None:
-        self.base.delete_library(library)
-        self.active.delete_library(library)
+    def delete_library(self, library: str) -> int:
+        return self.base.delete_library(library) + self.active.delete_library(library)

@@ -25,6 +25,7 @@ from ray.data import ActorPoolStrategy
 from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from facecluster.cluster.run import mend_clusters
 from facecluster.engine.projection import VectorSpace, unit, weights_from_bytes, weights_to_bytes
 from facecluster.eval.metrics import tar_at_far
 from facecluster.people.profiles import ProfileStore
@@ -296,6 +297,9 @@ def activate(settings: Settings, version: str, stores: Connection | None = None)
     replaced = switch_space(stores.meta, base, version)
     if space is not None:  # faces an ingest stored between the re-projection and the switch
         written += reproject(settings, stores, space, missing_only=True)[0]
+    switched = connect(settings)  # cluster centroids follow the vectors into the new space
+    for library in switched.meta.libraries():
+        mend_clusters(switched.meta, switched.vectors, [c["_id"] for c in switched.meta.clusters(library)])
     log.info("active vector version: %s (was %s)", version, replaced)
     return {"version": version, "previous": replaced, "reprojected": written, "profiles": profiles}
 

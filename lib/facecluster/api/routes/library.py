@@ -23,6 +23,7 @@ from facecluster.api.services import (
     with_id,
 )
 from facecluster.jobs import PipelineJob
+from facecluster.people.erasure import cleanup_clustering
 
 router = APIRouter(tags=["person clustering"])
 
@@ -129,11 +130,23 @@ def person_details(
 
 @router.delete(
     "/cleanup-person-data/{bucket}/{sub}",
-    summary="Remove a library: faces, vectors, runs, assignments",
+    summary="Undo a clustering run: its clusters, machine labels and assignments (never faces or human labels)",
     response_model=schemas.Cleanup,
 )
-def cleanup_person_data(services: Deps, bucket: Bucket, sub: Sub) -> dict[str, Any]:
-    library = library_of(bucket, sub)
-    services.stores.vectors.delete_library(library)
-    deleted = services.meta.delete_library(library)
-    return {"library": library, "deleted": deleted}
+def cleanup_person_data(
+    services: Deps,
+    bucket: Bucket,
+    sub: Sub,
+    clustering_id: Annotated[str | None, Query(pattern=RUN_ID, description="default: the latest run")] = None,
+    cleanup_assignments: Annotated[bool, Query(description="also delete the run's assignments")] = True,
+    cleanup_qdrant: Annotated[bool, Query(description="also clear the labels in the vectors' payloads")] = True,
+    dry_run: Annotated[bool, Query(description="only count what would go")] = False,
+) -> dict[str, Any]:
+    return cleanup_clustering(
+        services.stores,
+        library_of(bucket, sub),
+        clustering_id=clustering_id,
+        assignments=cleanup_assignments,
+        qdrant=cleanup_qdrant,
+        dry_run=dry_run,
+    )

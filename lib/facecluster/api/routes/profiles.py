@@ -8,10 +8,11 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from facecluster.api import schemas
-from facecluster.api.services import Deps, Services, UserId
+from facecluster.api.services import Actor, Deps, Services, UserId
 from facecluster.api.uploads import analyze_upload
 from facecluster.engine.analysis import ProfileRejected, profile_face
 from facecluster.engine.quality import ProfileChecks
+from facecluster.people.erasure import erase
 from facecluster.people.profiles import USER_ID_PATTERN, ProfileExists, ProfileNotFound, public
 
 router = APIRouter(tags=["profiles"])
@@ -145,9 +146,9 @@ def get_profile(services: Deps, user_id: UserId) -> dict[str, Any]:
 @router.delete(
     "/debug-profile/{user_id}", summary="Delete a profile and its assignments", response_model=schemas.ProfileDeleted
 )
-def delete_profile(services: Deps, user_id: UserId) -> dict[str, Any]:
-    try:
-        removed = services.profiles.delete(user_id)
-    except ProfileNotFound:
-        raise HTTPException(404, f"user {user_id} has no profile") from None
-    return {"user_id": user_id, "deleted": True, "assignments_deleted": removed}
+def delete_profile(services: Deps, actor: Actor, user_id: UserId) -> dict[str, Any]:
+    """The user's erasure: the profile, its template in every vector version, its assignments."""
+    if not services.profiles.exists(user_id):
+        raise HTTPException(404, f"user {user_id} has no profile")
+    erased = erase(services.stores, actor=actor, user_id=user_id)
+    return {"user_id": user_id, "deleted": True, "assignments_deleted": erased["mongodb"].get("assignments", 0)}

@@ -73,6 +73,11 @@ def _thumbnail(services: Services, face_id: str, size: int) -> bytes:
         raise HTTPException(404, f"the photo {face['image']} cannot be read now: {exc}") from exc
 
 
+def forget_thumbnails() -> None:
+    """Drop every cached thumbnail (after an erasure or a deletion)."""
+    _cached_thumbnail.cache_clear()
+
+
 @lru_cache(maxsize=4096)
 def _cached_thumbnail(
     face_id: str, uri: str, bbox: tuple[float, ...], size: int, s3: S3Options, limits: tuple[int, int]
