@@ -219,6 +219,14 @@ def test_label_merge_move_reject_and_undo(client: TestClient) -> None:
     # An older change whose faces changed since cannot be undone silently.
     label_entry = next(e for e in audit if e["action"] == "label_cluster" and e["target"] == first["cluster_id"])
     assert client.post(f"/api/v1/faces/audit/{label_entry['audit_id']}/undo").status_code == 409
+    # Undoing the creation of a person that later changes gave faces is refused, naming the reason.
+    dora = client.post("/api/v1/faces/persons", json={"name": "Dora", "library": LIBRARY}).json()["person_id"]
+    created = client.get("/api/v1/faces/audit", params={"library": LIBRARY}).json()["entries"][0]
+    assert created["action"] == "create_person" and created["target"] == dora
+    assert client.post(f"/api/v1/faces/faces/{face_ids[0]}/assign", json={"person_id": dora}).status_code == 200
+    refused = client.post(f"/api/v1/faces/audit/{created['audit_id']}/undo")
+    assert refused.status_code == 409 and "faces from later changes" in refused.json()["detail"]
+    assert client.post(f"/api/v1/faces/faces/{face_ids[0]}/assign", json={"person_id": alice}).status_code == 200
 
     removed = client.post(
         f"/api/v1/faces/persons/{bob}/faces/remove",
@@ -300,16 +308,20 @@ def test_one_clustering_run_per_library_at_a_time(client: TestClient, services: 
     from facecluster.store.meta import Busy
 
     meta = services.meta
-    with meta.locked(f"clustering of {LIBRARY}", "elsewhere:1", ttl_s=60):
-        with pytest.raises(Busy, match="held by elsewhere:1"), meta.locked(f"clustering of {LIBRARY}", "me:2", 60):
+    with meta.locked(f"changes to {LIBRARY}", "elsewhere:1", ttl_s=60):
+        with pytest.raises(Busy, match="held by elsewhere:1"), meta.locked(f"changes to {LIBRARY}", "me:2", 60):
             pass
         busy = client.post("/api/v1/faces/cluster/dual", json={"library": LIBRARY, "queue": False})
         assert busy.status_code == 409 and "in progress: held by elsewhere:1" in busy.json()["detail"]
+        # Human changes wait for the library too: a clustering run cannot undo them half-way.
+        person = client.post("/api/v1/faces/persons", json={"name": "Eve", "library": LIBRARY})
+        assert person.status_code == 409 and "held by elsewhere:1" in person.json()["detail"]
+        assert client.post("/api/v1/faces/assign", json={"library": LIBRARY}).status_code == 409
     # A crashed holder's lock lapses and is taken over; a finished run releases its own.
-    with meta.locked(f"clustering of {LIBRARY}", "crashed:3", ttl_s=0.001):
+    with meta.locked(f"changes to {LIBRARY}", "crashed:3", ttl_s=0.001):
         time.sleep(0.01)
-        with meta.locked(f"clustering of {LIBRARY}", "me:4", ttl_s=60):
-            assert meta.db.locks.find_one({"_id": f"clustering of {LIBRARY}"})["holder"] == "me:4"
+        with meta.locked(f"changes to {LIBRARY}", "me:4", ttl_s=60):
+            assert meta.db.locks.find_one({"_id": f"changes to {LIBRARY}"})["holder"] == "me:4"
     assert meta.db.locks.count_documents({}) == 0
     assert client.post("/api/v1/faces/cluster/dual", json={"library": LIBRARY, "queue": False}).status_code == 200
 

@@ -240,4 +240,6 @@ def test_summary_fields() -> None:
         "skipped",
         "seconds",
         "images_per_s",
+        "pruned_images",
+        "pruned_faces",
     ]

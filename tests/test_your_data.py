@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from facecluster.cluster.commands import run_cluster, run_match
-from facecluster.errors import NotFound
+from facecluster.errors import Conflict, InvalidInput, NotFound
 from facecluster.ingest.maintenance import check_stores
 from facecluster.ingest.pipeline import run_ingest
 from facecluster.ingest.relabel import box_iou
@@ -134,6 +134,14 @@ def test_human_work_survives_every_re_run(
     assert not any(f["image"] == i and box_iou(f["bbox"], b) >= 0.5 for f in back for i, b in erased_boxes)
     assert check_stores(meta, stores.vectors, LIBRARY).consistent
 
+    # A human action that would make two faces of one photo the same person is refused, naming the photo.
+    pair = [f for f in meta.faces_in(LIBRARY) if f["image"] == GROUP[1]][:2]
+    assert len(pair) == 2
+    someone = curator.create_person("Someone")["_id"]
+    curator.assign_face(pair[0]["_id"], someone)
+    with pytest.raises(Conflict, match=f"photo {GROUP[1]} would show Someone twice"):
+        curator.assign_face(pair[1]["_id"], someone)
+
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_cleanup_undoes_one_run_and_library_deletion_removes_the_rest(
@@ -167,7 +175,18 @@ def test_cleanup_undoes_one_run_and_library_deletion_removes_the_rest(
     assert sum(f.get("person_id") == named["person_id"] for f in after) == named["faces"]  # human labels stay
     assert first.run_id != second.run_id
 
+    # Photos gone from the source leave the library with --prune, and only then.
+    leaving = [f["_id"] for f in meta.faces_in(LIBRARY) if f["image"].startswith(f"{PEOPLE[0]}/")]
+    shutil.rmtree(folder / PEOPLE[0])
+    with pytest.raises(InvalidInput, match="--prune needs the whole source"):
+        run_ingest(store_settings, str(folder), library=LIBRARY, prune=True, limit=1)
+    assert run_ingest(store_settings, str(folder), library=LIBRARY).pruned_images == 0
+    pruned = run_ingest(store_settings, str(folder), library=LIBRARY, prune=True)
+    assert (pruned.pruned_images, pruned.pruned_faces) == (5, len(leaving))
+    assert not meta.faces_in(LIBRARY, ids=leaving) and not stores.vectors.ids(LIBRARY) & set(leaving)
+
     deleted = delete_library(stores, LIBRARY, actor="tester")
-    assert deleted["mongodb"]["faces"] == len(faces) and deleted["qdrant"]["face_points"] == len(faces)
+    left = len(faces) - len(leaving)
+    assert deleted["mongodb"]["faces"] == left and deleted["qdrant"]["face_points"] == left
     assert not meta.faces_in(LIBRARY) and not stores.vectors.ids(LIBRARY) and LIBRARY not in meta.libraries()
     assert meta.audit_page(LIBRARY, skip=0, limit=10)[0]["action"] == "delete_library"  # the audit stays

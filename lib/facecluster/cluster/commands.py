@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -48,8 +46,7 @@ def run_cluster(
     if shards > 1:
         init_ray(settings)
         neighbours = partial(sharded_knn, shards=shards)
-    holder = f"{socket.gethostname()}:{os.getpid()}"
-    with stores.meta.locked(f"clustering of {library}", holder, settings.clustering.cluster_lock_s):
+    with stores.meta.library_lock(library, settings.clustering.cluster_lock_s):
         return run_clustering(stores.meta, stores.vectors, library, options, neighbours)
 
 
@@ -64,14 +61,16 @@ def run_match(
     """Incremental assignment of a library's new faces (`facecluster match`, `POST /api/v1/faces/assign`)
     at the run thresholds the settings and the embedder give."""
     options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=person_threshold)
-    return match_new_faces(
-        stores.meta,
-        stores.vectors,
-        validate_library(library),
-        person_threshold=options.person_threshold,
-        cluster_threshold=options.unknown.merge_threshold,
-        max_faces=max_faces,
-    )
+    library = validate_library(library)
+    with stores.meta.library_lock(library, settings.clustering.cluster_lock_s):
+        return match_new_faces(
+            stores.meta,
+            stores.vectors,
+            library,
+            person_threshold=options.person_threshold,
+            cluster_threshold=options.unknown.merge_threshold,
+            max_faces=max_faces,
+        )
 
 
 def run_assignment(
@@ -87,14 +86,16 @@ def run_assignment(
 ) -> AssignReport:
     """Assign a library's clusters to profiles (`facecluster assign`, `POST /assignments/…`)."""
     options = assign_options(settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
-    return assign_clusters(
-        stores.meta,
-        stores.vectors,
-        stores.profiles,
-        validate_library(library),
-        options,
-        clustering_id=clustering_id,
-        dry_run=dry_run,
-        overwrite=overwrite,
-        model_version=stores.version,
-    )
+    library = validate_library(library)
+    with stores.meta.library_lock(library):
+        return assign_clusters(
+            stores.meta,
+            stores.vectors,
+            stores.profiles,
+            library,
+            options,
+            clustering_id=clustering_id,
+            dry_run=dry_run,
+            overwrite=overwrite,
+            model_version=stores.version,
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,13 +79,13 @@ def match_new_faces(
             "label_source": "auto",
             "person_similarity": round(float(similarity[index]), 4),
         }
-    grown: dict[str, int] = defaultdict(int)
+    grown: set[str] = set()
     for offset in np.flatnonzero(to_cluster >= 0).tolist():
         cluster_id = clusters[int(to_cluster[offset])]["_id"]
         states[pending[int(rest[offset])]["_id"]] = {"cluster_id": cluster_id, "person_id": None}
-        grown[cluster_id] += 1
+        grown.add(cluster_id)
     write_labels(meta, vectors, [f for f in pending if f["_id"] in states], states)
-    meta.grow_clusters(grown)
+    meta.recount_clusters(grown)
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     return MatchSummary(
         library, len(pending), int((to_person >= 0).sum()), int((to_cluster >= 0).sum()), round(seconds, 3)

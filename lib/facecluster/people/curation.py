@@ -5,10 +5,11 @@ written to the `audit` collection with who, what, when and the state before, so 
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -20,6 +21,28 @@ from facecluster.people.decisions import changed_since, cleared, face_state, lab
 from facecluster.store.documents import AuditDoc, ClusterDoc, FaceDoc, PersonDoc
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(method: Callable[Concatenate[Curator, P], R]) -> Callable[Concatenate[Curator, P], R]:
+    """A change made while holding the library's lock, so a clustering run or another change cannot
+    interleave with it."""
+
+    def locked(curator: Curator, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with curator.meta.library_lock(curator.library):
+            return method(curator, *args, **kwargs)
+
+    functools.update_wrapper(locked, method)
+    return locked
+
+
+def _essence(doc: Mapping[str, Any] | None) -> Any:
+    """What makes a person or cluster the same for an undo: its labels, not when it was written."""
+    if doc is None:
+        return None
+    return {key: value for key, value in doc.items() if not key.endswith("_at")}
 
 
 @dataclass
@@ -139,11 +162,13 @@ class Curator:
             "created_by": self.actor,
         }
 
+    @_locked
     def create_person(self, name: str) -> PersonDoc:
         person = self._new_person(name)
         self._change("create_person", person["_id"], [], {}, persons={person["_id"]: person})
         return person
 
+    @_locked
     def rename_person(self, person_id: str, name: str) -> Doc:
         person = self.active_person(person_id)
         other = self.person_by_name(name)
@@ -153,6 +178,7 @@ class Curator:
         self._change("rename_person", person_id, [], {}, persons={person_id: renamed}, details={"name": name})
         return renamed
 
+    @_locked
     def hide_person(self, person_id: str, hidden: bool) -> Doc:
         """Hide a person from the galleries (or show them again); their faces keep their label."""
         person = {**self.active_person(person_id), "hidden": hidden}
@@ -160,6 +186,7 @@ class Curator:
         self._change(action, person_id, [], {}, persons={person_id: person}, details={"hidden": hidden})
         return person
 
+    @_locked
     def label_cluster(self, cluster_id: str, name: str) -> Doc:
         """The cluster's faces become the person `name` (an existing one of that name, else a new one)."""
         self.cluster(cluster_id)
@@ -178,6 +205,7 @@ class Curator:
         )
         return {"cluster_id": cluster_id, "person_id": person["_id"], "name": name, "faces": len(faces)}
 
+    @_locked
     def split_cluster(self, cluster_id: str, params: ClusterParams) -> Doc:
         """Re-cluster one cluster's faces with `params` (tighter); faces that fit no part become unclustered."""
         old = self.cluster(cluster_id)
@@ -212,6 +240,7 @@ class Curator:
             "unclustered": int((labels == UNCLUSTERED).sum()),
         }
 
+    @_locked
     def merge_persons(self, source_id: str, into_id: str) -> Doc:
         """Every face of `source_id` goes to `into_id`; the source is marked merged and takes no more faces."""
         if source_id == into_id:
@@ -234,6 +263,7 @@ class Curator:
             raise NotFound(f"{len(missing)} faces are not faces of person {person_id} (first: {missing[0]})")
         return faces
 
+    @_locked
     def remove_faces(self, person_id: str, face_ids: Sequence[str]) -> Doc:
         """Take faces from a person; they become unclustered and never go back to it automatically."""
         self.person(person_id)
@@ -242,6 +272,7 @@ class Curator:
         self._change("remove_faces", person_id, faces, states)
         return {"person_id": person_id, "removed": len(faces)}
 
+    @_locked
     def move_faces(self, person_id: str, face_ids: Sequence[str], *, to: str | None, name: str | None) -> Doc:
         """Move faces to the person `to`, or to a new person called `name`."""
         self.person(person_id)
@@ -259,6 +290,7 @@ class Curator:
         self._change("move_faces", person_id, faces, states, persons=persons, details={"to": target["_id"]})
         return {"from": person_id, "to": target["_id"], "moved": len(faces)}
 
+    @_locked
     def assign_face(self, face_id: str, person_id: str) -> Doc:
         face, person = self.face(face_id), self.active_person(person_id)
         self._one_face_per_photo(person, [face])
@@ -267,11 +299,13 @@ class Curator:
         )
         return {"face_id": face_id, "person_id": person_id}
 
+    @_locked
     def unassign_face(self, face_id: str) -> Doc:
         face = self.face(face_id)
         self._change("unassign_face", face_id, [face], {face_id: cleared(face)})
         return {"face_id": face_id, "person_id": None}
 
+    @_locked
     def reject_face(self, face_id: str, person_id: str) -> Doc:
         """ "Not this person": the face leaves `person_id` (if it was there) and is never matched to it again."""
         face, _ = self.face(face_id), self.person(person_id)
@@ -289,6 +323,7 @@ class Curator:
     def audit(self, *, skip: int = 0, limit: int = 50) -> list[AuditDoc]:
         return self.meta.audit_page(self.library, skip=skip, limit=limit)
 
+    @_locked
     def undo(self, audit_id: str) -> Doc:
         """Restore the state before change `audit_id`, if its faces have not changed since."""
         entry = self.meta.audit_entry(audit_id, self.library)
@@ -301,6 +336,20 @@ class Curator:
         changed = changed_since(after["faces"], faces)
         if changed is not None:
             raise Conflict(f"face {changed} changed after {audit_id}: undo the later change first")
+        restoring = set(after["faces"])
+        for kind, current in (("person", self.meta.person), ("cluster", self.meta.cluster)):
+            for key, state in after[f"{kind}s"].items():
+                if _essence(current(key)) != _essence(state):
+                    raise Conflict(f"{kind} {key} changed after {audit_id}: undo the later change first")
+                if before[f"{kind}s"].get(key) is None and state is not None:  # the undo would delete it
+                    field = f"{kind}_id"
+                    others = [
+                        f["_id"]
+                        for f in self.meta.faces_in(self.library, ["_id"], **{field: key})
+                        if f["_id"] not in restoring
+                    ]
+                    if others:
+                        raise Conflict(f"{kind} {key} has {len(others)} faces from later changes: undo those first")
         undo = self._change(
             "undo", audit_id, faces, before["faces"], persons=before["persons"], clusters=before["clusters"]
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from facecluster.cluster.run import mend_clusters
@@ -86,7 +87,33 @@ def erase(
     person_id: str | None = None,
     user_id: str | None = None,
 ) -> dict[str, Any]:
-    """Erase one face, one photo (`library` + `image`), one person or one user's profile; the counts per store."""
+    """Erase one face, one photo (`library` + `image`), one person or one user's profile, holding the
+    library's lock; the counts per store."""
+    meta = stores.meta
+    where = library
+    if face_id is not None and (face := meta.face(face_id)) is not None:
+        where = face.get("library")
+    elif person_id is not None and (person := meta.person(person_id)) is not None:
+        where = person.get("library")
+    run = partial(
+        _erase, stores, actor=actor, face_id=face_id, library=library, image=image, person_id=person_id, user_id=user_id
+    )
+    if where is None:  # a user's data, or nothing to find (`_erase` says so)
+        return run()
+    with meta.library_lock(where):
+        return run()
+
+
+def _erase(
+    stores: Connection,
+    *,
+    actor: str,
+    face_id: str | None = None,
+    library: str | None = None,
+    image: str | None = None,
+    person_id: str | None = None,
+    user_id: str | None = None,
+) -> dict[str, Any]:
     given = [face_id is not None, image is not None, person_id is not None, user_id is not None]
     if sum(given) != 1:
         raise InvalidInput("name exactly one of: a face id, a photo (with its library), a person id, a user id")
@@ -148,10 +175,11 @@ def delete_library(stores: Connection, library: str, *, actor: str) -> dict[str,
     """Remove a whole library: photos, faces, vectors of every version, persons, clusters, runs, assignments.
     The audit stays (with an entry for this deletion)."""
     counts = Counts()
-    for collection in every_version(stores, "faces"):
-        counts.add(counts.qdrant, "face_points", collection.delete_library(library))
-    for name, count in stores.meta.delete_library(library).items():
-        counts.add(counts.mongodb, name, count)
+    with stores.meta.library_lock(library):
+        for collection in every_version(stores, "faces"):
+            counts.add(counts.qdrant, "face_points", collection.delete_library(library))
+        for name, count in stores.meta.delete_library(library).items():
+            counts.add(counts.mongodb, name, count)
     audit_id = _audit(stores.meta, library, actor, "delete_library", library, counts)
     return {"library": library, "audit_id": audit_id, **counts.to_dict()}
 
@@ -191,7 +219,9 @@ def cleanup_clustering(
         "auto_labels": len(auto),
         "assignments": len(meta.assignments(clustering_id=run["_id"])) if assignments else 0,
     }
-    if not dry_run:
+    if dry_run:
+        return {"library": library, "clustering_id": run["_id"], "dry_run": dry_run, "removed": removed}
+    with meta.library_lock(library):
         meta.update_faces(list(states.items()))
         if qdrant:
             for collection in every_version(stores, "faces"):

@@ -3,9 +3,12 @@ assignments from their own modules; `MetaStore` is the one object the rest of th
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, cast
 
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
@@ -138,6 +141,12 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
             self.call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING))),
         )
 
+    def library_lock(self, library: str, ttl_s: float = 60.0) -> AbstractContextManager[None]:
+        """The lock every change to a library's faces, persons or clusters holds (clustering runs,
+        matching, assignment, curation, cleanup, erasure), so none undoes another's work."""
+        holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        return self.locked(f"changes to {library}", holder, ttl_s)
+
     @contextmanager
     def locked(self, name: str, holder: str, ttl_s: float) -> Iterator[None]:
         """Hold the lock `name` (a `locks` document) for the block; `Busy` when another holder has it.
@@ -147,8 +156,9 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         try:
             self.call(lambda: self.db.locks.insert_one({"_id": name, **fields}))
         except DuplicateKeyError:
-            stale = {"_id": name, "expires": {"$lt": started}}
-            if self.call(lambda: self.db.locks.update_one(stale, {"$set": fields}).modified_count) != 1:
+            # Ours already when a retried insert had gone through; else taken over only when it lapsed.
+            stale = {"_id": name, "$or": [{"expires": {"$lt": started}}, {"holder": holder}]}
+            if self.call(lambda: self.db.locks.update_one(stale, {"$set": fields}).matched_count) != 1:
                 held = self.call(lambda: self.db.locks.find_one({"_id": name})) or {}
                 raise Busy(
                     f"{name} is in progress: held by {held.get('holder')} since {held.get('since')}, "
@@ -305,9 +315,12 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
     def put_cluster(self, cluster_id: str, doc: Mapping[str, Any] | None) -> None:
         self.put("clusters", cluster_id, doc)
 
-    def grow_clusters(self, sizes: dict[str, int]) -> None:
-        """Add faces to clusters' sizes: {cluster id: faces added}."""
-        operations = [UpdateOne({"_id": cluster}, {"$inc": {"size": n}}) for cluster, n in sizes.items()]
+    def recount_clusters(self, cluster_ids: Iterable[str]) -> None:
+        """Set clusters' sizes to the faces they hold now (a count, not an increment: safe to retry)."""
+        operations = [
+            UpdateOne({"_id": cluster}, {"$set": {"size": self.count("faces", {"cluster_id": cluster})}})
+            for cluster in sorted(set(cluster_ids))
+        ]
         if operations:
             self.call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
 
