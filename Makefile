@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
 export FACECLUSTER_MODELS_DIR ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual faces-train-matching faces-pipeline-full train-rollback eval-train serve assign eval-cluster bench-cluster bench-serve test test-fast lint typecheck pytest models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
+.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual faces-train-matching faces-pipeline-full train-rollback eval-train serve assign eval-cluster bench-cluster bench-serve test test-fast lint format typecheck pytest dev models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,8 +34,9 @@ ingest: setup ## ingest SOURCE (LIBRARY=, LIMIT=, FORCE=1)
 check: setup ## MongoDB faces against Qdrant points (REPAIR=1 to repair)
 	$(BIN)/facecluster check $(if $(LIBRARY),--library $(LIBRARY)) $(if $(REPAIR),--repair)
 
-# The first seed's face targets. LIBRARY defaults to the folder name of SOURCE.
-LIBRARY ?= $(notdir $(abspath $(SOURCE)))
+# The first seed's face targets. LIBRARY defaults to what ingest names it: bucket/prefix for s3://bucket/prefix,
+# else the folder's name.
+LIBRARY ?= $(if $(filter s3://%,$(SOURCE)),$(patsubst %/,%,$(patsubst s3://%,%,$(SOURCE))),$(notdir $(abspath $(SOURCE))))
 CLUSTER_OPTIONS = $(if $(PERSON_THRESHOLD),--person-threshold $(PERSON_THRESHOLD)) $(if $(UNKNOWN_METHOD),--unknown-method $(UNKNOWN_METHOD)) $(if $(UNKNOWN_MIN_SIZE),--min-cluster-size $(UNKNOWN_MIN_SIZE)) $(if $(MAX_FACES),--max-faces $(MAX_FACES))
 
 faces-backfill: setup ## detect and embed every face of SOURCE (LIMIT=)
@@ -55,6 +56,9 @@ assign: setup ## assign LIBRARY's clusters to known users (STRATEGY=centroid|vot
 
 serve: setup ## the HTTP API on Ray Serve (HOST=, PORT=)
 	$(BIN)/facecluster serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+dev: setup ## the API for development: uvicorn with reload, the engine in process, on 127.0.0.1 (PORT=)
+	$(BIN)/uvicorn --factory facecluster.api.dev:app --reload --reload-dir lib --host 127.0.0.1 --port $(or $(PORT),8000)
 
 faces-stats: setup ## persons, clusters, unclustered faces of LIBRARY
 	$(BIN)/facecluster stats --library $(LIBRARY)
@@ -96,11 +100,15 @@ test: lint typecheck pytest ## every check: ruff, mypy (strict on lib/), pytest 
 test-fast: setup ## the pure-function tests alone (engine maths, clustering rules, curation and assignment decisions, settings, contracts): under a minute
 	$(BIN)/pytest -m fast -q
 
-lint: setup
+lint: setup ## ruff: lint and format check
 	$(BIN)/ruff check lib tests jobs
 	$(BIN)/ruff format --check lib tests jobs
 
-typecheck: setup
+format: setup ## ruff: fix what it can and format
+	$(BIN)/ruff check --fix lib tests jobs
+	$(BIN)/ruff format lib tests jobs
+
+typecheck: setup ## mypy, strict on lib/
 	$(BIN)/mypy
 
 pytest: setup

@@ -134,3 +134,13 @@ def test_bench_engine_reports_each_batch_size(env: dict[str, str], photos_dir: P
     assert [row["batch"] for row in report["rows"]] == [1, 2]
     assert all(row["detector_ms_per_image"] > 0 and row["embedder_ms_per_face"] > 0 for row in report["rows"])
     assert report["peak_rss_mib"] > 0 and report["provider"] == "CPUExecutionProvider"
+
+
+def test_status_shows_and_stop_ends_the_embedded_server(env: dict[str, str], tmp_path: Path) -> None:
+    scoped = {**env, "FACECLUSTER_DATA_DIR": str(tmp_path / "data")}
+    assert json.loads(run("status", env=scoped).stdout)["embedded_mongodb"]["running"] is False
+    run("stats", env=scoped)  # any command that needs MongoDB starts the embedded server
+    status = json.loads(run("status", env=scoped).stdout)
+    assert status["mongodb"] == "embedded" and status["embedded_mongodb"]["running"] is True
+    assert json.loads(run("stop", env=scoped).stdout)["stopped"] is True
+    assert json.loads(run("status", env=scoped).stdout)["embedded_mongodb"]["running"] is False

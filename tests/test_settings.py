@@ -77,3 +77,23 @@ def test_to_env_round_trips_without_secrets(clean_env: Path, monkeypatch: pytest
         monkeypatch.setenv(key, value)
     again = Settings(_env_file=None)
     assert again.flat() == {**settings.flat(), "qdrant_api_key": None}
+
+
+def test_the_seeds_model_and_store_names(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBED_MODEL_NAME", "FACENET")
+    with pytest.raises(ValueError, match="set EMBED_MODEL_PATH"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("EMBED_MODEL_PATH", str(clean_env / "facenet.onnx"))
+    assert Settings(_env_file=None).models.embedder == "facenet"
+    monkeypatch.delenv("EMBED_MODEL_NAME")
+    assert Settings(_env_file=None).models.embedder == "facenet"  # a path alone is the user's own FaceNet
+    monkeypatch.setenv("FACECLUSTER_DETECTOR", "retinaface")
+    with pytest.raises(ValueError, match=r"unknown detector 'retinaface'; known: .*yolov5n-0\.5-face"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("FACECLUSTER_DETECTOR", "YuNet-S")
+    monkeypatch.setenv("YOLO_MODEL_PATH", str(clean_env / "my-yolo.onnx"))
+    monkeypatch.setenv("QDRANT_HOST", "qdrant.internal")
+    monkeypatch.setenv("QDRANT_PORT", "6334")
+    settings = Settings(_env_file=None)
+    assert settings.models.detector == "yunet-s" and settings.models.detector_path == clean_env / "my-yolo.onnx"
+    assert settings.stores.qdrant_url == "http://qdrant.internal:6334"  # never the embedded one

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -75,6 +84,11 @@ class ModelsSettings(Section):
         validation_alias=_env("EMBEDDER_PATH", "EMBED_MODEL_PATH"),
         description="A user's own FaceNet-style ONNX; overrides the registry file of `embedder`.",
     )
+    detector_path: Path | None = Field(
+        default=None,
+        validation_alias=_env("DETECTOR_PATH", "YOLO_MODEL_PATH"),
+        description="A user's own build of `detector` (a YOLO-face ONNX); overrides the registry file.",
+    )
     providers: Annotated[list[Provider] | None, NoDecode] = Field(
         default=None,
         validation_alias=_env("PROVIDERS"),
@@ -92,6 +106,31 @@ class ModelsSettings(Section):
         validation_alias=_env("MODEL_BASE_URL"),
         description="Where `models pull` fetches `<repo>/<commit>/<path>` from.",
     )
+
+    @field_validator("detector", "embedder", mode="before")
+    @classmethod
+    def _model_name(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("detector", "embedder", mode="after")
+    @classmethod
+    def _known_model(cls, value: str, info: ValidationInfo) -> str:
+        from facecluster.engine.registry import load_registry
+
+        registry = load_registry()
+        known = registry.detectors if info.field_name == "detector" else registry.embedders
+        if value not in known:
+            raise ValueError(f"unknown {info.field_name} {value!r}; known: {', '.join(sorted(known))}")
+        return value
+
+    @model_validator(mode="after")
+    def _own_embedder(self) -> ModelsSettings:
+        """A FaceNet file of the user's: named by EMBED_MODEL_PATH (alone, it selects the FaceNet contract)."""
+        if self.embedder_path is not None and "embedder" not in self.model_fields_set:
+            self.embedder = "facenet"
+        if self.embedder == "facenet" and self.embedder_path is None:
+            raise ValueError("the facenet embedder is your own file: set EMBED_MODEL_PATH to its path")
+        return self
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -196,8 +235,19 @@ class StoresSettings(Section):
     mongo_uri: SecretStr | None = Field(default=None, validation_alias=_env("MONGO_URI", "MONGO_URI", "MONGODB_URL"))
     mongo_db: str = Field(default="facecluster", validation_alias=_env("MONGO_DB", "MONGO_DB", "MONGO_DB_NAME"))
     qdrant_url: str | None = Field(default=None, validation_alias=_env("QDRANT_URL", "QDRANT_URL"))
+    qdrant_host: str | None = Field(
+        default=None, validation_alias=_env("QDRANT_HOST", "QDRANT_HOST"), description="with qdrant_port: the server"
+    )
+    qdrant_port: int = Field(default=6333, gt=0, lt=65536, validation_alias=_env("QDRANT_PORT", "QDRANT_PORT"))
     qdrant_api_key: SecretStr | None = Field(default=None, validation_alias=_env("QDRANT_API_KEY", "QDRANT_API_KEY"))
     store_retries: int = Field(default=5, ge=1, validation_alias=_env("STORE_RETRIES"))
+
+    @model_validator(mode="after")
+    def _qdrant_server(self) -> StoresSettings:
+        """QDRANT_HOST and QDRANT_PORT name a server as QDRANT_URL does (never a silent embedded fallback)."""
+        if self.qdrant_url is None and self.qdrant_host:
+            self.qdrant_url = f"http://{self.qdrant_host}:{self.qdrant_port}"
+        return self
 
 
 class S3Settings(Section):

@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facecluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    commands.add_parser("status", help="the embedded services of the data directory and the configured stores")
+    commands.add_parser("stop", help="stop the embedded MongoDB-wire server of the data directory")
     commands.add_parser("openapi", help="the HTTP API's OpenAPI spec as JSON, without starting Ray or a store")
 
     config = commands.add_parser("config", help="show the effective settings")
@@ -661,6 +664,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "config":
         emit(settings.masked())
+        return 0
+    if args.command in ("status", "stop"):
+        from facecluster.store.embedded import embedded_status, stop_mongo
+        from facecluster.store.mongo import mongo_hosts
+
+        data_dir = settings.general.data_dir
+        if args.command == "stop":
+            emit({"stopped": stop_mongo(data_dir), "data_dir": str(data_dir)})
+            return 0
+        configured = settings.stores.mongo_uri
+        emit(
+            {
+                "data_dir": str(data_dir),
+                "mongodb": mongo_hosts(configured.get_secret_value()) if configured else "embedded",
+                "qdrant": settings.stores.qdrant_url or f"embedded ({data_dir / 'qdrant'})",
+                "ray": os.environ.get("RAY_ADDRESS") or "a local Ray per command",
+                "embedded_mongodb": embedded_status(data_dir),
+            }
+        )
         return 0
     if args.command == "openapi":
         from facecluster.api import create_app

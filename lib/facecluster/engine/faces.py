@@ -35,11 +35,9 @@ class Face:
 
 
 def model_path(settings: Settings, spec: ModelSpec) -> Path:
-    """Where `spec`'s file is: the user's own embedder file, or the models directory."""
-    if isinstance(spec, EmbedderSpec) and settings.models.embedder_path is not None:
-        path = settings.models.embedder_path.expanduser()
-    else:
-        path = settings.resolved_models_dir / spec.file
+    """Where `spec`'s file is: the user's own embedder or detector file, or the models directory."""
+    own = settings.models.embedder_path if isinstance(spec, EmbedderSpec) else settings.models.detector_path
+    path = own.expanduser() if own is not None else settings.resolved_models_dir / spec.file
     if not path.is_file():
         raise ModelFileMissing(
             f"model file {path} not found for {spec.name!r}: run `facecluster models pull` "

@@ -108,3 +108,14 @@ def stop_mongo(data_dir: Path) -> bool:
     finally:
         _port_file(folder).unlink(missing_ok=True)
     return True
+
+
+def embedded_status(data_dir: Path) -> dict[str, object]:
+    """Whether the embedded MongoDB-wire server of `data_dir` runs, and where."""
+    folder = data_dir / "mongo"
+    port_file, pid_file = _port_file(folder), folder / "nx.pid"
+    if not port_file.exists():
+        return {"running": False, "data_dir": str(folder)}
+    uri = f"mongodb://127.0.0.1:{port_file.read_text().strip()}/"
+    pid = pid_file.read_text().strip() if pid_file.exists() else None
+    return {"running": _answers(uri), "uri": uri, "pid": pid, "data_dir": str(folder), "log": str(folder / "nx.log")}
