@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from facecluster.runtime import worker_env
 from facecluster.settings import SECTION_OF, SECTIONS, Settings
 
 pytestmark = pytest.mark.fast
@@ -97,3 +98,16 @@ def test_the_seeds_model_and_store_names(clean_env: Path, monkeypatch: pytest.Mo
     settings = Settings(_env_file=None)
     assert settings.models.detector == "yunet-s" and settings.models.detector_path == clean_env / "my-yolo.onnx"
     assert settings.stores.qdrant_url == "http://qdrant.internal:6334"  # never the embedded one
+
+
+def test_a_setting_may_come_from_a_file_and_only_the_reference_travels(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / "keys").write_text("ops:s3cret\n")
+    monkeypatch.setenv("FACECLUSTER_API_KEYS_FILE", str(clean_env / "keys"))
+    monkeypatch.setenv("MONGO_URI", "mongodb://app:pw@db:27017/")
+    settings = Settings(_env_file=None, data_dir=clean_env)
+    assert [key.get_secret_value() for key in settings.serve.api_keys] == ["ops:s3cret"]
+    env = worker_env(settings)
+    assert env["FACECLUSTER_API_KEYS_FILE"] == str(clean_env / "keys")
+    assert "s3cret" not in repr(env) and "pw@" not in repr(env)

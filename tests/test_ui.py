@@ -39,9 +39,17 @@ def test_review_page_names_merges_and_undoes(
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with serving(ray_head, photos_dir, models_dir, tmp_path, FACECLUSTER_API_KEYS=f"reviewer:{KEY}") as base:
+    # The key reaches the replicas on the cluster by reference: no secret goes into a Ray runtime env.
+    keys = tmp_path / "api-keys"
+    keys.write_text(f"reviewer:{KEY}\n")
+    with serving(ray_head, photos_dir, models_dir, tmp_path, FACECLUSTER_API_KEYS_FILE=str(keys)) as base:
         job = post(f"{base}/cluster-bucket-persons/my-bucket/my-sub")
         assert wait_for_job(base, job["job_id"])["status"] == "SUCCEEDED"
+        with urllib.request.urlopen(f"{ray_head.dashboard}/api/serve/applications/", timeout=30) as response:
+            deployed = response.read().decode()
+        assert "FACECLUSTER_API_KEYS_FILE" in deployed and KEY not in deployed
+        with urllib.request.urlopen(f"{ray_head.dashboard}/api/jobs/", timeout=30) as response:
+            assert KEY not in response.read().decode()
         clusters = get(f"{base}/api/v1/faces/clusters?library={LIBRARY}")["clusters"]
         assert len(clusters) == len(PEOPLE)
 

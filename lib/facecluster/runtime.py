@@ -21,3 +21,18 @@ def init_ray(settings: Settings) -> None:
     address = os.environ.get("RAY_ADDRESS") or "local"
     level = logging.getLevelNamesMapping().get(settings.general.log_level.upper(), logging.INFO)
     ray.init(address=address, namespace=NAMESPACE, logging_level=level, log_to_driver=True)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The settings another process of this deployment needs (a Ray job, a Serve replica), as variables:
+    every setting but the secrets, and `<VARIABLE>_FILE` references to files that hold them. Secrets
+    themselves never go into a Ray runtime env (the dashboard shows those): nodes have them in their own
+    environment, or read them from the referenced files."""
+    from facecluster.settings import file_references
+    from facecluster.store.embedded import mongo_uri
+
+    env = settings.to_env()
+    env["FACECLUSTER_MODELS_DIR"] = str(settings.resolved_models_dir)
+    if settings.stores.mongo_uri is None:  # the embedded server: a loopback URI without credentials
+        env["FACECLUSTER_MONGO_URI"] = mongo_uri(settings)
+    return {**env, **file_references()}

@@ -346,6 +346,17 @@ SECTIONS: dict[str, type[Section]] = {
 SECTION_OF = {field: section for section, model in SECTIONS.items() for field in model.model_fields}
 
 
+def file_references() -> dict[str, str]:
+    """The `<VARIABLE>_FILE` variables of this process that name files holding settings (secrets, mostly):
+    what another process may be given instead of the values."""
+    names = {
+        v.lower() for model in SECTIONS.values() for info in model.model_fields.values() for v in variable_names(info)
+    }
+    return {
+        key: value for key, value in os.environ.items() if key.lower().endswith("_file") and key.lower()[:-5] in names
+    }
+
+
 def variable_names(info: FieldInfo) -> list[str]:
     """The environment variables a setting is read from, in order of preference."""
     alias = info.validation_alias
@@ -386,6 +397,17 @@ class FlatEnvSource(PydanticBaseSettingsSource):
                 value = next((environ[v] for v in variables if v in environ), None)
                 if value is None:
                     value = next((dotenv[v] for v in variables if v in dotenv), None)
+                if value is None:  # a reference: <VARIABLE>_FILE names a file that holds the value
+                    path = next(
+                        (
+                            source[f"{v}_file"]
+                            for source in (environ, dotenv)
+                            for v in variables
+                            if f"{v}_file" in source
+                        ),
+                        None,
+                    )
+                    value = None if path is None else Path(path).read_text(encoding="utf-8").strip()
                 if value is not None:
                     out.setdefault(section, {})[name] = value
         return out
@@ -464,19 +486,15 @@ class Settings(BaseSettings):
     def resolved_heads_dir(self) -> Path:
         return (self.general.heads_dir or self.resolved_models_dir / "heads").expanduser()
 
-    def to_env(self, *, secrets: bool = False) -> dict[str, str]:
-        """These settings as FACECLUSTER_* variables, for another process (a Ray job, a Serve replica);
-        secrets only when asked for."""
+    def to_env(self) -> dict[str, str]:
+        """These settings as FACECLUSTER_* variables for another process, secrets left out."""
         out: dict[str, str] = {}
         for name, value in self.flat().items():
-            if value is None or value == []:
+            if value is None or value == [] or isinstance(value, SecretStr):
                 continue
-            if isinstance(value, SecretStr) or (isinstance(value, list) and isinstance(value[0], SecretStr)):
-                if not secrets:
-                    continue
-                values = value if isinstance(value, list) else [value]
-                out[f"FACECLUSTER_{name.upper()}"] = ",".join(v.get_secret_value() for v in values)
-            elif isinstance(value, list):
+            if isinstance(value, list) and isinstance(value[0], SecretStr):
+                continue
+            if isinstance(value, list):
                 out[f"FACECLUSTER_{name.upper()}"] = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
                 out[f"FACECLUSTER_{name.upper()}"] = "true" if value else "false"

@@ -9,10 +9,10 @@ from typing import Any
 
 from facecluster.errors import NotFound
 from facecluster.jobs import KINDS, Options, job_library
+from facecluster.runtime import worker_env
 from facecluster.settings import Settings
 from facecluster.store.backoff import BackendUnavailable
 from facecluster.store.documents import JobDoc
-from facecluster.store.embedded import mongo_uri
 from facecluster.store.meta import MetaStore
 
 log = logging.getLogger(__name__)
@@ -21,16 +21,6 @@ log = logging.getLogger(__name__)
 class JobNotFound(NotFound):
     def __str__(self) -> str:
         return f"job {self.args[0]} not found"
-
-
-def job_env(settings: Settings) -> dict[str, str]:
-    """The API's settings for a job, so it reaches the same stores and models; secrets stay with the
-    nodes' environment (they would show in the dashboard)."""
-    env = settings.to_env()
-    env["FACECLUSTER_MODELS_DIR"] = str(settings.resolved_models_dir)
-    if settings.stores.mongo_uri is None:  # the embedded server: a loopback URI without credentials
-        env["FACECLUSTER_MONGO_URI"] = mongo_uri(settings)
-    return env
 
 
 class JobRunner:
@@ -64,7 +54,7 @@ class JobRunner:
             self.client.submit_job(
                 entrypoint=entrypoint,
                 submission_id=job_id,
-                runtime_env={"env_vars": job_env(self.settings)},
+                runtime_env={"env_vars": worker_env(self.settings)},
                 metadata={"kind": kind, "library": job_library(options) or ""},
             )
         except (ConnectionError, RuntimeError, OSError) as exc:

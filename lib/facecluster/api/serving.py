@@ -16,6 +16,7 @@ from facecluster.api.jobs import JobRunner
 from facecluster.api.services import Services, set_process_services
 from facecluster.engine.analysis import ImageAnalysis, analyze_uploads
 from facecluster.engine.faces import FaceEngine
+from facecluster.runtime import worker_env
 from facecluster.settings import Settings, get_settings
 from facecluster.store.connection import connect
 
@@ -63,10 +64,10 @@ class Api:
 
 def build(current: Settings | None = None, *, forward_env: bool = False) -> Any:
     """The application: the ingress bound to the engine deployment, sized from the settings.
-    `forward_env` gives the replicas this process's settings, secrets included."""
+    `forward_env` gives the replicas this process's settings (secrets only by file reference)."""
     current = current or get_settings()
     batch = current.serve.engine_batch_size
-    runtime_env = {"env_vars": current.to_env(secrets=True)} if forward_env else {}
+    runtime_env = {"env_vars": worker_env(current)} if forward_env else {}
     engine = FaceEngineDeployment.options(  # type: ignore[attr-defined]
         num_replicas=current.serve.engine_replicas,
         max_ongoing_requests=max(4 * batch, 32),
