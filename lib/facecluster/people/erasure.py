@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from facecluster.cluster.run import mend_clusters
@@ -95,24 +95,18 @@ def erase(
         where = face.get("library")
     elif person_id is not None and (person := meta.person(person_id)) is not None:
         where = person.get("library")
-    run = partial(
-        _erase, stores, actor=actor, face_id=face_id, library=library, image=image, person_id=person_id, user_id=user_id
-    )
-    if where is None:  # a user's data, or nothing to find (`_erase` says so)
-        return run()
-    with meta.library_lock(where):
-        return run()
+    with meta.library_lock(where) if where is not None else nullcontext():
+        return _erase(stores, actor, face_id, library, image, person_id, user_id)
 
 
 def _erase(
     stores: Connection,
-    *,
     actor: str,
-    face_id: str | None = None,
-    library: str | None = None,
-    image: str | None = None,
-    person_id: str | None = None,
-    user_id: str | None = None,
+    face_id: str | None,
+    library: str | None,
+    image: str | None,
+    person_id: str | None,
+    user_id: str | None,
 ) -> dict[str, Any]:
     given = [face_id is not None, image is not None, person_id is not None, user_id is not None]
     if sum(given) != 1:
