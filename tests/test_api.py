@@ -347,19 +347,47 @@ def test_bad_requests_are_4xx_that_say_what_is_wrong(client: TestClient) -> None
     assert too_big.status_code == 413
 
 
-def test_api_keys_guard_mutating_and_debug_routes(services: Services) -> None:
+def test_with_keys_every_route_but_the_public_ones_needs_a_key_of_enough_scope(services: Services) -> None:
+    """Walks the OpenAPI spec itself, so a new route cannot slip through: 401 without a key, 403 when the
+    key's scope is too small. Only reads are sent with a key allowed to make them."""
     from pydantic import SecretStr
 
+    from facecluster.api.security import PUBLIC, required_access
     from facecluster.api.serving import check_bind
 
-    keyed = services.settings.updated(api_keys=[SecretStr("ops:s3cret")])
-    with TestClient(create_app(keyed, services)) as client:
-        assert client.get("/health").status_code == 200
-        assert client.get("/api/v1/faces/clusters").status_code == 200
-        assert client.get("/debug-profiles").status_code == 401
-        assert client.delete("/debug-profile/obama").status_code == 401
-        assert client.get("/debug-profiles", headers={"X-API-Key": "wrong"}).status_code == 401
-        assert client.get("/debug-profiles", headers={"X-API-Key": "s3cret"}).status_code == 200
+    keys = [SecretStr("viewer:r3ad:read"), SecretStr("ops:wr1te"), SecretStr("root:adm1n:admin")]
+    keyed = services.settings.updated(api_keys=keys)
+    app = create_app(keyed, services)
+    operations = [(m.upper(), path) for path, item in app.openapi()["paths"].items() for m in item]
+    assert len(operations) > 40
+    with TestClient(app) as client:
+        for method, template in operations:
+            path = template.replace("{library}", "b/s").replace("{bucket}", "b").replace("{sub}", "s")
+            path = path.replace("{", "").replace("}", "")  # other parameters: their names, as values
+            needed = required_access(method, template)
+            if template in PUBLIC:
+                assert needed is None
+                continue
+            assert client.request(method, path).status_code == 401, (method, template)
+            assert client.request(method, path, headers={"X-API-Key": "wrong"}).status_code == 401
+            if needed != "read":
+                assert client.request(method, path, headers={"X-API-Key": "r3ad"}).status_code == 403, (method, path)
+            if needed == "admin":
+                assert client.request(method, path, headers={"X-API-Key": "wr1te"}).status_code == 403
+            if needed == "read":
+                assert client.get(path, headers={"X-API-Key": "r3ad"}).status_code not in (401, 403), path
+        assert client.get("/health").status_code == 200 and client.get("/openapi.json").status_code == 200
+        assert client.get("/ui").status_code == 200  # the page's shell; its reads need the key
+        assert client.get("/debug-profiles", headers={"X-API-Key": "adm1n"}).status_code == 200
+        # The audit names the key, and X-Actor whom it acts for.
+        made = client.post(
+            "/api/v1/faces/persons",
+            json={"name": "Keyholder", "library": LIBRARY},
+            headers={"X-API-Key": "wr1te", "X-Actor": "alice@example.com"},
+        )
+        assert made.status_code == 201, made.text
+        entry = client.get("/api/v1/faces/audit", params={"library": LIBRARY}, headers={"X-API-Key": "r3ad"})
+        assert entry.json()["entries"][0]["actor"] == "ops for alice@example.com"
     with pytest.raises(PermissionError):
         check_bind(services.settings, "0.0.0.0")
     check_bind(keyed, "0.0.0.0")

@@ -43,8 +43,9 @@ def seed_curls() -> list[str]:
     return commands
 
 
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as response:
+def get(url: str, key: str | None = None) -> Any:
+    request = urllib.request.Request(url, headers={"X-API-Key": key} if key else {})
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
@@ -115,10 +116,10 @@ def curl(command: str, base: str, substitutions: dict[str, str]) -> tuple[int, A
     return int(status), json.loads(body) if body.strip() else None
 
 
-def wait_for_job(base: str, job_id: str) -> dict[str, Any]:
+def wait_for_job(base: str, job_id: str, key: str | None = None) -> dict[str, Any]:
     deadline = time.monotonic() + 400
     while True:
-        job: dict[str, Any] = get(f"{base}/api/v1/jobs/{job_id}")
+        job: dict[str, Any] = get(f"{base}/api/v1/jobs/{job_id}", key)
         if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
             return job
         assert time.monotonic() < deadline, job

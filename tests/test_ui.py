@@ -44,32 +44,33 @@ def test_review_page_names_merges_and_undoes(
     keys.write_text(f"reviewer:{KEY}\n")
     with serving(ray_head, photos_dir, models_dir, tmp_path, FACECLUSTER_API_KEYS_FILE=str(keys)) as base:
         job = post(f"{base}/cluster-bucket-persons/my-bucket/my-sub")
-        assert wait_for_job(base, job["job_id"])["status"] == "SUCCEEDED"
+        assert wait_for_job(base, job["job_id"], KEY)["status"] == "SUCCEEDED"
         with urllib.request.urlopen(f"{ray_head.dashboard}/api/serve/applications/", timeout=30) as response:
             deployed = response.read().decode()
         assert "FACECLUSTER_API_KEYS_FILE" in deployed and KEY not in deployed
         with urllib.request.urlopen(f"{ray_head.dashboard}/api/jobs/", timeout=30) as response:
             assert KEY not in response.read().decode()
-        clusters = get(f"{base}/api/v1/faces/clusters?library={LIBRARY}")["clusters"]
+        clusters = get(f"{base}/api/v1/faces/clusters?library={LIBRARY}", KEY)["clusters"]
         assert len(clusters) == len(PEOPLE)
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"{base}/ui")
+            # Every read needs the key: the page asks for it once, then loads everything it waited for.
+            expect(page.get_by_test_id("key-form")).to_be_visible()
+            page.get_by_test_id("api-key").fill(KEY)
+            page.get_by_test_id("save-key").click()
             cards = page.get_by_test_id("cluster-card")
             expect(cards).to_have_count(len(PEOPLE))
             page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
             page.screenshot(path=ARTIFACTS / "1-clusters.png", full_page=True)
 
-            # Naming a cluster asks for the key once, then retries the request.
+            # Naming a cluster: the key given once serves the changes too.
             first, second = clusters[0], clusters[1]
             page.locator(f"[data-cluster-id={first['cluster_id']}]").click()
             page.get_by_test_id("cluster-name").fill("Alice")
             page.get_by_test_id("label").click()
-            expect(page.get_by_test_id("key-form")).to_be_visible()
-            page.get_by_test_id("api-key").fill(KEY)
-            page.get_by_test_id("save-key").click()
             expect(page.get_by_test_id("person-name")).to_have_text("Alice")
             page.screenshot(path=ARTIFACTS / "2-named.png", full_page=True)
 
@@ -87,7 +88,7 @@ def test_review_page_names_merges_and_undoes(
             expect(page.get_by_test_id("face")).to_have_count(first["size"] + second["size"])
             page.screenshot(path=ARTIFACTS / "3-merged.png", full_page=True)
 
-            persons = get(f"{base}/api/v1/faces/persons?library={LIBRARY}")["persons"]
+            persons = get(f"{base}/api/v1/faces/persons?library={LIBRARY}", KEY)["persons"]
             assert [(p["name"], p["faces"]) for p in persons] == [("Alice", first["size"] + second["size"])]
 
             # The run's statistics and charts, then undo of the merge.
@@ -97,7 +98,7 @@ def test_review_page_names_merges_and_undoes(
             page.screenshot(path=ARTIFACTS / "4-runs.png", full_page=True)
             page.get_by_test_id("undo").click()
             expect(page.get_by_test_id("message")).to_contain_text("Undone: merge persons")
-            names = sorted(p["name"] for p in get(f"{base}/api/v1/faces/persons?library={LIBRARY}")["persons"])
+            names = sorted(p["name"] for p in get(f"{base}/api/v1/faces/persons?library={LIBRARY}", KEY)["persons"])
             assert names == ["Alice", "Bob"]
 
             # A bad request shows the API's own message.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from facecluster.api.routes import assignments, data, faces, library, profiles, review, system
-from facecluster.api.services import Services, guard
+from facecluster.api.security import KeyGuard
+from facecluster.api.services import Services
 from facecluster.errors import FaceclusterError
 from facecluster.settings import Settings
 
@@ -42,13 +43,15 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         title="facecluster",
         version="0.1.0",
         description="Face recognition and clustering: profiles, clusters, persons, assignments and jobs.",
-        dependencies=[Depends(guard)],
     )
     app.state.settings = settings
     app.state.services = services
     routers = (system, profiles, library, assignments, review, faces, data)
     for router in (module.router for module in routers):
         app.include_router(router)
+    # The last added runs first: the upload limit, then CORS (its headers on every answer, 401s too),
+    # then the key check, all before a route reads a body.
+    app.add_middleware(KeyGuard, keys=settings.serve.api_keys)
     origins = settings.serve.cors_origins
     if origins:
         app.add_middleware(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 import time
 from collections.abc import Mapping
@@ -30,7 +29,6 @@ RUN_ID = r"^run_[0-9a-f]{12}$"
 AUDIT_ID = r"^aud_[0-9a-f]{12}$"
 FACE_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 JOB_ID = r"^[A-Za-z0-9_\-]{1,64}$"
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 #: How often the API looks for a switch of the active vector version (one small MongoDB read).
 VERSION_CHECK_S = 1.0
 
@@ -95,33 +93,15 @@ def library_of(bucket: str, sub: str) -> str:
     return validate_library(f"{bucket}/{sub}")
 
 
-def key_name(request: Request) -> str | None:
-    """The name of the API key the request carries (None when keys are off); 401 for a wrong key."""
-    settings: Settings = request.app.state.settings
-    if not settings.serve.api_keys:
-        return None
-    given = request.headers.get("x-api-key", "")
-    for index, key in enumerate(settings.serve.api_keys):
-        name, _, secret = key.get_secret_value().rpartition(":")
-        if given and hmac.compare_digest(given.encode(), secret.encode()):
-            return name or f"key{index + 1}"
-    raise HTTPException(401, "a valid X-API-Key header is required for this route", {"WWW-Authenticate": "API-Key"})
-
-
-def guard(request: Request) -> None:
-    """With API keys configured, every mutating and every debug route needs one."""
-    if request.method not in SAFE_METHODS or "debug" in request.url.path:
-        key_name(request)
-
-
 def actor(request: Request) -> str:
-    """Who makes a change: the X-Actor header, else the API key's name, else `anonymous`."""
+    """Who makes a change: the API key's name (with the X-Actor header as whom it acts for), else the
+    X-Actor header when keys are off, else `anonymous`."""
     named = request.headers.get("x-actor", "").strip()
-    if named and re.fullmatch(r"[\w.@+\- ]{1,64}", named):
-        return named
-    if request.method in SAFE_METHODS:
-        return "anonymous"
-    return key_name(request) or "anonymous"
+    on_behalf = named if named and re.fullmatch(r"[\w.@+\- ]{1,64}", named) else None
+    key: str | None = getattr(request.state, "key_name", None)
+    if key is None:
+        return on_behalf or "anonymous"
+    return f"{key} for {on_behalf}" if on_behalf and on_behalf != key else key
 
 
 Actor = Annotated[str, Depends(actor)]
