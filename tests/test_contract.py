@@ -9,9 +9,11 @@ import os
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 import facecluster
@@ -82,3 +84,27 @@ def test_every_operation_documents_its_answer_and_openapi_needs_no_store(tmp_pat
             continue
         schema = content["application/json"]["schema"]
         assert schema.get("$ref") or schema.get("properties"), (method, path, schema)
+
+
+def test_bodies_are_capped_while_they_stream_and_keys_are_checked_first() -> None:
+    app = create_app(Settings(_env_file=None, max_upload_bytes=100_000, api_keys="ops:k3y"))
+    ran: list[int] = []
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        ran.append(len(await request.body()))
+        return {"bytes": ran[-1]}
+
+    def chunked(total: int) -> Iterator[bytes]:  # no Content-Length: the size shows only as it streams
+        for _ in range(total // 65_536):
+            yield b"x" * 65_536
+
+    key = {"X-API-Key": "k3y"}
+    with TestClient(app) as client:
+        assert client.post("/echo", content=chunked(60_000_000)).status_code == 401  # before any byte is read
+        refused = client.post("/echo", content=chunked(60_000_000), headers=key)
+        assert refused.status_code == 413 and "limit of 100000 bytes" in refused.json()["detail"]
+        assert ran == []  # the route never got the body
+        form = {**key, "Content-Type": "multipart/form-data; boundary=b"}
+        assert client.post("/detect-face", content=chunked(60_000_000), headers=form).status_code == 413
+        assert client.post("/echo", content=b"x" * 5_000, headers=key).json() == {"bytes": 5_000}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facecluster.api.routes import assignments, data, faces, library, profiles, review, system
 from facecluster.api.security import KeyGuard
@@ -15,20 +15,34 @@ from facecluster.settings import Settings
 
 
 class UploadLimit:
-    """Refuse a request body larger than the upload limit before reading it (413)."""
+    """Refuse a request body larger than the upload limit (413): at once when Content-Length says so, and
+    while it streams otherwise (chunked uploads), counted as it is received, so it is never held whole."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self.limit = limit + 64 * 1024  # room for the multipart envelope around a file of the limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit + 64 * 1024:
-                response = JSONResponse({"detail": f"the request is larger than the limit of {self.limit} bytes"}, 413)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request is larger than the limit of {self.limit - 64 * 1024} bytes"
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await JSONResponse({"detail": message}, 413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, message)  # the route's body parsing passes it on as it is
+            return event
+
+        await self.app(scope, counted, send)
 
 
 async def _answer(_: Request, exc: Exception) -> JSONResponse:
