@@ -144,3 +144,11 @@ def test_status_shows_and_stop_ends_the_embedded_server(env: dict[str, str], tmp
     assert status["mongodb"] == "embedded" and status["embedded_mongodb"]["running"] is True
     assert json.loads(run("stop", env=scoped).stdout)["stopped"] is True
     assert json.loads(run("status", env=scoped).stdout)["embedded_mongodb"]["running"] is False
+
+
+def test_a_queued_job_without_the_apis_store_fails_clearly(env: dict[str, str], tmp_path: Path) -> None:
+    scoped = {**env, "FACECLUSTER_DATA_DIR": str(tmp_path / "data")}
+    scoped = {k: v for k, v in scoped.items() if k.upper() not in ("MONGO_URI", "FACECLUSTER_MONGO_URI", "MONGODB_URL")}
+    result = run("job", "cluster-dual", "--id", "job_1", "--options", '{"library": "a/b"}', env=scoped, check=False)
+    assert result.returncode == 2 and "this node has no MONGO_URI" in result.stderr
+    assert not (tmp_path / "data" / "mongo").exists()  # no MongoDB of its own was started

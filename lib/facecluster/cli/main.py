@@ -441,8 +441,14 @@ def cmd_job(settings: Settings, args: argparse.Namespace) -> int:
 
     import ray
 
+    from facecluster.errors import Unavailable
     from facecluster.jobs import parse_options, run_job
 
+    if args.id is not None and settings.stores.mongo_uri is None:
+        raise Unavailable(
+            "this job was queued by the API, but this node has no MONGO_URI: it would use a MongoDB of its own, "
+            "not the API's; give the nodes MONGO_URI (or MONGO_URI_FILE) in their environment"
+        )
     result = run_job(settings, args.kind, parse_options(args.kind, args.options), args.id or uuid.uuid4().hex)
     ray.shutdown()
     emit(result)
