@@ -16,6 +16,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
@@ -92,13 +93,30 @@ def _source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[D
         if limit is not None:
             ds = ds.limit(limit)
         return ds, ds.count()
-    items: list[dict[str, Any]] = []
+    # The listing goes into the object store block by block as it is read, so the driver holds only the
+    # blocks' references: its memory stays flat in the number of keys.
+    blocks: list[Any] = []
+    page: list[dict[str, Any]] = []
+    listed = 0
     for item in source.items(s3):
-        if limit is not None and len(items) >= limit:
+        if limit is not None and listed >= limit:
             break
-        items.append(asdict(item))
-    blocks = max(1, len(items) // 16)
-    return ray.data.from_items(items, override_num_blocks=blocks), len(items)
+        page.append(asdict(item))
+        listed += 1
+        if len(page) >= _block_rows(listed):
+            blocks.append(ray.put(pa.Table.from_pylist(page, schema=_LISTING)))
+            page = []
+    if page or not blocks:
+        blocks.append(ray.put(pa.Table.from_pylist(page, schema=_LISTING)))
+    return ray.data.from_arrow_refs(blocks), listed
+
+
+_LISTING = pa.schema([("key", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
+
+
+def _block_rows(listed: int) -> int:
+    """Small blocks for small sources (the read tasks run in parallel), larger ones as the listing grows."""
+    return 16 if listed < 16_384 else 1_024 if listed < 1_048_576 else 65_536
 
 
 def _manifest_dataset(path: str) -> Dataset:
