@@ -140,3 +140,16 @@ def test_train_reproject_switch_and_rollback(
     back = connect(settings)
     assert back.version == base and back.vectors.count() == faces
     assert np.allclose(unit(back.vectors.fetch(ids)), unit(raw), atol=1e-5)
+
+    # A user erased while the trained version is active stays erased after a rollback, and deleting the
+    # library reaches the faces collections of both versions.
+    from facecluster.people.erasure import delete_library, erase
+
+    assert activate(settings, report.version)["version"] == report.version
+    erased = erase(connect(settings), actor="test", user_id="first.user")
+    assert erased["qdrant"]["profile_points"] == 2 and erased["mongodb"]["profiles"] == 1
+    run_rollback(settings)
+    back = connect(settings)
+    assert back.version == base and back.profiles.search(back.space.project(face.vector[None, :]), 1) == [[]]
+    deleted = delete_library(back, "family", actor="test")
+    assert deleted["qdrant"]["face_points"] == 2 * faces and deleted["mongodb"]["faces"] == faces
