@@ -36,7 +36,13 @@ def api_settings(settings: Settings, photos_dir: Path, tmp_path_factory: pytest.
     for person in PEOPLE:
         shutil.copytree(photos_dir / "enrol" / person, folder / person)
     data = tmp_path_factory.mktemp("api-data")
-    yield settings.updated(data_dir=data, library_root=root, write_batch_size=4, unknown_min_cluster_size=2)
+    yield settings.updated(
+        data_dir=data,
+        library_root=root,
+        write_batch_size=4,
+        unknown_min_cluster_size=2,
+        allowed_hosts=["testserver", "localhost"],  # the test clients' Host
+    )
     stop_mongo(data)
 
 

@@ -55,7 +55,7 @@ def test_the_api_answers_each_error_with_its_status_and_message() -> None:
     def fail(name: str) -> None:
         raise raised[name]
 
-    client = TestClient(app, raise_server_exceptions=False)
+    client = TestClient(app, base_url="http://localhost", raise_server_exceptions=False)
     special: dict[type, FaceclusterError] = {
         ProfileRejected: ProfileRejected("no face", {"faces": 0}),
         ImageDecodeError: ImageDecodeError("truncated", "the file ends early"),
@@ -100,7 +100,7 @@ def test_bodies_are_capped_while_they_stream_and_keys_are_checked_first() -> Non
             yield b"x" * 65_536
 
     key = {"X-API-Key": "k3y"}
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         assert client.post("/echo", content=chunked(60_000_000)).status_code == 401  # before any byte is read
         refused = client.post("/echo", content=chunked(60_000_000), headers=key)
         assert refused.status_code == 413 and "limit of 100000 bytes" in refused.json()["detail"]
@@ -108,3 +108,28 @@ def test_bodies_are_capped_while_they_stream_and_keys_are_checked_first() -> Non
         form = {**key, "Content-Type": "multipart/form-data; boundary=b"}
         assert client.post("/detect-face", content=chunked(60_000_000), headers=form).status_code == 413
         assert client.post("/echo", content=b"x" * 5_000, headers=key).json() == {"bytes": 5_000}
+
+
+def test_web_pages_cannot_change_anything_cross_site_nor_reach_it_by_another_name() -> None:
+    app = create_app(Settings(_env_file=None, cors_origins="https://review.example.com"))
+
+    @app.post("/change")
+    def change() -> dict[str, bool]:
+        return {"changed": True}
+
+    with TestClient(app, base_url="http://localhost") as client:
+        assert client.post("/change").json() == {"changed": True}  # curl and scripts send no Origin
+        assert client.post("/change", headers={"Origin": "http://localhost"}).status_code == 200
+        assert client.post("/change", headers={"Origin": "https://review.example.com"}).status_code == 200
+        refused = client.post("/change", headers={"Origin": "https://evil.example"})
+        assert refused.status_code == 403 and "cross-site request from https://evil.example" in refused.text
+        assert client.post("/change", headers={"Origin": "null"}).status_code == 403
+        form = client.post("/change", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert form.status_code == 415
+        assert client.post("/change", content=b"x", headers={"Content-Type": "text/plain"}).status_code == 415
+        assert client.get("/health", headers={"Host": "rebound.evil.example"}).status_code == 400
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/health").status_code == 200
+    opened = create_app(Settings(_env_file=None, serve_host="0.0.0.0", api_keys="ops:k"))
+    with TestClient(opened, base_url="http://faces.example.com") as client:
+        assert client.get("/health").status_code == 200  # bound to every address: any name

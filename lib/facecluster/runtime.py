@@ -33,6 +33,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
     env = settings.to_env()
     env["FACECLUSTER_MODELS_DIR"] = str(settings.resolved_models_dir)
-    if settings.stores.mongo_uri is None:  # the embedded server: a loopback URI without credentials
-        env["FACECLUSTER_MONGO_URI"] = mongo_uri(settings)
+    uri = mongo_uri(settings)  # the configured MongoDB, or the embedded server's loopback URI
+    if "@" not in uri.split("://", 1)[-1].split("/", 1)[0]:  # no credentials in it: not a secret
+        env["FACECLUSTER_MONGO_URI"] = uri
     return {**env, **file_references()}

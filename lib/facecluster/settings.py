@@ -297,6 +297,12 @@ class ServeSettings(Section):
         "when set they guard every mutating and debug route.",
     )
     serve_host: str = Field(default="127.0.0.1", validation_alias=_env("SERVE_HOST"))
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("ALLOWED_HOSTS"),
+        description="Host headers the API answers (DNS rebinding); default: localhost, 127.0.0.1 and ::1 "
+        "when it is bound to loopback, any otherwise.",
+    )
     serve_port: int = Field(default=8000, gt=0, lt=65536, validation_alias=_env("SERVE_PORT"))
     allow_open_bind: bool = Field(
         default=False,
@@ -313,7 +319,7 @@ class ServeSettings(Section):
     engine_batch_wait_s: float = Field(default=0.02, ge=0.0, validation_alias=_env("ENGINE_BATCH_WAIT_S"))
     engine_replicas: int = Field(default=1, gt=0, validation_alias=_env("ENGINE_REPLICAS"))
 
-    @field_validator("cors_origins", "api_keys", mode="before")
+    @field_validator("cors_origins", "api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         return split_commas(value)

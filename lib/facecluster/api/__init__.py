@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facecluster.api.routes import assignments, data, faces, library, profiles, review, system
-from facecluster.api.security import KeyGuard
+from facecluster.api.security import CrossSiteGuard, KeyGuard, allowed_hosts
 from facecluster.api.services import Services
 from facecluster.errors import FaceclusterError
 from facecluster.settings import Settings
@@ -63,10 +64,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     routers = (system, profiles, library, assignments, review, faces, data)
     for router in (module.router for module in routers):
         app.include_router(router)
-    # The last added runs first: the upload limit, then CORS (its headers on every answer, 401s too),
-    # then the key check, all before a route reads a body.
-    app.add_middleware(KeyGuard, keys=settings.serve.api_keys)
+    # The last added runs first: the upload limit, the Host check, CORS (its headers on every answer, 401s
+    # too), the cross-site check, then the key, all before a route reads a body.
     origins = settings.serve.cors_origins
+    app.add_middleware(KeyGuard, keys=settings.serve.api_keys)
+    app.add_middleware(CrossSiteGuard, origins=origins)
     if origins:
         app.add_middleware(
             CORSMiddleware,
@@ -75,6 +77,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    hosts = allowed_hosts(settings.serve.allowed_hosts, settings.serve.serve_host)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.add_middleware(UploadLimit, limit=settings.serve.max_upload_bytes)
 
     app.add_exception_handler(FaceclusterError, _answer)

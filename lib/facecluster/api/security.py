@@ -9,9 +9,11 @@ readiness, the docs and the review page's shell needs a key in the X-API-Key hea
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from starlette.responses import JSONResponse
@@ -88,3 +90,49 @@ class KeyGuard:
                 return
             scope.setdefault("state", {})["key_name"] = key.name
         await self.app(scope, receive, send)
+
+
+def allowed_hosts(configured: Sequence[str], bound: str) -> list[str]:
+    """The Host headers to answer: the configured ones, else the loopback names when the API is bound to
+    loopback (a web page cannot reach it through a rebound DNS name), else any."""
+    if configured:
+        return list(configured)
+    try:
+        loopback = bound == "localhost" or ipaddress.ip_address(bound).is_loopback
+    except ValueError:
+        loopback = False
+    return ["localhost", "127.0.0.1", "[::1]", "::1"] if loopback else ["*"]
+
+
+#: Content types a web page may send cross-site without asking first: never accepted for a change.
+_SIMPLE_FORMS = {b"application/x-www-form-urlencoded", b"text/plain"}
+
+
+class CrossSiteGuard:
+    """ASGI middleware against cross-site requests from web pages: a change never comes form-encoded
+    (415), and a change from a page of another origin is refused (403) unless CORS allows that origin.
+    Clients that are not browsers send no Origin and are not affected."""
+
+    def __init__(self, app: ASGIApp, origins: Sequence[str]) -> None:
+        self.app = app
+        self.origins = set(origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            headers = dict(scope.get("headers") or [])
+            kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if kind in _SIMPLE_FORMS:
+                detail = "a change is sent as application/json or multipart/form-data"
+                await JSONResponse({"detail": detail}, 415)(scope, receive, send)
+                return
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            if origin and not self._allowed(origin, headers.get(b"host", b"").decode("latin-1")):
+                detail = f"cross-site request from {origin} refused"
+                await JSONResponse({"detail": detail}, 403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, origin: str, host: str) -> bool:
+        if "*" in self.origins or origin in self.origins:
+            return True
+        return origin != "null" and urlsplit(origin).netloc == host

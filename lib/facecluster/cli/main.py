@@ -586,8 +586,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.api.serving import run
 
     host, port = args.host or settings.serve.serve_host, args.port or settings.serve.serve_port
-    try:
-        run(settings, host, port, blocking=False)
+    try:  # the replicas learn where they are bound (their Host check depends on it)
+        run(settings.updated(serve_host=host, serve_port=port), host, port, blocking=False)
     except PermissionError as exc:
         log.error("%s", exc)
         return 2
