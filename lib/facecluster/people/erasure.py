@@ -44,17 +44,19 @@ def _erase_faces(stores: Connection, faces: Sequence[FaceDoc], counts: Counts, *
     to); mend the clusters they leave."""
     meta = stores.meta
     ids = [f["_id"] for f in faces]
-    for collection in every_version(stores, "faces"):
-        counts.add(counts.qdrant, "face_points", collection.delete(ids))
-    counts.add(counts.mongodb, "faces", meta.delete_faces(ids))
+    # Tombstones first (one per face, keyed by it: a retry writes the same ones), so an ingest racing an
+    # erasure that stopped half-way can never store the face again.
     stamp = now()
     tombstones = [
-        {"_id": str(uuid.uuid4()), "library": f["library"], "image": f["image"], "bbox": f.get("bbox"), "at": stamp}
+        {"_id": f["_id"], "library": f["library"], "image": f["image"], "bbox": f.get("bbox"), "at": stamp}
         for f in faces
         if tombstone
     ]
     meta.add_tombstones(tombstones)
     counts.add(counts.mongodb, "tombstones", len(tombstones))
+    for collection in every_version(stores, "faces"):
+        counts.add(counts.qdrant, "face_points", collection.delete(ids))
+    counts.add(counts.mongodb, "faces", meta.delete_faces(ids))
     gone = mend_clusters(meta, stores.vectors, {str(f["cluster_id"]) for f in faces if f.get("cluster_id")})
     counts.add(counts.mongodb, "clusters", gone)
 
