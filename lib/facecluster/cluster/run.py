@@ -124,7 +124,8 @@ def run_clustering(
     human, others = choose_faces(faces, options.min_quality, options.max_faces)
     considered = human + others
     ids = [f["_id"] for f in considered]
-    untouched = [f for f in faces if f["_id"] not in set(ids)]  # outside the limits: they keep their labels
+    chosen = set(ids)
+    untouched = [f for f in faces if f["_id"] not in chosen]  # outside the limits: they keep their labels
     matrix = unit(vectors.fetch(ids)).astype(np.float32) if ids else np.zeros((0, 1), np.float32)
     human_vectors, other_vectors = matrix[: len(human)], matrix[len(human) :]
     other_images = [f["image"] for f in others]

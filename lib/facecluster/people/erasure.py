@@ -21,6 +21,7 @@ from facecluster.people.profiles import point_id
 from facecluster.store.connection import Connection, every_version
 from facecluster.store.documents import FaceDoc
 from facecluster.store.meta import MetaStore, now
+from facecluster.store.vectors import Vectors
 
 ERASED = "[erased]"
 
@@ -39,9 +40,16 @@ class Counts:
         return {"mongodb": self.mongodb, "qdrant": self.qdrant}
 
 
-def _erase_faces(stores: Connection, faces: Sequence[FaceDoc], counts: Counts, *, tombstone: bool = True) -> None:
-    """Remove faces from MongoDB and from every collection of every version (tombstoned unless told not
-    to); mend the clusters they leave."""
+def _erase_faces(
+    stores: Connection,
+    faces: Sequence[FaceDoc],
+    counts: Counts,
+    *,
+    collections: Sequence[Vectors] | None = None,
+    tombstone: bool = True,
+) -> None:
+    """Remove faces from MongoDB and from every collection of every version (`collections`, when the
+    caller opened them already; tombstoned unless told not to); mend the clusters they leave."""
     meta = stores.meta
     ids = [f["_id"] for f in faces]
     # Tombstones first (one per face, keyed by it: a retry writes the same ones), so an ingest racing an
@@ -54,7 +62,7 @@ def _erase_faces(stores: Connection, faces: Sequence[FaceDoc], counts: Counts, *
     ]
     meta.add_tombstones(tombstones)
     counts.add(counts.mongodb, "tombstones", len(tombstones))
-    for collection in every_version(stores, "faces"):
+    for collection in collections if collections is not None else every_version(stores, "faces"):
         counts.add(counts.qdrant, "face_points", collection.delete(ids))
     counts.add(counts.mongodb, "faces", meta.delete_faces(ids))
     gone = mend_clusters(meta, stores.vectors, {str(f["cluster_id"]) for f in faces if f.get("cluster_id")})
@@ -161,8 +169,9 @@ def remove_images(stores: Connection, library: str, listed: set[str]) -> tuple[i
     (no tombstone: a photo that comes back is ingested again); how many photos and faces went."""
     gone = sorted({str(doc["key"]) for doc in stores.meta.images(library)} - listed)
     counts = Counts()
+    collections = every_version(stores, "faces") if gone else []  # opened once for every photo that goes
     for key in gone:
-        _erase_faces(stores, stores.meta.faces_of_image(library, key), counts, tombstone=False)
+        _erase_faces(stores, stores.meta.faces_of_image(library, key), counts, collections=collections, tombstone=False)
         counts.add(counts.mongodb, "images", stores.meta.delete_image(library, key))
     return counts.mongodb.get("images", 0), counts.mongodb.get("faces", 0)
 
@@ -201,11 +210,9 @@ def cleanup_clustering(
     latest = meta.latest_run(library)
     clusters = [c["_id"] for c in meta.clusters(library) if c.get("run_id") == run["_id"]]
     members = meta.clustered_faces(library, clusters) if clusters else []
-    auto = [
-        f
-        for f in meta.faces_in(library, ["label_source", "person_id", "cluster_id"])
-        if latest is not None and latest["_id"] == run["_id"] and f.get("label_source") == "auto"
-    ]
+    is_latest = latest is not None and latest["_id"] == run["_id"]
+    faces = meta.faces_in(library, ["label_source", "person_id", "cluster_id"]) if is_latest else []
+    auto = [f for f in faces if f.get("label_source") == "auto"]
     states: dict[str, dict[str, Any]] = {f["_id"]: {"cluster_id": None} for f in members}
     for face in auto:
         states.setdefault(face["_id"], {}).update(person_id=None, label_source=None, person_similarity=None)
