@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from numpy.typing import NDArray
 
 from facecluster.engine.decode import decode_image
 from facecluster.engine.faces import FaceEngine
+from facecluster.runtime import free_port, head_command
 from facecluster.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -90,14 +90,21 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
+def stop_embedded(data_dir: Path) -> None:
+    """What `facecluster stop` does: end the data directory's Ray head and MongoDB-wire server."""
+    from facecluster.runtime import stop_head
+    from facecluster.store.embedded import stop_mongo
+
+    stop_head(data_dir, grace_s=5)
+    stop_mongo(data_dir)
+
+
 @pytest.fixture
 def store_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     """Settings on a fresh data directory: embedded MongoDB-wire server and local Qdrant of its own."""
-    from facecluster.store.embedded import stop_mongo
-
     data = tmp_path / "data"
     yield settings.updated(data_dir=data, write_batch_size=4, progress_interval_s=0.5)
-    stop_mongo(data)
+    stop_embedded(data)
 
 
 class RayHead(NamedTuple):
@@ -105,25 +112,13 @@ class RayHead(NamedTuple):
     gcs: str  # what RAY_ADDRESS takes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def ray_head() -> Iterator[RayHead]:
     """`ray start --head --block` on free loopback ports, stopped by SIGTERM (never `ray stop`)."""
     dashboard, gcs = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [
-        str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--num-cpus", "4", "--object-store-memory", str(512 * 1024**2),
-        # Agents get free ports too: the defaults clash with any other Ray on the machine.
-        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-    ]  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    command = head_command(gcs, dashboard, cpus=4, object_store_bytes=512 * 1024**2)
     head = subprocess.Popen(
         command,
         env=env,

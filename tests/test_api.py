@@ -22,6 +22,8 @@ from facecluster.ingest.pipeline import run_ingest
 from facecluster.settings import Settings
 from facecluster.store.connection import connect
 
+from .conftest import stop_embedded
+
 LIBRARY = "my-bucket/my-sub"
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
 
@@ -29,8 +31,6 @@ PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
 @pytest.fixture(scope="module")
 def api_settings(settings: Settings, photos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A library `my-bucket/my-sub` of the enrolment photos, ingested and clustered."""
-    from facecluster.store.embedded import stop_mongo
-
     root = tmp_path_factory.mktemp("libraries")
     folder = root / "my-bucket" / "my-sub"
     for person in PEOPLE:
@@ -43,7 +43,7 @@ def api_settings(settings: Settings, photos_dir: Path, tmp_path_factory: pytest.
         unknown_min_cluster_size=2,
         allowed_hosts=["testserver", "localhost"],  # the test clients' Host
     )
-    stop_mongo(data)
+    stop_embedded(data)
 
 
 @pytest.fixture(scope="module")

@@ -142,7 +142,7 @@ def test_status_shows_and_stop_ends_the_embedded_server(env: dict[str, str], tmp
     run("stats", env=scoped)  # any command that needs MongoDB starts the embedded server
     status = json.loads(run("status", env=scoped).stdout)
     assert status["mongodb"] == "embedded" and status["embedded_mongodb"]["running"] is True
-    assert json.loads(run("stop", env=scoped).stdout)["stopped"] is True
+    assert json.loads(run("stop", env=scoped).stdout)["stopped"] == {"ray": False, "mongodb": True}
     assert json.loads(run("status", env=scoped).stdout)["embedded_mongodb"]["running"] is False
 
 

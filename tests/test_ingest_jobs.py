@@ -16,9 +16,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from facecluster.store.embedded import stop_mongo
-
-from .conftest import ROOT, RayHead
+from .conftest import ROOT, RayHead, stop_embedded
 
 BIN = Path(sys.executable).parent
 PHOTOS = 160
@@ -90,7 +88,7 @@ def data_dirs(tmp_path: Path) -> Iterator[dict[str, Path]]:
     dirs = {name: tmp_path / name for name in ("clean", "killed", "worker")}
     yield dirs
     for data in dirs.values():
-        stop_mongo(data)
+        stop_embedded(data)
 
 
 def start_and_kill(env: dict[str, str], folder: Path, data_dir: Path, *, victim: str | None) -> None:
@@ -177,7 +175,7 @@ def test_ray_job_submit_runs_the_ingest_and_lists_it(
         summary = json.loads(next(line for line in reversed(logs.splitlines()) if line.startswith("{")))
         assert summary["library"] == "submitted" and summary["images"] == 18 and summary["faces"] > 100
     finally:
-        stop_mongo(data_dir)
+        stop_embedded(data_dir)
 
 
 def test_pipeline_cluster_stats_and_export_from_the_command_line(
@@ -229,4 +227,4 @@ def test_pipeline_cluster_stats_and_export_from_the_command_line(
         refused = subprocess.run([*run, "train", "--rollback"], env=env, capture_output=True, text=True, timeout=300)
         assert refused.returncode == 2 and "nothing to roll back" in refused.stderr
     finally:
-        stop_mongo(tmp_path / "data")
+        stop_embedded(tmp_path / "data")

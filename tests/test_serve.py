@@ -18,9 +18,7 @@ from typing import Any
 
 import pytest
 
-from facecluster.store.embedded import stop_mongo
-
-from .conftest import BIN, SHARED, RayHead, _need, free_port
+from .conftest import BIN, SHARED, RayHead, _need, free_port, stop_embedded
 
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
 
@@ -95,7 +93,7 @@ def serving(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Pat
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        stop_mongo(data)
+        stop_embedded(data)
 
 
 @pytest.fixture

@@ -1,34 +1,67 @@
-"""Ray for this process: the configured cluster (`RAY_ADDRESS`), else a local one."""
+"""Ray for this process: the configured cluster (`RAY_ADDRESS`), else the data directory's own Ray head,
+started by whichever command needs it first and shared by every later one (the API, the CLI, jobs)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import ray
 
-from facecluster.settings import Settings
+from facecluster.settings import Settings, file_references
+
+log = logging.getLogger(__name__)
 
 #: The Ray namespace of facecluster's named actors.
 NAMESPACE = "facecluster"
 
 
+@dataclass(frozen=True)
+class Head:
+    """A running Ray head of a data directory: what `ray.init` takes, its dashboard, its process."""
+
+    gcs: str
+    dashboard: str
+    pid: int
+
+
 def init_ray(settings: Settings) -> None:
-    """Attach to `RAY_ADDRESS` when set, else start a local Ray; once per process."""
+    """Attach to `RAY_ADDRESS` when set, else to the data directory's Ray head (started when none runs);
+    once per process. On the embedded head this process's settings travel as the job's runtime env."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = os.environ.get("RAY_ADDRESS") or "local"
     level = logging.getLevelNamesMapping().get(settings.general.log_level.upper(), logging.INFO)
-    ray.init(address=address, namespace=NAMESPACE, logging_level=level, log_to_driver=True)
+    configured = os.environ.get("RAY_ADDRESS")
+    if configured:
+        ray.init(address=configured, namespace=NAMESPACE, logging_level=level, log_to_driver=True)
+        return
+    head = ensure_head(settings)
+    os.environ.update(head_auth(settings.general.data_dir))
+    ray._raylet.Config.initialize("")  # Ray read its auth mode at import: make it see the token now
+    env = worker_env(settings, secrets_dir=head_folder(settings.general.data_dir) / "secrets")
+    ray.init(
+        address=head.gcs, namespace=NAMESPACE, logging_level=level, log_to_driver=True, runtime_env={"env_vars": env}
+    )
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings, *, secrets_dir: Path | None = None) -> dict[str, str]:
     """The settings another process of this deployment needs (a Ray job, a Serve replica), as variables:
     every setting but the secrets, and `<VARIABLE>_FILE` references to files that hold them. Secrets
     themselves never go into a Ray runtime env (the dashboard shows those): nodes have them in their own
-    environment, or read them from the referenced files."""
-    from facecluster.settings import file_references
+    environment, or read them from the referenced files. With `secrets_dir` (the embedded head, on this
+    machine), secrets set as plain variables are written there, readable by this user only, and referenced."""
     from facecluster.store.embedded import mongo_uri
 
     env = settings.to_env()
@@ -36,4 +69,150 @@ def worker_env(settings: Settings) -> dict[str, str]:
     uri = mongo_uri(settings)  # the configured MongoDB, or the embedded server's loopback URI
     if "@" not in uri.split("://", 1)[-1].split("/", 1)[0]:  # no credentials in it: not a secret
         env["FACECLUSTER_MONGO_URI"] = uri
-    return {**env, **file_references()}
+    references = file_references()
+    if secrets_dir is not None:
+        secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for variable, value in settings.secrets().items():
+            if f"{variable}_FILE" in references or variable in env:  # referenced, or a URI without credentials
+                continue
+            path = secrets_dir / variable.lower()
+            path.touch(mode=0o600)
+            path.write_text(value)
+            references[f"{variable}_FILE"] = str(path)
+    return {**env, **references}
+
+
+def head_folder(data_dir: Path) -> Path:
+    return data_dir / "ray"
+
+
+def head_auth(data_dir: Path) -> dict[str, str]:
+    """Ray's token authentication for the data directory's head: every process that starts or attaches to
+    it reads the token from a file there (this user only); the GCS and dashboard refuse anyone without it."""
+    token = head_folder(data_dir) / "auth_token"
+    if not token.exists():
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def head_command(gcs_port: int, dashboard_port: int, cpus: int, object_store_bytes: int | None = None) -> list[str]:
+    """`ray start --head --block` on loopback: the given GCS and dashboard ports, free ports for the agents
+    (their defaults clash with any other Ray on the machine)."""
+    ray_script = Path(sys.executable).with_name("ray")
+    command = [
+        str(ray_script), "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--num-cpus", str(cpus),
+        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+    ]  # fmt: skip
+    if object_store_bytes:
+        command += ["--object-store-memory", str(object_store_bytes)]
+    return command
+
+
+def _answers(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_head(data_dir: Path) -> Head | None:
+    """The data directory's Ray head when it runs and answers."""
+    record = head_folder(data_dir) / "head.json"
+    if not record.exists():
+        return None
+    head = Head(**json.loads(record.read_text()))
+    return head if _alive(head.pid) and _answers(head.gcs) else None
+
+
+def ensure_head(settings: Settings, *, timeout: float = 120.0) -> Head:
+    """The data directory's Ray head, started (detached, on loopback) when none runs."""
+    folder = head_folder(settings.general.data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "start.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; the others attach to its head
+        head = running_head(settings.general.data_dir)
+        if head is not None:
+            return head
+        gcs, dashboard = free_port(), 8265 if _free(8265) else free_port()
+        cpus = settings.general.embedded_ray_cpus or max(4, os.cpu_count() or 1)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | head_auth(settings.general.data_dir)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        log.info("starting the Ray of %s on 127.0.0.1:%d (dashboard :%d)", settings.general.data_dir, gcs, dashboard)
+        with (folder / "head.log").open("ab") as out:
+            process = subprocess.Popen(
+                head_command(gcs, dashboard, cpus),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,  # outlives this command; `facecluster stop` ends it
+            )
+        head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", process.pid)
+        deadline = time.monotonic() + timeout
+        while not _answers(head.gcs):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded Ray did not start; see {folder / 'head.log'}")
+            time.sleep(0.2)
+        (folder / "head.json").write_text(json.dumps(asdict(head)))
+        return head
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stop_head(data_dir: Path, *, grace_s: float = 10.0) -> bool:
+    """Stop the data directory's Ray head (and every actor on it); False when none ran."""
+    record = head_folder(data_dir) / "head.json"
+    if not record.exists():
+        return False
+    head = Head(**json.loads(record.read_text()))
+    record.unlink()
+    if not _alive(head.pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _alive(head.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    return True
+
+
+def head_status(data_dir: Path) -> dict[str, object]:
+    """Whether the data directory's Ray head runs, and where."""
+    head = running_head(data_dir)
+    if head is None:
+        return {"running": False}
+    return {"running": True, **asdict(head), "log": str(head_folder(data_dir) / "head.log")}

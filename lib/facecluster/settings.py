@@ -72,6 +72,13 @@ class GeneralSettings(Section):
         validation_alias=_env("LIBRARY_ROOT", "LOCAL_STORAGE_PATH"),
         description="Local folder whose <bucket>/<sub> folders are the libraries; unset: s3://<bucket>/<sub>.",
     )
+    embedded_ray_cpus: int = Field(
+        default=0,
+        ge=0,
+        validation_alias=_env("EMBEDDED_RAY_CPUS"),
+        description="Logical CPUs of the data directory's own Ray (no RAY_ADDRESS); 0: the machine's, at least 4, "
+        "so the API's idle replicas leave room for an ingest next to them.",
+    )
 
 
 class ModelsSettings(Section):
@@ -506,6 +513,15 @@ class Settings(BaseSettings):
                 out[f"FACECLUSTER_{name.upper()}"] = "true" if value else "false"
             else:
                 out[f"FACECLUSTER_{name.upper()}"] = str(value)
+        return out
+
+    def secrets(self) -> dict[str, str]:
+        """The secrets these settings hold, by FACECLUSTER_* variable (lists comma-separated)."""
+        out: dict[str, str] = {}
+        for name, value in self.flat().items():
+            values = value if isinstance(value, list) else [value]
+            if values and all(isinstance(v, SecretStr) for v in values):
+                out[f"FACECLUSTER_{name.upper()}"] = ",".join(v.get_secret_value() for v in values)
         return out
 
     def masked(self) -> dict[str, dict[str, Any]]:

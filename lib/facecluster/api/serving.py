@@ -59,6 +59,7 @@ class ServeEngine:
 class Api:
     def __init__(self, engine: DeploymentHandle[Any]) -> None:
         current = get_settings()
+        check_bind(current, bound_host())  # `serve run serve/config.yaml` binds where its http_options say
         set_process_services(Services(current, connect(current), ServeEngine(engine), JobRunner(current)))
 
 
@@ -92,6 +93,15 @@ def check_bind(current: Settings, host: str) -> None:
             f"refusing to serve on {host} without API keys: set FACECLUSTER_API_KEYS, "
             "or FACECLUSTER_ALLOW_OPEN_BIND=true to serve an open API"
         )
+
+
+def bound_host() -> str:
+    """The host Serve's HTTP proxies listen on, as its controller has it."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    assert client is not None  # it raises when no controller runs
+    return str(client.http_config.host)
 
 
 def run(current: Settings, host: str, port: int, *, blocking: bool = True) -> None:

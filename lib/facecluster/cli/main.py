@@ -76,11 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("status", help="the embedded services of the data directory and the configured stores")
-    commands.add_parser("stop", help="stop the embedded MongoDB-wire server of the data directory")
+    commands.add_parser("stop", help="stop the data directory's Ray head and MongoDB-wire server")
     commands.add_parser("openapi", help="the HTTP API's OpenAPI spec as JSON, without starting Ray or a store")
 
     config = commands.add_parser("config", help="show the effective settings")
-    config.add_subparsers(dest="action", required=True).add_parser("show", help="settings as JSON, secrets masked")
+    config_actions = config.add_subparsers(dest="action", required=True)
+    config_actions.add_parser("show", help="settings as JSON, secrets masked")
+    config_check = config_actions.add_parser(
+        "check", help="connect to MongoDB, Qdrant, Ray and the models as configured; exit 2 naming what fails"
+    )
+    config_check.add_argument("--source", help="an s3://bucket/prefix to list one key of")
 
     models = commands.add_parser("models", help="list, pull and verify the ONNX models")
     model_actions = models.add_subparsers(dest="action", required=True)
@@ -660,6 +665,27 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def embedded_services(settings: Settings, *, stop: bool = False) -> dict[str, object]:
+    """What runs for the data directory (its Ray head, its MongoDB-wire server) and where the configured
+    stores are; with `stop`, the embedded services are stopped first."""
+    from facecluster.runtime import head_status, stop_head
+    from facecluster.store.embedded import embedded_status, stop_mongo
+    from facecluster.store.mongo import mongo_hosts
+
+    data_dir = settings.general.data_dir
+    if stop:
+        return {"data_dir": str(data_dir), "stopped": {"ray": stop_head(data_dir), "mongodb": stop_mongo(data_dir)}}
+    configured = settings.stores.mongo_uri
+    return {
+        "data_dir": str(data_dir),
+        "mongodb": mongo_hosts(configured.get_secret_value()) if configured else "embedded",
+        "qdrant": settings.stores.qdrant_url or f"embedded ({data_dir / 'qdrant'})",
+        "ray": os.environ.get("RAY_ADDRESS") or "embedded",
+        "embedded_ray": head_status(data_dir),
+        "embedded_mongodb": embedded_status(data_dir),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
@@ -669,26 +695,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "config":
+        if args.action == "check":
+            from facecluster.cli.config_check import config_check
+
+            report = config_check(settings, args.source)
+            emit(report)
+            return 0 if report["ok"] else 2
         emit(settings.masked())
         return 0
     if args.command in ("status", "stop"):
-        from facecluster.store.embedded import embedded_status, stop_mongo
-        from facecluster.store.mongo import mongo_hosts
-
-        data_dir = settings.general.data_dir
-        if args.command == "stop":
-            emit({"stopped": stop_mongo(data_dir), "data_dir": str(data_dir)})
-            return 0
-        configured = settings.stores.mongo_uri
-        emit(
-            {
-                "data_dir": str(data_dir),
-                "mongodb": mongo_hosts(configured.get_secret_value()) if configured else "embedded",
-                "qdrant": settings.stores.qdrant_url or f"embedded ({data_dir / 'qdrant'})",
-                "ray": os.environ.get("RAY_ADDRESS") or "a local Ray per command",
-                "embedded_mongodb": embedded_status(data_dir),
-            }
-        )
+        emit(embedded_services(settings, stop=args.command == "stop"))
         return 0
     if args.command == "openapi":
         from facecluster.api import create_app

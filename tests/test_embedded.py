@@ -1,0 +1,121 @@
+"""The embedded default as users run it: `facecluster serve` up, then the CLI on the same data directory,
+two commands at once, and `facecluster stop` ending everything; `config check` naming what fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .conftest import free_port
+
+BIN = Path(sys.executable).parent
+LIBRARY = "my-bucket/my-sub"
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "facecluster"), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finished(command: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = command.communicate(timeout=600)
+    assert command.returncode == 0, err[-3000:]
+    result: dict[str, Any] = json.loads(out.splitlines()[-1])
+    return result
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_serve_and_the_cli_side_by_side_then_stop(models_dir: Path, photos_dir: Path, tmp_path: Path) -> None:
+    root, data = tmp_path / "libraries", tmp_path / "data"
+    shutil.copytree(photos_dir / "enrol", root / LIBRARY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env |= {"FACECLUSTER_MODELS_DIR": str(models_dir), "FACECLUSTER_DATA_DIR": str(data)}
+    env |= {"FACECLUSTER_LIBRARY_ROOT": str(root), "FACECLUSTER_WRITE_BATCH_SIZE": "4"}
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "facecluster"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if get(f"{base}/ready")["ready"]:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the API did not become ready"
+            time.sleep(1)
+        status = finished(cli(env, "status"))
+        head = status["embedded_ray"]
+        assert head["running"] and head["gcs"].startswith("127.0.0.1:")  # the API started it; the CLI sees it
+
+        # The CLI next to the API: an ingest, then clustering and an ingest of other photos at once.
+        ingested = finished(cli(env, "ingest", str(root / LIBRARY), "--library", LIBRARY))
+        assert ingested["images"] == 12 and ingested["failed"] == 0
+        clustering = cli(env, "cluster", "--library", LIBRARY, "--min-cluster-size", "2")
+        other = cli(env, "ingest", str(photos_dir / "group"), "--library", "group", "--limit", "4")
+        assert finished(clustering)["clusters"] == 5
+        assert finished(other)["images"] == 4
+        assert finished(cli(env, "stats", "--library", LIBRARY))["clusters"] == 5
+        # What the CLI wrote, the API reads: same MongoDB, same Qdrant storage, same Ray.
+        clusters = get(f"{base}/api/v1/faces/clusters?library={LIBRARY}")
+        assert len(clusters["clusters"]) == 5
+        training = cli(env, "train", "--epochs", "1")
+        _, err = training.communicate(timeout=600)
+        assert training.returncode == 2 and "labelled persons" in err, err[-2000:]
+        assert finished(cli(env, "status"))["embedded_ray"]["pid"] == head["pid"]  # still the one head
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        stopped = finished(cli(env, "stop"))
+    assert stopped["stopped"] == {"ray": True, "mongodb": True}
+    after = finished(cli(env, "status"))
+    assert not after["embedded_ray"]["running"] and not after["embedded_mongodb"]["running"]
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes of {data} outlived `facecluster stop`: {left}"
+
+
+def test_config_check_names_each_unreachable_backend(models_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "FACECLUSTER_MODELS_DIR": str(models_dir), "FACECLUSTER_DATA_DIR": str(tmp_path / "data")}
+    healthy = cli(env, "config", "check")
+    assert finished(healthy)["ok"] is True
+    env |= {
+        "MONGO_URI": "mongodb://admin:p%40ss@127.0.0.1:9/facecluster?authSource=admin",
+        "QDRANT_URL": "http://127.0.0.1:9",
+        "QDRANT_API_KEY": "s3cret",
+        "RAY_ADDRESS": "127.0.0.1:9",
+    }
+    failing = cli(env, "config", "check")
+    out, _ = failing.communicate(timeout=120)
+    report = json.loads(out)
+    assert failing.returncode == 2 and report["ok"] is False
+    checks = report["checks"]
+    assert checks["mongodb"]["target"] == "MongoDB at 127.0.0.1:9" and not checks["mongodb"]["ok"]
+    assert checks["qdrant"]["target"] == "Qdrant at http://127.0.0.1:9" and not checks["qdrant"]["ok"]
+    assert checks["ray"]["target"] == "Ray at 127.0.0.1:9" and "Connection refused" in checks["ray"]["error"]
+    assert checks["models"]["ok"]
+    assert "p%40ss" not in out and "p@ss" not in out and "s3cret" not in out
+    assert not (tmp_path / "data" / "mongo").exists()  # nothing embedded was started in its place
