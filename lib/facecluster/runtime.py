@@ -49,7 +49,7 @@ def init_ray(settings: Settings) -> None:
         return
     head = ensure_head(settings)
     os.environ.update(head_auth(settings.general.data_dir))
-    ray._raylet.Config.initialize("")  # Ray read its auth mode at import: make it see the token now
+    ray._raylet.Config.initialize("")  # type: ignore[attr-defined]  # Ray read its auth mode at import
     env = worker_env(settings, secrets_dir=head_folder(settings.general.data_dir) / "secrets")
     ray.init(
         address=head.gcs, namespace=NAMESPACE, logging_level=level, log_to_driver=True, runtime_env={"env_vars": env}
