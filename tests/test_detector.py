@@ -96,3 +96,17 @@ def test_engine_thresholds_loosen_and_tighten(engine: FaceEngine, photos_dir: Pa
     assert len(loose) > len(default) > len(strict)
     assert all(f.detection.score >= engine.min_confidence for f in default)
     assert all(isinstance(f.detection, Detection) and f.detection.size >= 40 for f in strict)
+
+
+def test_a_users_own_yolo_file_is_decoded_as_its_signature_says(settings: Settings, photos_dir: Path) -> None:
+    from facecluster.engine.embedder import ModelContractError
+
+    models = settings.resolved_models_dir
+    group = load(photos_dir / "group" / "insightface_t1.jpg")
+    own = load_detector(settings.updated(detector_path=models / "yolov8-lite-t-face_dynbatch.onnx"))
+    assert settings.models.detector == "yolov5n-0.5-face" and own.spec.family == "yolov8-face"
+    assert len(own.detect([group])[0]) == 6
+    fixed = load_detector(settings.updated(detector_path=models / "yunet_s_640_640.onnx"))
+    assert fixed.spec.family == "yunet" and fixed.size == 640 and len(fixed.detect([group])[0]) == 6
+    with pytest.raises(ModelContractError, match="not a face detector this service decodes"):
+        load_detector(settings.updated(detector_path=models / "mobilefacenet_foamliu_dyn.onnx"))

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from .conftest import BIN, SHARED, RayHead, _need, free_port, stop_embedded
+from .conftest import BIN, ROOT, SHARED, RayHead, _need, free_port, stop_embedded
 
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
 
@@ -175,3 +176,40 @@ def test_every_seed_curl_example_works_on_ray_serve(served: str, photos_dir: Pat
         "/api/v1/faces/clusters/clu_abc123def456/label", "/api/v1/faces/clusters/{cluster_id}/label",
         next(route for route in by_route if route.startswith("/assignments/")),
     }  # fmt: skip
+
+
+def test_serve_run_of_the_config_refuses_an_open_bind_without_keys(
+    ray_head: RayHead, models_dir: Path, tmp_path: Path
+) -> None:
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    config["http_options"] |= {"host": "0.0.0.0", "port": free_port()}
+    path = tmp_path / "open.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {
+        **{k: v for k, v in os.environ.items() if "API_KEYS" not in k},
+        "RAY_ADDRESS": ray_head.gcs,
+        "FACECLUSTER_MODELS_DIR": str(models_dir),
+        "FACECLUSTER_DATA_DIR": str(tmp_path / "data"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log = tmp_path / "serve-run.log"
+    server = subprocess.Popen(
+        [str(BIN / "serve"), "run", str(path)],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while "refusing to serve on 0.0.0.0 without API keys" not in log.read_text():
+            assert server.poll() is None or time.monotonic() < deadline, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the Api replica did not refuse the open bind"
+            time.sleep(1)
+        port = config["http_options"]["port"]
+        with pytest.raises(OSError):  # nothing answers on the open address: refused, or 404/503 from the proxy
+            get(f"http://127.0.0.1:{port}/health")
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        stop_embedded(tmp_path / "data")

@@ -320,5 +320,50 @@ _FAMILIES: dict[str, type[FaceDetector]] = {
 }
 
 
+def detector_family(session: ort.InferenceSession) -> str:
+    """Which detector family an ONNX file's outputs belong to, or a `ModelContractError` saying why none."""
+    from facecluster.engine.embedder import ModelContractError
+
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
+        raise ModelContractError(f"a face detector takes one N,3,H,W input; this one takes {_shapes(inputs)}")
+    outputs = {out.name: list(out.shape) for out in session.get_outputs()}
+    if {f"stride_{s}" for s in YoloV5Face.ANCHORS} <= set(outputs) and all(
+        len(shape) == 5 and shape[-1] == 16 for shape in outputs.values()
+    ):
+        return "yolov5-face"
+    if len(outputs) == 3 and all(len(shape) == 4 and shape[1] == 80 for shape in outputs.values()):
+        return "yolov8-face"
+    if {f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in (8, 16, 32)} <= set(outputs):
+        return "yunet"
+    raise ModelContractError(
+        "not a face detector this service decodes: YOLOv5-face (outputs stride_8/16/32 [N,3,H,W,16]), "
+        f"YOLOv8-face (three [N,80,H,W] maps) or YuNet (cls/obj/bbox/kps_8/16/32); this one has {outputs}"
+    )
+
+
+def _shapes(args: Sequence[ort.NodeArg]) -> dict[str, list[int | str]]:
+    return {arg.name: list(arg.shape) for arg in args}
+
+
+def own_detector_spec(spec: DetectorSpec, session: ort.InferenceSession, known: Sequence[DetectorSpec]) -> DetectorSpec:
+    """The spec of a user's own detector file: its family from the output signature (the configured
+    detector's calibration when the family is the same, else that of the registry's detector of the family),
+    its canvas from a static square input, else the family's."""
+    from facecluster.engine.embedder import ModelContractError
+
+    family = detector_family(session)
+    base = spec if spec.family == family else next(s for s in known if s.family == family)
+    height, width = session.get_inputs()[0].shape[2:4]
+    size = base.input_size
+    if isinstance(height, int) and height > 0:
+        if height != width:
+            raise ModelContractError(f"the detector's input must be square; it is {height}x{width}")
+        size = height
+    if size % 32:
+        raise ModelContractError(f"the detector's input size must be a multiple of 32; it is {size}")
+    return base.model_copy(update={"input_size": size})
+
+
 def build_detector(spec: DetectorSpec, session: ort.InferenceSession) -> FaceDetector:
     return _FAMILIES[spec.family](spec, session)

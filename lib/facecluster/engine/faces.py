@@ -12,7 +12,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from facecluster.engine.align import crop_faces, crop_matrix
-from facecluster.engine.detector import Detection, FaceDetector, build_detector
+from facecluster.engine.detector import Detection, FaceDetector, build_detector, own_detector_spec
 from facecluster.engine.embedder import FaceEmbedder
 from facecluster.engine.quality import Quality, QualityWeights, assess
 from facecluster.engine.registry import DetectorSpec, EmbedderSpec, ModelSpec, load_registry
@@ -95,8 +95,13 @@ def _session_for(settings: Settings, spec: ModelSpec) -> ort.InferenceSession:
 
 
 def load_detector(settings: Settings, name: str | None = None) -> FaceDetector:
-    spec: DetectorSpec = load_registry().detector(name or settings.models.detector)
-    return build_detector(spec, _session_for(settings, spec))
+    """The configured detector; a user's own file (YOLO_MODEL_PATH) is decoded as its signature says."""
+    registry = load_registry()
+    spec: DetectorSpec = registry.detector(name or settings.models.detector)
+    session = _session_for(settings, spec)
+    if settings.models.detector_path is not None and name is None:
+        spec = own_detector_spec(spec, session, list(registry.detectors.values()))
+    return build_detector(spec, session)
 
 
 def load_embedder(settings: Settings, name: str | None = None) -> FaceEmbedder:

@@ -86,7 +86,7 @@ class IngestSummary:
         return asdict(self)
 
 
-def _source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[Dataset, int]:
+def source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[Dataset, int]:
     """The source's photos as rows (key, uri, size, etag), and how many there are."""
     if source.kind == "manifest":
         ds = _manifest_dataset(source.location)
@@ -184,7 +184,7 @@ def run_ingest(
     meta.start_job(ctx.job_id, "ingest", library, source_spec, options)
     summary = IngestSummary(library=library)
     try:
-        ds, total = _source_dataset(source, s3, limit)
+        ds, total = source_dataset(source, s3, limit)
         log.info("ingest %s into library %r: %d photos (job %s)", source_spec, library, total, ctx.job_id)
 
         def report(text: str) -> None:
