@@ -92,11 +92,9 @@ def ray_cluster() -> Iterator[None]:
 
 def stop_embedded(data_dir: Path) -> None:
     """What `facecluster stop` does: end the data directory's Ray head and MongoDB-wire server."""
-    from facecluster.runtime import stop_head
-    from facecluster.store.embedded import stop_mongo
+    from facecluster.runtime import stop_embedded as stop
 
-    stop_head(data_dir, grace_s=5)
-    stop_mongo(data_dir)
+    stop(data_dir, grace_s=5)
 
 
 @pytest.fixture

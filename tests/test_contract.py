@@ -110,6 +110,58 @@ def test_bodies_are_capped_while_they_stream_and_keys_are_checked_first() -> Non
         assert client.post("/echo", content=b"x" * 5_000, headers=key).json() == {"bytes": 5_000}
 
 
+def test_multipart_parts_are_counted_as_they_stream() -> None:
+    app = create_app(Settings(_env_file=None, max_upload_parts=3, api_keys="ops:k3y"))
+    ran: list[int] = []
+
+    @app.post("/form")
+    async def form(request: Request) -> dict[str, int]:
+        ran.append(len(await request.form()))
+        return {"parts": ran[-1]}
+
+    def multipart(parts: int, boundary: bytes = b"XyZ") -> Iterator[bytes]:
+        for index in range(parts):  # split so that delimiters straddle chunk borders
+            part = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nvalue\r\n' % index
+            yield part[:3]
+            yield part[3:]
+        yield b"--" + boundary + b"--\r\n"
+
+    headers = {"X-API-Key": "k3y", "Content-Type": "multipart/form-data; boundary=XyZ"}
+    with TestClient(app, base_url="http://localhost") as client:
+        assert client.post("/form", content=multipart(3), headers=headers).json() == {"parts": 3}
+        refused = client.post("/form", content=multipart(1000), headers=headers)
+        assert refused.status_code == 413 and "at most 3 parts" in refused.json()["detail"]
+        assert ran == [3]
+
+
+def test_a_slow_request_is_answered_504_at_the_timeout() -> None:
+    import asyncio
+
+    app = create_app(Settings(_env_file=None, request_timeout_s=0.2))
+
+    @app.get("/slow")
+    async def slow() -> dict[str, bool]:
+        await asyncio.sleep(5)
+        return {"late": True}
+
+    with TestClient(app, base_url="http://localhost") as client:
+        answer = client.get("/slow")
+        assert answer.status_code == 504 and "FACECLUSTER_REQUEST_TIMEOUT_S" in answer.json()["detail"]
+
+
+def test_the_thumbnail_cache_keeps_to_its_budget() -> None:
+    from facecluster.api.routes.review import ThumbnailCache
+
+    cache = ThumbnailCache(budget=250)
+    for index in range(5):
+        cache.put(("face", index), bytes(100))
+    assert cache.size <= 250 and cache.get(("face", 0)) is None and cache.get(("face", 4)) == bytes(100)
+    cache.put(("huge",), bytes(1000))  # larger than the whole budget: not kept
+    assert cache.get(("huge",)) is None
+    cache.clear()
+    assert cache.size == 0 and cache.get(("face", 4)) is None
+
+
 def test_web_pages_cannot_change_anything_cross_site_nor_reach_it_by_another_name() -> None:
     app = create_app(Settings(_env_file=None, cors_origins="https://review.example.com"))
 

@@ -126,7 +126,7 @@ def test_human_work_survives_every_re_run(
     ids = [f["_id"] for f in erased_faces]
     assert not meta.faces_in(LIBRARY, ids=ids) and meta.person(person) is None
     assert not stores.vectors.ids(LIBRARY) & set(ids)
-    assert not any("Colin Powell" in repr(entry) for entry in meta.audit_page(LIBRARY, skip=0, limit=1000))
+    assert not any("Colin Powell" in repr(entry) for entry in meta.audit_page(LIBRARY, skip=0, limit=1000)[1])
     again = run_ingest(store_settings, str(folder), library=LIBRARY, force=True)
     assert again.failed == 0
     back = [f for f in meta.faces_in(LIBRARY) for (image, bbox, *_rest) in work if f["image"] == image]
@@ -189,4 +189,4 @@ def test_cleanup_undoes_one_run_and_library_deletion_removes_the_rest(
     left = len(faces) - len(leaving)
     assert deleted["mongodb"]["faces"] == left and deleted["qdrant"]["face_points"] == left
     assert not meta.faces_in(LIBRARY) and not stores.vectors.ids(LIBRARY) and LIBRARY not in meta.libraries()
-    assert meta.audit_page(LIBRARY, skip=0, limit=10)[0]["action"] == "delete_library"  # the audit stays
+    assert meta.audit_page(LIBRARY, skip=0, limit=10)[1][0]["action"] == "delete_library"  # the audit stays

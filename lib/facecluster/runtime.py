@@ -13,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,12 +106,12 @@ def free_port() -> int:
 
 
 def head_command(gcs_port: int, dashboard_port: int, cpus: int, object_store_bytes: int | None = None) -> list[str]:
-    """`ray start --head --block` on loopback: the given GCS and dashboard ports, free ports for the agents
-    (their defaults clash with any other Ray on the machine)."""
+    """`ray start --head --block` with its dashboard on loopback: the given GCS and dashboard ports, free
+    ports for the agents (their defaults clash with any other Ray on the machine)."""
     ray_script = Path(sys.executable).with_name("ray")
     command = [
         str(ray_script), "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+        "--port", str(gcs_port),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--num-cpus", str(cpus),
         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
@@ -150,7 +152,8 @@ def running_head(data_dir: Path) -> Head | None:
 
 
 def ensure_head(settings: Settings, *, timeout: float = 120.0) -> Head:
-    """The data directory's Ray head, started (detached, on loopback) when none runs."""
+    """The data directory's Ray head, started (detached; dashboard on loopback, every connection needing
+    the data directory's token) when none runs."""
     folder = head_folder(settings.general.data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "start.lock").open("w") as lock:
@@ -208,6 +211,29 @@ def stop_head(data_dir: Path, *, grace_s: float = 10.0) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
     return True
+
+
+def stop_embedded(data_dir: Path, *, grace_s: float = 10.0) -> dict[str, bool]:
+    """Stop the data directory's Ray head and MongoDB-wire server (`facecluster stop`); this process
+    leaves that Ray first when it is attached to it. Which of the two were running."""
+    from facecluster.store.embedded import stop_mongo
+
+    head = running_head(data_dir)
+    if head is not None and ray.is_initialized():
+        attached = str(ray.get_runtime_context().gcs_address).rsplit(":", 1)[-1]
+        if attached == head.gcs.rsplit(":", 1)[-1]:
+            ray.shutdown()
+    return {"ray": stop_head(data_dir, grace_s=grace_s), "mongodb": stop_mongo(data_dir)}
+
+
+@contextlib.contextmanager
+def scratch_data_dir(prefix: str) -> Iterator[Path]:
+    """A throw-away data directory (evaluations, benchmarks); its embedded services stop with it."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        try:
+            yield Path(scratch)
+        finally:
+            stop_embedded(Path(scratch), grace_s=5)
 
 
 def head_status(data_dir: Path) -> dict[str, object]:

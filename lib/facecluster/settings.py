@@ -301,7 +301,8 @@ class ServeSettings(Section):
         default_factory=list,
         validation_alias=_env("API_KEYS"),
         description="Keys accepted in the X-API-Key header, comma-separated, each `name:secret` or a bare secret; "
-        "when set they guard every mutating and debug route.",
+        "when set every route but health, readiness, the docs and the review page's shell needs one; "
+        "`name:secret:read` only reads, `name:secret:admin` may also delete and erase.",
     )
     serve_host: str = Field(default="127.0.0.1", validation_alias=_env("SERVE_HOST"))
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
@@ -317,6 +318,25 @@ class ServeSettings(Section):
         description="Serve on a non-loopback address without API keys (refused otherwise).",
     )
     max_upload_bytes: int = Field(default=20_000_000, gt=0, validation_alias=_env("MAX_UPLOAD_BYTES"))
+    max_upload_parts: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        validation_alias=_env("MAX_UPLOAD_PARTS"),
+        description="Parts (files and fields) a multipart request may have; more is refused with 413 as it streams.",
+    )
+    request_timeout_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        validation_alias=_env("REQUEST_TIMEOUT_S"),
+        description="A request not answered within this is answered 504 (uploads and jobs queue; they do not wait).",
+    )
+    thumbnail_cache_bytes: int = Field(
+        default=64 * 2**20,
+        ge=0,
+        validation_alias=_env("THUMBNAIL_CACHE_BYTES"),
+        description="Memory for face thumbnails served recently, per API replica.",
+    )
     ray_dashboard_url: str = Field(
         default="http://127.0.0.1:8265",
         validation_alias=_env("RAY_DASHBOARD_URL", "RAY_JOB_ADDRESS"),

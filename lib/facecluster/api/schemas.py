@@ -203,6 +203,7 @@ class Rejected(Answer):
 
 class AuditEntry(Answer):
     audit_id: str
+    library: str | None = None
     actor: str
     action: str
     target: str
@@ -213,7 +214,10 @@ class AuditEntry(Answer):
 
 
 class AuditPage(Answer):
-    library: str
+    library: str | None
+    total: int
+    page: int
+    page_size: int
     entries: list[AuditEntry]
 
 

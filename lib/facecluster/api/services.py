@@ -71,10 +71,14 @@ def set_process_services(services: Services) -> None:
     _process_services[:] = [services]
 
 
+def current_services(app: Any) -> Services | None:
+    """The services of the app (tests attach them) or of this process (the Serve ingress)."""
+    services: Services | None = getattr(app.state, "services", None) if app is not None else None
+    return services if services is not None or not _process_services else _process_services[0]
+
+
 def get_services(request: Request) -> Services:
-    services: Services | None = getattr(request.app.state, "services", None)
-    if services is None and _process_services:
-        services = _process_services[0]
+    services = current_services(request.app)
     if services is None:
         raise HTTPException(503, "the service is starting")
     return services

@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--images", type=_existing_path, required=True, help="photos, rescaled to 1 megapixel")
     served.add_argument("--clients", type=int, default=32)
     served.add_argument("--seconds", type=float, default=60.0)
+    listing = bench_actions.add_parser("listing", help="the ingest driver's memory listing S3 vs a manifest")
+    listing.add_argument("--sizes", type=_batch_sizes, default=[2_000, 20_000], help="bucket sizes, in keys")
     ingest = bench_actions.add_parser("ingest", help="model-only bound vs naive loop vs the Ray pipeline")
     ingest.add_argument("source", metavar="SOURCE", help="a folder or s3://bucket/prefix")
     ingest.add_argument("--limit", type=int, default=None)
@@ -654,6 +656,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
         emit(bench_serve(settings, args.images, clients=args.clients, seconds=args.seconds))
         return 0
+    if args.action == "listing":
+        from facecluster.eval.bench_listing import bench_listing
+
+        emit(bench_listing(settings, args.sizes))
+        return 0
     if args.action == "engine":
         emit(bench_engine(settings, images=args.images, batch_sizes=args.batch_sizes, repeats=args.repeats))
         return 0
@@ -668,13 +675,13 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def embedded_services(settings: Settings, *, stop: bool = False) -> dict[str, object]:
     """What runs for the data directory (its Ray head, its MongoDB-wire server) and where the configured
     stores are; with `stop`, the embedded services are stopped first."""
-    from facecluster.runtime import head_status, stop_head
-    from facecluster.store.embedded import embedded_status, stop_mongo
+    from facecluster.runtime import head_status, stop_embedded
+    from facecluster.store.embedded import embedded_status
     from facecluster.store.mongo import mongo_hosts
 
     data_dir = settings.general.data_dir
     if stop:
-        return {"data_dir": str(data_dir), "stopped": {"ray": stop_head(data_dir), "mongodb": stop_mongo(data_dir)}}
+        return {"data_dir": str(data_dir), "stopped": stop_embedded(data_dir)}
     configured = settings.stores.mongo_uri
     return {
         "data_dir": str(data_dir),

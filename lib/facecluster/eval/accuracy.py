@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from facecluster.engine.decode import IMAGE_SUFFIXES, decode_photo
 from facecluster.engine.faces import FaceEngine
 from facecluster.engine.projection import unit
 from facecluster.eval.metrics import ClusterScores, score_clustering, tar_at_far
+from facecluster.runtime import scratch_data_dir
 from facecluster.settings import Settings
 from facecluster.store.meta import MetaStore
 
@@ -137,23 +137,19 @@ def evaluate_clustering(
     from facecluster.cluster.commands import run_cluster
     from facecluster.ingest.pipeline import run_ingest
     from facecluster.store.connection import open_stores
-    from facecluster.store.embedded import stop_mongo
 
-    with tempfile.TemporaryDirectory(prefix="facecluster-eval-") as scratch:
-        scoped = settings.updated(data_dir=Path(scratch))
-        try:
-            ingest = run_ingest(scoped, str(images), library="eval", limit=limit)
-            stores, _, _ = open_stores(scoped)
-            meta = MetaStore(stores.mongo_uri, stores.mongo_db)
-            truth = labelled_faces(meta, "eval")
-            yield {"ingest": ingest.to_dict(), "labelled_faces": len(truth), "identities": len(set(truth.values()))}
-            for method in methods:
-                summary = run_cluster(scoped, "eval", method=method)
-                run: Mapping[str, Any] = meta.run(summary.run_id) or {}
-                scores = library_scores(meta, "eval", truth)
-                yield {"method": method, "params": run.get("params"), "seconds": summary.seconds, **scores.to_dict()}
-        finally:
-            stop_mongo(Path(scratch))
+    with scratch_data_dir("facecluster-eval-") as scratch:
+        scoped = settings.updated(data_dir=scratch)
+        ingest = run_ingest(scoped, str(images), library="eval", limit=limit)
+        stores, _, _ = open_stores(scoped)
+        meta = MetaStore(stores.mongo_uri, stores.mongo_db)
+        truth = labelled_faces(meta, "eval")
+        yield {"ingest": ingest.to_dict(), "labelled_faces": len(truth), "identities": len(set(truth.values()))}
+        for method in methods:
+            summary = run_cluster(scoped, "eval", method=method)
+            run: Mapping[str, Any] = meta.run(summary.run_id) or {}
+            scores = library_scores(meta, "eval", truth)
+            yield {"method": method, "params": run.get("params"), "seconds": summary.seconds, **scores.to_dict()}
 
 
 def library_scores(meta: MetaStore, library: str, truth: dict[str, str]) -> ClusterScores:
@@ -183,36 +179,32 @@ def evaluate_training(
     central faces, and the default clustering's pairwise and BCubed F."""
     from facecluster.ingest.pipeline import run_ingest
     from facecluster.store.connection import connect
-    from facecluster.store.embedded import stop_mongo
     from facecluster.train.job import run_train
 
     people = sorted(p.name for p in images.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) >= min_images)
     order = np.random.default_rng(0).permutation(len(people))[: persons or len(people)]
     chosen = [people[i] for i in order]
     halves = {"train": chosen[: len(chosen) // 2], "heldout": chosen[len(chosen) // 2 :]}
-    with tempfile.TemporaryDirectory(prefix="facecluster-eval-train-") as scratch:
-        scoped = settings.updated(data_dir=Path(scratch), heads_dir=Path(scratch, "heads"))
-        try:
-            truth: dict[str, dict[str, str]] = {}
-            for library, names in halves.items():
-                folder = Path(scratch, "photos", library)
-                for name in names:
-                    (folder / name).mkdir(parents=True)
-                    for photo in sorted((images / name).glob("*.jpg")):
-                        (folder / name / photo.name).symlink_to(photo.resolve())
-                ingest = run_ingest(scoped, str(folder), library=library)
-                stores = connect(scoped)
-                truth[library] = labelled_faces(stores.meta, library)
-                yield {"library": library, "persons": len(names), "ingest": ingest.to_dict()}
-            stores.meta.update_faces(
-                [(face, {"person_id": name, "label_source": "human"}) for face, name in truth["train"].items()]
-            )
-            before = _heldout_scores(scoped, truth["heldout"])
-            trained = run_train(scoped, epochs=epochs, margin=margin, min_faces=min_faces, library="train")
-            after = _heldout_scores(scoped, truth["heldout"])
-            yield {"before": before, "after": after, "train": trained.to_dict()}
-        finally:
-            stop_mongo(Path(scratch))
+    with scratch_data_dir("facecluster-eval-train-") as scratch:
+        scoped = settings.updated(data_dir=scratch, heads_dir=scratch / "heads")
+        truth: dict[str, dict[str, str]] = {}
+        for library, names in halves.items():
+            folder = scratch / "photos" / library
+            for name in names:
+                (folder / name).mkdir(parents=True)
+                for photo in sorted((images / name).glob("*.jpg")):
+                    (folder / name / photo.name).symlink_to(photo.resolve())
+            ingest = run_ingest(scoped, str(folder), library=library)
+            stores = connect(scoped)
+            truth[library] = labelled_faces(stores.meta, library)
+            yield {"library": library, "persons": len(names), "ingest": ingest.to_dict()}
+        stores.meta.update_faces(
+            [(face, {"person_id": name, "label_source": "human"}) for face, name in truth["train"].items()]
+        )
+        before = _heldout_scores(scoped, truth["heldout"])
+        trained = run_train(scoped, epochs=epochs, margin=margin, min_faces=min_faces, library="train")
+        after = _heldout_scores(scoped, truth["heldout"])
+        yield {"before": before, "after": after, "train": trained.to_dict()}
 
 
 def _heldout_scores(settings: Settings, truth: dict[str, str]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import os
 import platform
 import resource
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from facecluster.engine.align import crop_faces
 from facecluster.engine.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_image, decode_photo
 from facecluster.engine.detector import Detection
 from facecluster.engine.faces import load_detector, load_embedder
+from facecluster.runtime import scratch_data_dir
 from facecluster.settings import Settings
 
 
@@ -138,7 +138,6 @@ def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = No
     from facecluster.engine.faces import FaceEngine, keep_faces
     from facecluster.ingest.pipeline import run_ingest
     from facecluster.ingest.sources import S3Options, parse_source, read_uri
-    from facecluster.store.embedded import stop_mongo
 
     source = parse_source(source_spec)
     s3 = S3Options.from_settings(settings)
@@ -192,15 +191,10 @@ def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = No
         b = _rates(images_b, faces_b, time.perf_counter() - start, memory.peak)
 
     # (c) The Ray pipeline, with store writes, into a throw-away data directory.
-    with tempfile.TemporaryDirectory(prefix="facecluster-bench-") as scratch:
-        data_dir = Path(scratch)
-        try:
-            with _PeakMemory() as memory:
-                start = time.perf_counter()
-                summary = run_ingest(settings.updated(data_dir=data_dir), source_spec, limit=limit)
-                c = _rates(summary.images - summary.failed, summary.faces, time.perf_counter() - start, memory.peak)
-        finally:
-            stop_mongo(data_dir)
+    with scratch_data_dir("facecluster-bench-") as data_dir, _PeakMemory() as memory:
+        start = time.perf_counter()
+        summary = run_ingest(settings.updated(data_dir=data_dir), source_spec, limit=limit)
+        c = _rates(summary.images - summary.failed, summary.faces, time.perf_counter() - start, memory.peak)
     return {
         "source": source_spec,
         "images": len(items),

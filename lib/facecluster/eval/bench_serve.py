@@ -9,7 +9,6 @@ import itertools
 import os
 import platform
 import socket
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from facecluster.engine.decode import IMAGE_SUFFIXES
+from facecluster.runtime import scratch_data_dir
 from facecluster.settings import Settings
 
 ROUTES = ("/detect-face", "/api/v1/faces/search")
@@ -102,7 +102,6 @@ async def _load(base: str, photos: list[bytes], clients: int, seconds: float) ->
 
 def bench_serve(settings: Settings, images: Path, *, clients: int = 32, seconds: float = 60.0) -> dict[str, Any]:
     """Start the API on a free loopback port over a throw-away data directory, load it, stop it."""
-    import ray
     from ray import serve
 
     from facecluster.api.serving import run
@@ -111,8 +110,8 @@ def bench_serve(settings: Settings, images: Path, *, clients: int = 32, seconds:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    with tempfile.TemporaryDirectory(prefix="facecluster-bench-") as data:
-        current = settings.updated(data_dir=Path(data))
+    with scratch_data_dir("facecluster-bench-") as data:
+        current = settings.updated(data_dir=data)
         run(current, "127.0.0.1", port, blocking=False)
         try:
             base = f"http://127.0.0.1:{port}"
@@ -120,10 +119,6 @@ def bench_serve(settings: Settings, images: Path, *, clients: int = 32, seconds:
             report = asyncio.run(_load(base, photos, clients, seconds))
         finally:
             serve.shutdown()  # type: ignore[no-untyped-call]
-            ray.shutdown()
-            from facecluster.store.embedded import stop_mongo
-
-            stop_mongo(Path(data))
     return {
         "clients": clients,
         "seconds": seconds,

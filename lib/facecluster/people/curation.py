@@ -320,7 +320,7 @@ class Curator:
         self._change("reject_face", face_id, [face], {face_id: state}, details={"person_id": person_id})
         return {"face_id": face_id, "rejected_persons": state["rejected_persons"]}
 
-    def audit(self, *, skip: int = 0, limit: int = 50) -> list[AuditDoc]:
+    def audit(self, *, skip: int = 0, limit: int = 50) -> tuple[int, list[AuditDoc]]:
         return self.meta.audit_page(self.library, skip=skip, limit=limit)
 
     @_locked

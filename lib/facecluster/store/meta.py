@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError
@@ -31,6 +31,13 @@ INSPECTABLE = (*LIBRARY_CONTENT, "audit", "jobs", "profiles", "erasures")
 
 class Busy(Conflict):
     """A named lock that another process holds."""
+
+
+class FaceTotals(TypedDict):
+    faces: int
+    unclustered: int
+    human_labelled: int
+    auto_assigned: int
 
 
 class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
@@ -262,6 +269,46 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
             {"$group": {"_id": "$person_id", "n": {"$sum": 1}}},
         ]
         return {row["_id"]: int(row["n"]) for row in self.call(lambda: list(self.db.faces.aggregate(pipeline)))}
+
+    def _aggregate(self, pipeline: list[Doc]) -> list[Doc]:
+        rows: list[Doc] = self.call(lambda: list(self.db.faces.aggregate(pipeline)))
+        return rows
+
+    def face_totals(self, library: str | None) -> FaceTotals:
+        """How many faces, unclustered, labelled by people and assigned by the machine: one aggregation."""
+
+        def where(condition: Doc) -> Doc:
+            return {"$sum": {"$cond": [condition, 1, 0]}}
+
+        unlabelled = {"$and": [{"$eq": ["$person_id", None]}, {"$eq": ["$cluster_id", None]}]}
+        group = {
+            "_id": None,
+            "faces": {"$sum": 1},
+            "unclustered": where(unlabelled),
+            "human_labelled": where({"$eq": ["$label_source", "human"]}),
+            "auto_assigned": where({"$eq": ["$label_source", "auto"]}),
+        }
+        rows = self._aggregate([{"$match": self._face_query(library, None, None, None)}, {"$group": group}])
+        totals = rows[0] if rows else {}
+        return {key: int(totals.get(key, 0)) for key in FaceTotals.__annotations__}  # type: ignore[return-value]
+
+    def identity_sizes(self, library: str | None) -> dict[str, int]:
+        """Faces per identity: a face counts for its person, else for its cluster."""
+        match = {
+            **self._face_query(library, None, None, None),
+            "$or": [{"person_id": {"$ne": None}}, {"cluster_id": {"$ne": None}}],
+        }
+        group = {"_id": {"$ifNull": ["$person_id", "$cluster_id"]}, "n": {"$sum": 1}}
+        return {str(row["_id"]): int(row["n"]) for row in self._aggregate([{"$match": match}, {"$group": group}])}
+
+    def multi_identity_photos(self, library: str | None) -> int:
+        """Photos showing more than one identity (person or cluster), from one row per photo."""
+        group = {
+            "_id": {"$concat": ["$library", "/", "$image"]},
+            "who": {"$addToSet": {"$ifNull": ["$person_id", "$cluster_id"]}},
+        }
+        rows = self._aggregate([{"$match": self._face_query(library, None, None, None)}, {"$group": group}])
+        return sum(1 for row in rows if len({who for who in row["who"] if who}) > 1)
 
     def unlabelled_faces(self, library: str, limit: int | None = None) -> list[FaceDoc]:
         """Faces with neither a person nor a cluster, best quality first."""

@@ -38,12 +38,13 @@ class PeopleDocs(MongoCollections):
     def audit_entry(self, audit_id: str, library: str) -> AuditDoc | None:
         return cast("AuditDoc | None", self.find_one("audit", {"_id": audit_id, "library": library}))
 
-    def audit_page(self, library: str, *, skip: int, limit: int) -> list[AuditDoc]:
-        """A library's changes, newest first, without their before and after states."""
+    def audit_page(self, library: str | None, *, skip: int, limit: int) -> tuple[int, list[AuditDoc]]:
+        """A library's changes (every change with None), newest first, without their before and after
+        states; and how many there are."""
+        query = {} if library is None else {"library": library}
         fields = ["library", "actor", "action", "target", "details", "at", "faces", "undone_by"]
-        return cast(
-            list[AuditDoc], self.find("audit", {"library": library}, fields, sort=[("at", -1)], skip=skip, limit=limit)
-        )
+        page = self.find("audit", query, fields, sort=[("at", -1)], skip=skip, limit=limit)
+        return self.count("audit", query), cast(list[AuditDoc], page)
 
     def redact_audit(self, library: str, person_id: str, name: str, replacement: str) -> int:
         """Replace an erased person's name everywhere the library's audit holds it; how many entries changed."""

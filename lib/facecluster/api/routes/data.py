@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, model_validator
 
 from facecluster.api import schemas
+from facecluster.api.audit import audits_itself
 from facecluster.api.routes.review import forget_thumbnails
 from facecluster.api.services import FACE_ID, PERSON_ID, Actor, Deps
 from facecluster.ingest.sources import validate_library
@@ -40,6 +41,7 @@ class ErasureRequest(BaseModel):
 @router.post(
     "/erasure", summary="Erase biometric data from every store; it stays erased", response_model=schemas.Erased
 )
+@audits_itself
 async def erasure(services: Deps, actor: Actor, body: ErasureRequest) -> dict[str, Any]:
     library = None if body.library is None else validate_library(body.library)
     result = await run_in_threadpool(
@@ -61,6 +63,7 @@ async def erasure(services: Deps, actor: Actor, body: ErasureRequest) -> dict[st
     summary="Delete a whole library: photos, faces, vectors of every version, persons, clusters, runs",
     response_model=schemas.LibraryDeleted,
 )
+@audits_itself
 async def remove_library(
     services: Deps, actor: Actor, library: Annotated[str, Path(min_length=1, max_length=512)]
 ) -> dict[str, Any]:

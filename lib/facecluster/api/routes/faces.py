@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from facecluster.api import schemas
+from facecluster.api.audit import audits_itself
 from facecluster.api.services import (
     AUDIT_ID,
     PERSON_ID,
@@ -200,6 +201,7 @@ class LabelRequest(BaseModel):
     summary="Name a cluster: its faces become that person",
     response_model=schemas.Labelled,
 )
+@audits_itself
 def label_cluster(services: Deps, actor: Actor, cluster_id: ClusterId, body: LabelRequest) -> dict[str, Any]:
     library = owning_library(services, "clusters", cluster_id, "cluster")
     return _curator(services, actor, library).label_cluster(cluster_id, body.name.strip())
@@ -213,6 +215,7 @@ class SplitRequest(BaseModel):
 @router.post(
     "/clusters/{cluster_id}/split", summary="Split a cluster with a tighter threshold", response_model=schemas.Split
 )
+@audits_itself
 def split_cluster(
     services: Deps, actor: Actor, cluster_id: ClusterId, body: SplitRequest | None = None
 ) -> dict[str, Any]:
@@ -256,6 +259,7 @@ class PersonRequest(BaseModel):
 
 
 @router.post("/persons", status_code=201, summary="Create a person", response_model=schemas.PersonView)
+@audits_itself
 def create_person(services: Deps, actor: Actor, body: PersonRequest) -> dict[str, Any]:
     library = resolve_library(services, body.library)
     doc = _curator(services, actor, library).create_person(body.name.strip())
@@ -270,6 +274,7 @@ class PersonUpdate(BaseModel):
 @router.patch(
     "/persons/{person_id}", summary="Rename a person, or hide or show them", response_model=schemas.PersonView
 )
+@audits_itself
 def update_person(services: Deps, actor: Actor, person_id: PersonId, body: PersonUpdate) -> dict[str, Any]:
     if body.name is None and body.hidden is None:
         raise HTTPException(422, "give a name, hidden, or both")
@@ -286,6 +291,7 @@ class MergeRequest(BaseModel):
 
 
 @router.post("/persons/{person_id}/merge", summary="Merge this person into another", response_model=schemas.Merged)
+@audits_itself
 def merge_person(services: Deps, actor: Actor, person_id: PersonId, body: MergeRequest) -> dict[str, Any]:
     library = owning_library(services, "persons", person_id, "person")
     return _curator(services, actor, library).merge_persons(person_id, body.into_person_id)
@@ -333,6 +339,7 @@ class MoveRequest(BaseModel):
 @router.post(
     "/persons/{person_id}/faces/remove", summary="Bulk-remove faces from a person", response_model=schemas.Removed
 )
+@audits_itself
 def remove_faces(services: Deps, actor: Actor, person_id: PersonId, body: FacesRequest) -> dict[str, Any]:
     library = owning_library(services, "persons", person_id, "person")
     return _curator(services, actor, library).remove_faces(person_id, body.face_ids)
@@ -343,6 +350,7 @@ def remove_faces(services: Deps, actor: Actor, person_id: PersonId, body: FacesR
     summary="Bulk-move faces to another or a new person",
     response_model=schemas.Moved,
 )
+@audits_itself
 def move_faces(services: Deps, actor: Actor, person_id: PersonId, body: MoveRequest) -> dict[str, Any]:
     if (body.to_person_id is None) == (body.new_name is None):
         raise HTTPException(422, "give exactly one of to_person_id and new_name")
@@ -356,12 +364,14 @@ class PersonRef(BaseModel):
 
 
 @router.post("/faces/{face_id}/assign", summary="Assign one face to a person", response_model=schemas.FaceLabel)
+@audits_itself
 def assign_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) -> dict[str, Any]:
     library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).assign_face(face_id, body.person_id)
 
 
 @router.post("/faces/{face_id}/unassign", summary="Take one face from its person", response_model=schemas.FaceLabel)
+@audits_itself
 def unassign_face(services: Deps, actor: Actor, face_id: FaceId) -> dict[str, Any]:
     library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).unassign_face(face_id)
@@ -372,6 +382,7 @@ def unassign_face(services: Deps, actor: Actor, face_id: FaceId) -> dict[str, An
     summary='"Not this person": never match the face to it again',
     response_model=schemas.Rejected,
 )
+@audits_itself
 def reject_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) -> dict[str, Any]:
     library = owning_library(services, "faces", face_id, "face")
     return _curator(services, actor, library).reject_face(face_id, body.person_id)
@@ -380,11 +391,18 @@ def reject_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) 
 @router.get("/audit", summary="Changes to a library, newest first", response_model=schemas.AuditPage)
 def audit_log(services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
     name = resolve_library(services, library)
-    entries = _curator(services, "anonymous", name).audit(skip=(page - 1) * page_size, limit=page_size)
-    return {"library": name, "entries": [with_id("audit_id", e) for e in entries]}
+    total, entries = _curator(services, "anonymous", name).audit(skip=(page - 1) * page_size, limit=page_size)
+    return audit_answer(name, total, page, page_size, entries)
+
+
+def audit_answer(library: str | None, total: int, page: int, page_size: int, entries: Any) -> dict[str, Any]:
+    """A page of the audit as the API shows it."""
+    listed = [with_id("audit_id", e) for e in entries]
+    return {"library": library, "total": total, "page": page, "page_size": page_size, "entries": listed}
 
 
 @router.post("/audit/{audit_id}/undo", summary="Undo a change", response_model=schemas.Undone)
+@audits_itself
 def undo(services: Deps, actor: Actor, audit_id: Annotated[str, Path(pattern=AUDIT_ID)]) -> dict[str, Any]:
     library = owning_library(services, "audit", audit_id, "audit entry")
     return _curator(services, actor, library).undo(audit_id)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from facecluster.api import schemas
+from facecluster.api.audit import audits_itself, note_target
 from facecluster.api.services import Actor, Deps, Services, UserId
 from facecluster.api.uploads import analyze_upload
 from facecluster.engine.analysis import ProfileRejected, profile_face
@@ -76,12 +77,14 @@ async def _enrol(
 )
 async def detect_face(
     services: Deps,
+    request: Request,
     user_id: Annotated[str, Form(pattern=f"^{USER_ID_PATTERN.pattern}$")],
     file: Annotated[UploadFile, File(description="a photo showing exactly one face")],
     min_face_size: MinFaceSize = None,
     min_confidence: MinConfidence = None,
     blur_threshold: BlurThreshold = None,
 ) -> dict[str, Any]:
+    note_target(request, f"user_id={user_id}")
     checks = _checks(services, min_face_size, min_confidence, blur_threshold)
     return await _enrol(services, user_id, file, checks, create=True)
 
@@ -146,6 +149,7 @@ def get_profile(services: Deps, user_id: UserId) -> dict[str, Any]:
 @router.delete(
     "/debug-profile/{user_id}", summary="Delete a profile and its assignments", response_model=schemas.ProfileDeleted
 )
+@audits_itself
 def delete_profile(services: Deps, actor: Actor, user_id: UserId) -> dict[str, Any]:
     """The user's erasure: the profile, its template in every vector version, its assignments."""
     if not services.profiles.exists(user_id):

@@ -4,6 +4,8 @@ a person's faces and a library's statistics with the similarity of each face to 
 from __future__ import annotations
 
 import itertools
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from importlib import resources
 from typing import Annotated, Any
@@ -16,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from facecluster.api import schemas
 from facecluster.api.routes.faces import LibraryQuery, Page, PageSize, owning_library, resolve_library
 from facecluster.api.services import Deps, FaceId, PersonId, Services, face_view
-from facecluster.engine.decode import ImageDecodeError, decode_image
+from facecluster.engine.decode import ImageDecodeError, decode_photo
 from facecluster.engine.projection import unit
 from facecluster.engine.thumbnails import face_thumbnail
 from facecluster.ingest.sources import S3Options, SourceError, read_uri
@@ -44,15 +46,63 @@ def libraries(services: Deps) -> dict[str, Any]:
     return {"libraries": services.meta.libraries()}
 
 
+#: The thumbnail sizes served, in pixels (others are refused, so a client cannot make every request a decode).
+THUMBNAIL_SIZES = (64, 128, 256)
+
+
+class ThumbnailCache:
+    """JPEG thumbnails most recently served, at most `budget` bytes in all; the least recent leave first."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self.entries: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        with self.lock:
+            data = self.entries.get(key)
+            if data is not None:
+                self.entries.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[Any, ...], data: bytes) -> None:
+        with self.lock:
+            if key in self.entries or len(data) > self.budget:
+                return
+            self.entries[key] = data
+            self.size += len(data)
+            while self.size > self.budget:
+                self.size -= len(self.entries.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.size = 0
+
+
+_caches: dict[int, ThumbnailCache] = {}
+
+
+def _cache(budget: int) -> ThumbnailCache:
+    return _caches.setdefault(budget, ThumbnailCache(budget))
+
+
 @router.get(
     "/api/v1/faces/faces/{face_id}/thumbnail",
     tags=["faces"],
-    summary="A face's thumbnail (JPEG); a face id never changes its crop, so it is cached for good",
+    summary="A face's thumbnail (JPEG, 64, 128 or 256 pixels); a face id never changes its crop, so it is cached",
     responses={200: {"content": {"image/jpeg": {}}}},
 )
-async def thumbnail(services: Deps, face_id: FaceId, size: Annotated[int, Query(ge=32, le=512)] = 128) -> Response:
+async def thumbnail(
+    services: Deps,
+    face_id: FaceId,
+    size: Annotated[int, Query(description="64, 128 or 256", json_schema_extra={"enum": list(THUMBNAIL_SIZES)})] = 128,
+) -> Response:
+    if size not in THUMBNAIL_SIZES:
+        raise HTTPException(422, f"thumbnails come in {', '.join(map(str, THUMBNAIL_SIZES))} pixels, not {size}")
     data = await run_in_threadpool(_thumbnail, services, face_id, size)
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
 
 def _thumbnail(services: Services, face_id: str, size: int) -> bytes:
@@ -64,28 +114,24 @@ def _thumbnail(services: Services, face_id: str, size: int) -> bytes:
     if image is None:
         raise HTTPException(404, f"the photo {face['image']} of library {face['library']} is not recorded")
     settings = services.settings
-    limits = (settings.images.max_image_bytes, settings.images.max_image_pixels)
+    cache = _cache(settings.serve.thumbnail_cache_bytes)
+    key = (face_id, image["uri"], tuple(face["bbox"]), size)  # the face id changes when the photo does
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
     try:
-        return _cached_thumbnail(
-            face_id, image["uri"], tuple(face["bbox"]), size, S3Options.from_settings(settings), limits
-        )
+        pixels = decode_photo(read_uri(image["uri"], S3Options.from_settings(settings)), settings.images)
     except (OSError, SourceError, ImageDecodeError) as exc:
         raise HTTPException(404, f"the photo {face['image']} cannot be read now: {exc}") from exc
+    thumb = face_thumbnail(pixels.pixels, tuple(face["bbox"]), size)
+    cache.put(key, thumb)
+    return thumb
 
 
 def forget_thumbnails() -> None:
     """Drop every cached thumbnail (after an erasure or a deletion)."""
-    _cached_thumbnail.cache_clear()
-
-
-@lru_cache(maxsize=4096)
-def _cached_thumbnail(
-    face_id: str, uri: str, bbox: tuple[float, ...], size: int, s3: S3Options, limits: tuple[int, int]
-) -> bytes:
-    """Keyed by the face id too: it changes when the photo behind the URI does (its etag is part of it)."""
-    del face_id
-    pixels = decode_image(read_uri(uri, s3), max_bytes=limits[0], max_pixels=limits[1]).pixels
-    return face_thumbnail(pixels, bbox, size)
+    for cache in _caches.values():
+        cache.clear()
 
 
 @router.get(

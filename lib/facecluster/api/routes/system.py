@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
 from facecluster.api import schemas
+from facecluster.api.routes.faces import Page, PageSize, audit_answer
 from facecluster.api.services import JOB_ID, Deps, Services
 
 router = APIRouter(tags=["system"])
@@ -45,6 +46,16 @@ def health() -> dict[str, str]:
 def ready(services: Deps) -> JSONResponse:
     report = probe(services)
     return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+
+@router.get(
+    "/api/v1/audit",
+    summary="Every change made, newest first: curation, enrolment, assignment, jobs, erasure (no biometric data)",
+    response_model=schemas.AuditPage,
+)
+def audit(services: Deps, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
+    total, entries = services.meta.audit_page(None, skip=(page - 1) * page_size, limit=page_size)
+    return audit_answer(None, total, page, page_size, entries)
 
 
 @router.get(
