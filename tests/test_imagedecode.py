@@ -46,6 +46,31 @@ def test_exif_orientation_is_applied(photo: Image.Image) -> None:
     assert (decoded.width, decoded.height) == (photo.height, photo.width)
 
 
+def test_a_large_jpeg_is_decoded_reduced_then_oriented(photo: Image.Image) -> None:
+    big = photo.resize((photo.width * 4, photo.height * 4), Image.Resampling.BILINEAR)  # 4504 x 2644
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    data = encode(big, "JPEG", exif=exif.tobytes(), quality=90)
+    full = decode_image(data, **LIMITS)
+    reduced = decode_image(data, **LIMITS, min_side=1000)  # 1/4 keeps 1126 >= 1000 on the longer side
+    assert reduced.scale == 0.25 and reduced.full_size == (full.width, full.height) == (big.height, big.width)
+    assert (reduced.width, reduced.height) == (big.height // 4, big.width // 4)  # oriented after reducing
+    shrunk = np.asarray(Image.fromarray(full.pixels).resize((reduced.width, reduced.height), Image.Resampling.BOX))
+    assert np.abs(shrunk.astype(np.float32) - reduced.pixels).mean() < 6.0  # the same picture
+    assert decode_image(data, **LIMITS, min_side=2300).scale == 1.0  # 1/2 would fall below: full size
+    assert decode_image(encode(big, "PNG"), **LIMITS, min_side=1000).scale == 1.0  # only JPEGs reduce
+
+
+def test_tiles_cover_the_photo_and_overlap() -> None:
+    from facecluster.engine.detector import tile_windows
+
+    windows = tile_windows(4000, 3000, 2)
+    assert len(windows) == 4
+    left, right = sorted({(w[0], w[2]) for w in windows})
+    assert left[0] == 0 and right[1] == 4000 and right[0] < left[1]  # overlapping, edge to edge
+    assert max(w[3] for w in windows) == 3000 and len(tile_windows(640, 480, 3)) == 9
+
+
 def test_grey_palette_and_cmyk_become_rgb(photo: Image.Image) -> None:
     for mode in ("L", "P", "CMYK", "1"):
         fmt = "TIFF" if mode == "CMYK" else "PNG"

@@ -243,3 +243,31 @@ def test_summary_fields() -> None:
         "pruned_images",
         "pruned_faces",
     ]
+
+
+def test_a_twelve_megapixel_photo_gives_the_faces_of_its_original(
+    store_settings: Settings, photos_dir: Path, tmp_path: Path
+) -> None:
+    """The reduced decode and the working copy: the 12 MP version of a photo yields the same faces, with
+    boxes in its own full-size pixels (the original's scaled), stored as wide and high as the file is."""
+    from facecluster.eval.bench_tiling import _twelve_megapixels
+
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    original = photos_dir / "group" / "insightface_t1.jpg"
+    shutil.copy(original, folder / "original.jpg")
+    data, factor = _twelve_megapixels(original.read_bytes())
+    (folder / "twelve.jpg").write_bytes(data)
+    summary = run_ingest(store_settings, str(folder), library="sizes")
+    assert summary.images == 2 and summary.failed == 0
+    config, _, _ = open_stores(store_settings)
+    meta = MetaStore(config.mongo_uri, config.mongo_db)
+    images = meta.images_by_key("sizes", ["original.jpg", "twelve.jpg"])
+    with Image.open(folder / "twelve.jpg") as big:
+        assert (images["twelve.jpg"]["width"], images["twelve.jpg"]["height"]) == big.size
+    faces = meta.faces_in("sizes", ["image", "bbox"])
+    boxes = {key: sorted(f["bbox"] for f in faces if f["image"] == key) for key in images}
+    assert len(boxes["original.jpg"]) == len(boxes["twelve.jpg"]) == 6
+    for small, large in zip(boxes["original.jpg"], boxes["twelve.jpg"], strict=True):
+        assert np.allclose(np.array(small) * factor, large, atol=0.06 * large[2]), (small, large)
+    meta.close()

@@ -167,6 +167,14 @@ class DetectionSettings(Section):
     """Detection and embedding batches and thresholds; the detector runs at a low floor and these apply after it."""
 
     detect_batch_size: int = Field(default=8, gt=0, validation_alias=_env("DETECT_BATCH_SIZE"))
+    detect_tiles: int = Field(
+        default=1,
+        ge=1,
+        le=4,
+        validation_alias=_env("DETECT_TILES"),
+        description="Also detect on N x N overlapping tiles of each photo, merged by NMS (1: the whole canvas "
+        "only); finds smaller faces in large crowd photos at N x N + 1 times the detector's work (BENCHMARKS.md).",
+    )
     embed_batch_size: int = Field(default=64, gt=0, validation_alias=_env("EMBED_BATCH_SIZE"))
     min_confidence: float | None = Field(
         default=None,
@@ -280,14 +288,30 @@ class IngestSettings(Section):
 
     read_batch_size: int = Field(default=16, gt=0, validation_alias=_env("READ_BATCH_SIZE"))
     write_batch_size: int = Field(default=64, gt=0, validation_alias=_env("WRITE_BATCH_SIZE"))
-    detector_actors: int = Field(default=0, ge=0, validation_alias=_env("DETECTOR_ACTORS"))
-    embedder_actors: int = Field(default=0, ge=0, validation_alias=_env("EMBEDDER_ACTORS"))
-    detector_gpus: float = Field(default=0.5, gt=0.0, le=1.0, validation_alias=_env("DETECTOR_GPUS"))
-    embedder_gpus: float = Field(default=0.25, gt=0.0, le=1.0, validation_alias=_env("EMBEDDER_GPUS"))
+    face_actors: int = Field(
+        default=0,
+        ge=0,
+        validation_alias=_env("FACE_ACTORS"),
+        description="Model actors (detect, align, embed in one process each); 0: one per face_actor_gpus share of "
+        "every GPU, else one per 4 CPUs of the cluster (at least one).",
+    )
+    face_actor_gpus: float = Field(default=0.5, gt=0.0, le=1.0, validation_alias=_env("FACE_ACTOR_GPUS"))
     actor_cpus: float = Field(default=0.5, gt=0.0, validation_alias=_env("ACTOR_CPUS"))
     task_cpus: float = Field(default=0.5, gt=0.0, validation_alias=_env("TASK_CPUS"))
     write_streams: int = Field(default=4, gt=0, validation_alias=_env("WRITE_STREAMS"))
-    align_max_side: int = Field(default=2048, ge=256, validation_alias=_env("ALIGN_MAX_SIDE"))
+    align_max_side: int = Field(
+        default=2048,
+        ge=256,
+        validation_alias=_env("ALIGN_MAX_SIDE"),
+        description="The working copy faces are cropped from: longer side at most this many pixels.",
+    )
+    decode_min_side: int = Field(
+        default=1600,
+        ge=256,
+        validation_alias=_env("DECODE_MIN_SIDE"),
+        description="JPEGs are decoded at the largest DCT reduction (1/2, 1/4, 1/8) that keeps the longer side "
+        "at least this many pixels: a 12-megapixel photo at half size.",
+    )
     progress_interval_s: float = Field(default=10.0, gt=0.0, validation_alias=_env("PROGRESS_INTERVAL_S"))
 
 

@@ -230,11 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--images", type=_existing_path, required=True, help="photos, rescaled to 1 megapixel")
     served.add_argument("--clients", type=int, default=32)
     served.add_argument("--seconds", type=float, default=60.0)
+    tiling = bench_actions.add_parser("tiling", help="faces on the whole canvas vs overlapping tiles")
+    tiling.add_argument("--photos", type=_existing_path, required=True, help="../shared/data/photos")
+    tiling.add_argument("--tiles", type=_batch_sizes, default=[1, 2, 3])
     listing = bench_actions.add_parser("listing", help="the ingest driver's memory listing S3 vs a manifest")
     listing.add_argument("--sizes", type=_batch_sizes, default=[2_000, 20_000], help="bucket sizes, in keys")
     ingest = bench_actions.add_parser("ingest", help="model-only bound vs naive loop vs the Ray pipeline")
     ingest.add_argument("source", metavar="SOURCE", help="a folder or s3://bucket/prefix")
-    ingest.add_argument("--limit", type=int, default=None)
+    ingest.add_argument("--limit", type=int, default=None, help="the first N photos of the source")
+    ingest.add_argument(
+        "--runs", type=lambda v: tuple(v.split(",")), default=("a", "a2", "b", "c"), help="any of a,a2,b,c"
+    )
     return parser
 
 
@@ -656,6 +662,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
         emit(bench_serve(settings, args.images, clients=args.clients, seconds=args.seconds))
         return 0
+    if args.action == "tiling":
+        from facecluster.eval.bench_tiling import bench_tiling
+
+        emit(bench_tiling(settings, args.photos, args.tiles))
+        return 0
     if args.action == "listing":
         from facecluster.eval.bench_listing import bench_listing
 
@@ -666,7 +677,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     import ray
 
-    report = bench_ingest(settings, args.source, limit=args.limit)
+    report = bench_ingest(settings, args.source, limit=args.limit, runs=args.runs)
     ray.shutdown()
     emit(report)
     return 0

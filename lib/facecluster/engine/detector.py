@@ -75,6 +75,18 @@ def letterbox(image: NDArray[np.uint8], size: int, pad_value: int, border: float
     return Letterbox(canvas, scale, float(pad_x), float(pad_y), width, height)
 
 
+def tile_windows(width: int, height: int, tiles: int, overlap: float = 0.2) -> list[tuple[int, int, int, int]]:
+    """`tiles` x `tiles` windows (x0, y0, x1, y1) covering the image, neighbours overlapping by `overlap` of
+    a window, so a face cut by one window's edge is whole in the next."""
+
+    def spans(length: int) -> list[tuple[int, int]]:
+        size = length / (tiles - (tiles - 1) * overlap)
+        step = size * (1.0 - overlap)
+        return [(round(i * step), min(length, round(i * step + size))) for i in range(tiles)]
+
+    return [(x0, y0, x1, y1) for y0, y1 in spans(height) for x0, x1 in spans(width)]
+
+
 def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float) -> NDArray[np.intp]:
     """Greedy non-maximum suppression; indices of the kept boxes, best first."""
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
@@ -154,6 +166,39 @@ class FaceDetector(ABC):
                 if _best_score(faces) > _best_score(found[i]):
                     found[i] = faces
         return found
+
+    def add_tiles(
+        self,
+        found: list[list[Detection]],
+        images: Sequence[NDArray[np.uint8]],
+        *,
+        tiles: int,
+        batch_size: int = 8,
+        score_floor: float | None = None,
+    ) -> list[list[Detection]]:
+        """With `tiles` >= 2, each image is also detected on `tiles` x `tiles` overlapping tiles (small faces
+        of a large photo get more canvas pixels); tile and whole-canvas faces merge by NMS."""
+        if tiles < 2:
+            return found
+        merged: list[list[Detection]] = []
+        for image, whole in zip(images, found, strict=True):
+            windows = tile_windows(image.shape[1], image.shape[0], tiles)
+            boxes = [self.letterbox(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows]
+            per_tile = self.detect_letterboxed(boxes, batch_size=batch_size, score_floor=score_floor)
+            shifted = [
+                Detection(face.box + offset[[0, 1, 0, 1]], face.score, face.landmarks + offset)
+                for (x0, y0, _, _), faces in zip(windows, per_tile, strict=True)
+                for offset in [np.array([x0, y0], np.float32)]
+                for face in faces
+            ]
+            every = whole + shifted
+            if not every:
+                merged.append([])
+                continue
+            scores = np.array([f.score for f in every], np.float32)
+            keep = nms(np.stack([f.box for f in every]), scores, self.spec.nms_iou)
+            merged.append([every[i] for i in keep])
+        return merged
 
     def detect_letterboxed(
         self, boxes: Sequence[Letterbox], *, batch_size: int = 8, score_floor: float | None = None

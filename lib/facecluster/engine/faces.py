@@ -132,11 +132,10 @@ class FaceEngine:
         """Faces of each image with their quality, at least `min_confidence` and `min_size` pixels."""
         floor = self.min_confidence if min_confidence is None else min_confidence
         smallest = self.settings.detection.min_face_size if min_size is None else min_size
-        found = self.detector.detect(
-            images,
-            batch_size=self.settings.detection.detect_batch_size,
-            score_floor=min(floor, self.detector.spec.score_floor),
-        )
+        batch, score_floor = self.settings.detection.detect_batch_size, min(floor, self.detector.spec.score_floor)
+        found = self.detector.detect(images, batch_size=batch, score_floor=score_floor)
+        tiles = self.settings.detection.detect_tiles
+        found = self.detector.add_tiles(found, images, tiles=tiles, batch_size=batch, score_floor=score_floor)
         return [
             self.assess(image, keep_faces(detections, min_confidence=floor, min_face_size=smallest))
             for image, detections in zip(images, found, strict=True)

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from facecluster.cluster.methods import Method
 from facecluster.engine.align import crop_faces
-from facecluster.engine.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_image, decode_photo
+from facecluster.engine.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_photo
 from facecluster.engine.detector import Detection
 from facecluster.engine.faces import load_detector, load_embedder
 from facecluster.runtime import scratch_data_dir
@@ -93,9 +93,10 @@ def bench_engine(
 
 
 class _PeakMemory:
-    """Peak summed RSS of this process and all its descendants (Ray workers, the embedded stores)."""
+    """Peak memory of this process and all its descendants (Ray workers, the embedded stores) as PSS:
+    pages they share (libraries, the object store) are divided among them, not counted in each."""
 
-    def __init__(self, interval: float = 0.25) -> None:
+    def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.peak = 0.0
         self._stop = threading.Event()
@@ -106,7 +107,7 @@ class _PeakMemory:
         total = 0
         for process in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += process.memory_info().rss
+                total += process.memory_full_info().pss
         return total / 2**20
 
     def _run(self) -> None:
@@ -128,85 +129,125 @@ def _rates(images: int, faces: int, seconds: float, peak_mib: float) -> dict[str
         "seconds": round(seconds, 2),
         "images_per_s": round(images / seconds, 2),
         "faces_per_s": round(faces / seconds, 2),
-        "peak_rss_mib": round(peak_mib, 1),
+        "peak_pss_mib": round(peak_mib, 1),
     }
 
 
-def bench_ingest(settings: Settings, source_spec: str, *, limit: int | None = None) -> dict[str, Any]:
-    """(a) the models on pre-decoded images in one process, (b) a naive per-image, per-face loop as
-    a plain script runs, (c) the Ray pipeline end to end into throw-away embedded stores."""
+RUNS = ("a", "a2", "b", "c")
+
+
+def bench_ingest(
+    settings: Settings, source_spec: str, *, limit: int | None = None, runs: tuple[str, ...] = RUNS
+) -> dict[str, Any]:
+    """(a) the models on working copies decoded beforehand, (a2) the same with reading and decoding
+    timed (one process, batched, no stores), (b) a naive per-image, per-face loop as a plain script runs
+    it (full-size decode), (c) the Ray pipeline end to end into throw-away embedded stores, its Ray
+    start-up timed apart."""
     from facecluster.engine.faces import FaceEngine, keep_faces
     from facecluster.ingest.pipeline import run_ingest
     from facecluster.ingest.sources import S3Options, parse_source, read_uri
+    from facecluster.ingest.stages import working_copy
+    from facecluster.runtime import init_ray
 
     source = parse_source(source_spec)
     s3 = S3Options.from_settings(settings)
     items = list(itertools.islice(source.items(s3), limit))
     engine = FaceEngine.from_settings(settings)
-    limits = {"max_bytes": settings.images.max_image_bytes, "max_pixels": settings.images.max_image_pixels}
-
-    def faces_of(found: list[Detection]) -> list[Detection]:
-        return keep_faces(found, min_confidence=engine.min_confidence, min_face_size=settings.detection.min_face_size)
-
-    def decoded() -> list[NDArray[np.uint8]]:
-        out = []
-        for item in items:
-            with contextlib.suppress(ImageDecodeError):
-                out.append(decode_image(read_uri(item.uri, s3), **limits).pixels)
-        return out
-
-    # (a) Model-only bound: decoding is done beforehand and not timed.
-    pixels = decoded()
+    detector, embedder = engine.detector, engine.embedder
     batch = settings.detection.detect_batch_size
-    with _PeakMemory() as memory:
-        start = time.perf_counter()
-        faces_a = 0
-        for first in range(0, len(pixels), batch):
-            chunk = pixels[first : first + batch]
-            found = engine.detector.detect(chunk, batch_size=batch)
-            crops = [
-                crop_faces(image, faces_of(f), engine.embedder.size, engine.embedder.alignment)
-                for image, f in zip(chunk, found, strict=True)
-            ]
-            flat = np.concatenate(crops)
-            faces_a += len(flat)
-            engine.embedder.embed(flat, batch_size=settings.detection.embed_batch_size)
-        a = _rates(len(pixels), faces_a, time.perf_counter() - start, memory.peak)
-    del pixels
 
-    # (b) Naive loop: read, decode, detect one image, embed one face at a time.
-    with _PeakMemory() as memory:
-        start = time.perf_counter()
-        faces_b = images_b = 0
-        for item in items:
-            try:
-                image = decode_image(read_uri(item.uri, s3), **limits).pixels
-            except ImageDecodeError:
-                continue
-            images_b += 1
-            for face in faces_of(engine.detector.detect([image], batch_size=1)[0]):
-                crop = crop_faces(image, [face], engine.embedder.size, engine.embedder.alignment)
-                engine.embedder.embed(crop, batch_size=1)
-                faces_b += 1
-        b = _rates(images_b, faces_b, time.perf_counter() - start, memory.peak)
+    def faces_of(found: list[Detection], scale: float = 1.0) -> list[Detection]:
+        size = settings.detection.min_face_size
+        return keep_faces(found, min_confidence=engine.min_confidence, min_face_size=size, scale=scale)
 
-    # (c) The Ray pipeline, with store writes, into a throw-away data directory.
-    with scratch_data_dir("facecluster-bench-") as data_dir, _PeakMemory() as memory:
-        start = time.perf_counter()
-        summary = run_ingest(settings.updated(data_dir=data_dir), source_spec, limit=limit)
-        c = _rates(summary.images - summary.failed, summary.faces, time.perf_counter() - start, memory.peak)
-    return {
+    def working(uri: str) -> tuple[NDArray[np.uint8], float] | None:
+        with contextlib.suppress(ImageDecodeError):
+            work, scale, _ = working_copy(read_uri(uri, s3), settings)
+            return work, scale
+        return None
+
+    def models(works: list[tuple[NDArray[np.uint8], float]]) -> int:
+        """Detect, align and embed a chunk of working copies as the pipeline's model actor does."""
+        found = detector.detect([w for w, _ in works], batch_size=batch)
+        crops = [
+            crop_faces(w, faces_of(f, scale), embedder.size, embedder.alignment)
+            for (w, scale), f in zip(works, found, strict=True)
+        ]
+        flat = np.concatenate(crops)
+        embedder.embed(flat, batch_size=settings.detection.embed_batch_size)
+        return len(flat)
+
+    report: dict[str, Any] = {
         "source": source_spec,
         "images": len(items),
-        "faces": summary.faces,
-        "provider": engine.detector.session.get_providers()[0],
+        "photo_sizes": _photo_sizes([item.uri for item in items[:50]], s3),
+        "provider": detector.session.get_providers()[0],
         "cpus": os.cpu_count(),
-        "a_model_only": a,
-        "b_naive_loop": b,
-        "c_ray_pipeline": c,
-        "c_over_a": round(c["images_per_s"] / a["images_per_s"], 3),
-        "c_over_b": round(c["images_per_s"] / b["images_per_s"], 3),
     }
+    if "a" in runs:  # (a) Model-only bound: the working copies are decoded beforehand and not timed.
+        works = [w for w in map(working, (item.uri for item in items)) if w is not None]
+        with _PeakMemory() as memory:
+            start = time.perf_counter()
+            faces = sum(models(works[first : first + batch]) for first in range(0, len(works), batch))
+            report["a_model_only"] = _rates(len(works), faces, time.perf_counter() - start, memory.peak)
+        del works
+    if "a2" in runs:  # (a2) Decode-inclusive bound: read, reduced decode, detect, align, embed, batched.
+        with _PeakMemory() as memory:
+            start = time.perf_counter()
+            faces = done = 0
+            for first in range(0, len(items), batch):
+                chunk = [w for w in (working(item.uri) for item in items[first : first + batch]) if w is not None]
+                faces += models(chunk) if chunk else 0
+                done += len(chunk)
+            report["a2_decode_and_models"] = _rates(done, faces, time.perf_counter() - start, memory.peak)
+    if "b" in runs:  # (b) Naive loop: read, full decode, detect one photo, embed one face at a time.
+        with _PeakMemory() as memory:
+            start = time.perf_counter()
+            faces = done = 0
+            for item in items:
+                try:
+                    image = decode_photo(read_uri(item.uri, s3), settings.images).pixels
+                except ImageDecodeError:
+                    continue
+                done += 1
+                for face in faces_of(detector.detect([image], batch_size=1)[0]):
+                    embedder.embed(crop_faces(image, [face], embedder.size, embedder.alignment), batch_size=1)
+                    faces += 1
+            report["b_naive_loop"] = _rates(done, faces, time.perf_counter() - start, memory.peak)
+    if "c" in runs:  # (c) The Ray pipeline, with store writes, into a throw-away data directory.
+        with scratch_data_dir("facecluster-bench-") as data_dir, _PeakMemory() as memory:
+            scoped = settings.updated(data_dir=data_dir)
+            start = time.perf_counter()
+            init_ray(scoped)
+            report["ray_start_s"] = round(time.perf_counter() - start, 2)
+            start = time.perf_counter()
+            summary = run_ingest(scoped, source_spec, limit=limit)
+            seconds = time.perf_counter() - start
+            report["c_ray_pipeline"] = _rates(summary.images - summary.failed, summary.faces, seconds, memory.peak)
+        report["faces"] = summary.faces
+    for name, bound in (("a", "a_model_only"), ("a2", "a2_decode_and_models"), ("b", "b_naive_loop")):
+        if "c_ray_pipeline" in report and bound in report:
+            ratio = report["c_ray_pipeline"]["images_per_s"] / report[bound]["images_per_s"]
+            report[f"c_over_{name}"] = round(ratio, 3)
+    return report
+
+
+def _photo_sizes(uris: list[str], s3: Any) -> dict[str, Any]:
+    """Median width, height and megapixels of (up to 50 of) the photos, from their headers."""
+    import io
+
+    from PIL import Image
+
+    from facecluster.ingest.sources import read_uri
+
+    sizes = []
+    for uri in uris:
+        with contextlib.suppress(OSError), Image.open(io.BytesIO(read_uri(uri, s3))) as image:
+            sizes.append(image.size)
+    if not sizes:
+        return {}
+    width, height = (statistics.median(side) for side in zip(*sizes, strict=True))
+    return {"width": width, "height": height, "megapixels": round(width * height / 1e6, 1), "sampled": len(sizes)}
 
 
 def _cluster_once(vectors: NDArray[np.float32], method: Method, threshold: float, k: int) -> dict[str, Any]:

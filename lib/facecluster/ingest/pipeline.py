@@ -1,8 +1,8 @@
 """The ingest job on Ray Data.
 
-keys → skip what is done → read + decode + letterbox (CPU tasks) → detect (actor pool, GPU when
-there is one) → align + quality (CPU tasks) → embed (actor pool) → write to Qdrant and MongoDB
-(writer actors) → per-image summaries back to the driver, which counts and reports progress.
+keys → skip what is done → read + reduced decode + letterbox (CPU tasks) → detect, align, assess and
+embed (one model actor pool, GPU when there is one: photos and crops stop there) → write to Qdrant and
+MongoDB (writer actors) → per-image summaries back to the driver, which counts and reports progress.
 """
 
 from __future__ import annotations
@@ -24,15 +24,7 @@ from facecluster.engine.faces import load_detector, min_confidence, model_versio
 from facecluster.engine.projection import VectorSpace
 from facecluster.errors import InvalidInput
 from facecluster.ingest.sources import S3Options, Source, parse_source, validate_library
-from facecluster.ingest.stages import (
-    Batch,
-    DetectStage,
-    EmbedStage,
-    IngestContext,
-    align_batch,
-    decode_batch,
-    skip_done,
-)
+from facecluster.ingest.stages import Batch, FaceStage, IngestContext, decode_batch, skip_done
 from facecluster.ingest.stages import write_batch as store_batch
 from facecluster.people.erasure import remove_images
 from facecluster.runtime import init_ray
@@ -206,18 +198,22 @@ def run_ingest(
     return summary
 
 
-def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settings) -> Dataset:
+def face_pool(settings: Settings) -> tuple[ActorPoolStrategy, float, float]:
+    """The model actors' pool and each actor's CPUs and GPUs, from what the cluster has: one actor per
+    `face_actor_gpus` share of every GPU, else one per 4 CPUs (the rest decode and write), at least one;
+    `face_actors` overrides the count."""
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus, cpus = float(resources.get("GPU", 0.0)), float(resources.get("CPU", 1.0))
+    ingest = settings.ingest
+    if gpus > 0:
+        count = ingest.face_actors or max(1, int(gpus / ingest.face_actor_gpus))
+        return ActorPoolStrategy(min_size=1, max_size=count), 1.0, ingest.face_actor_gpus
+    count = ingest.face_actors or max(1, int(cpus // 4))
+    return ActorPoolStrategy(min_size=1, max_size=count), ingest.actor_cpus, 0.0
 
-    def pool(count: int, gpu_share: float) -> tuple[ActorPoolStrategy, float, float]:
-        """An actor pool and each actor's (CPUs, GPUs): a GPU share when there are GPUs, else a CPU share."""
-        if gpus > 0:
-            return ActorPoolStrategy(min_size=1, max_size=count or max(1, int(gpus / gpu_share))), 1.0, gpu_share
-        return ActorPoolStrategy(min_size=1, max_size=count or max(1, int(cpus // 4))), settings.ingest.actor_cpus, 0.0
 
-    detect_pool, detect_cpus, detect_gpus = pool(settings.ingest.detector_actors, settings.ingest.detector_gpus)
-    embed_pool, embed_cpus, embed_gpus = pool(settings.ingest.embedder_actors, settings.ingest.embedder_gpus)
+def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settings) -> Dataset:
+    pool, actor_cpus, actor_gpus = face_pool(settings)
     qdrant = stores.config.qdrant
     writers = 1 if qdrant.local else settings.ingest.write_streams
 
@@ -227,28 +223,16 @@ def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settin
     def decode(batch: Batch) -> Batch:
         return decode_batch(batch, ctx)
 
-    def align(batch: Batch) -> Batch:
-        return align_batch(batch, ctx)
-
     return (
         ds.map_batches(skip, batch_size=settings.ingest.read_batch_size, num_cpus=0.1)
         .map_batches(decode, batch_size=settings.ingest.read_batch_size, num_cpus=settings.ingest.task_cpus)
         .map_batches(
-            DetectStage,
+            FaceStage,
             fn_constructor_kwargs={"ctx": ctx},
-            batch_size=settings.detection.detect_batch_size * 2,
-            compute=detect_pool,
-            num_cpus=detect_cpus,
-            num_gpus=detect_gpus,
-        )
-        .map_batches(align, batch_size=settings.ingest.read_batch_size, num_cpus=settings.ingest.task_cpus)
-        .map_batches(
-            EmbedStage,
-            fn_constructor_kwargs={"ctx": ctx},
-            batch_size=settings.ingest.read_batch_size * 2,
-            compute=embed_pool,
-            num_cpus=embed_cpus,
-            num_gpus=embed_gpus,
+            batch_size=settings.ingest.read_batch_size,
+            compute=pool,
+            num_cpus=actor_cpus,
+            num_gpus=actor_gpus,
         )
         .map_batches(
             _Writer,

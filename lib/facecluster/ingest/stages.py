@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 
 from facecluster.engine.align import crop_faces
 from facecluster.engine.decode import ImageDecodeError, decode_photo
-from facecluster.engine.detector import Detection, Letterbox, letterbox
+from facecluster.engine.detector import Detection, FaceDetector, Letterbox, letterbox
+from facecluster.engine.embedder import FaceEmbedder
 from facecluster.engine.faces import assess_faces, keep_faces, load_detector, load_embedder, quality_weights
 from facecluster.engine.quality import QUALITY_FIELDS
 from facecluster.engine.registry import Alignment
@@ -91,23 +92,30 @@ def skip_done(batch: Batch, ctx: IngestContext, meta: MetaStore) -> Batch:
     return {name: column[keep] for name, column in batch.items()}
 
 
+def working_copy(data: bytes, settings: Settings) -> tuple[NDArray[np.uint8], float, tuple[int, int]]:
+    """The photo as the faces are found and cropped in it: decoded reduced (JPEG) to at least
+    `decode_min_side`, at most `align_max_side` on its longer side. Returns the pixels, their scale to
+    the full-size photo and its width and height."""
+    decoded = decode_photo(data, settings.images, min_side=settings.ingest.decode_min_side)
+    work, scale = decoded.pixels, decoded.scale
+    longest = max(work.shape[:2])
+    if longest > settings.ingest.align_max_side:
+        factor = settings.ingest.align_max_side / longest
+        size = (round(work.shape[1] * factor), round(work.shape[0] * factor))
+        work = np.asarray(cv2.resize(work, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        scale *= factor
+    return work, scale, decoded.full_size
+
+
 def _decode_one(uri: str, ctx: IngestContext) -> dict[str, Any]:
-    settings = ctx.settings
     failed = {"status": "error", "width": 0, "height": 0, "work_scale": 1.0, "work": _EMPTY_IMAGE}
     failed |= {"canvas": _EMPTY_IMAGE, "letterbox": (1.0, 0.0, 0.0)}
     try:
-        data = read_uri(uri, ctx.s3)
-        pixels = decode_photo(data, settings.images).pixels
+        work, scale, (width, height) = working_copy(read_uri(uri, ctx.s3), ctx.settings)
     except ImageDecodeError as exc:
         return failed | {"error_code": exc.code, "error": exc.reason}
     except (OSError, BotoCoreError, ClientError) as exc:
         return failed | {"error_code": "read_failed", "error": f"cannot read the file: {exc}"}
-    height, width = pixels.shape[:2]
-    scale = min(1.0, settings.ingest.align_max_side / max(height, width))
-    work: NDArray[np.uint8] = pixels
-    if scale < 1.0:
-        size = (round(width * scale), round(height * scale))
-        work = np.asarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
     box = letterbox(work, ctx.canvas_size, ctx.pad_value)
     return {
         "status": "ok",
@@ -123,7 +131,7 @@ def _decode_one(uri: str, ctx: IngestContext) -> dict[str, Any]:
 
 
 def decode_batch(batch: Batch, ctx: IngestContext) -> Batch:
-    """Read and decode each photo: a working copy (longest side <= align_max_side) and its letterbox.
+    """Read and decode each photo: a working copy (see `working_copy`) and its letterboxed canvas.
 
     A photo that cannot be read or decoded becomes an `error` row with the reason; the rest go on.
     """
@@ -145,43 +153,40 @@ def decode_batch(batch: Batch, ctx: IngestContext) -> Batch:
     }
 
 
-class DetectStage:
-    """Face detection over the batch's letterboxed canvases, in model batches."""
-
-    def __init__(self, ctx: IngestContext) -> None:
-        self.ctx = ctx
-        self.detector = load_detector(ctx.settings)
-
-    def __call__(self, batch: Batch) -> Batch:
-        ok = [i for i, state in enumerate(batch["status"]) if state == "ok"]
-        boxes = [
-            Letterbox(
-                batch["canvas"][i],
-                float(batch["letterbox"][i][0]),
-                float(batch["letterbox"][i][1]),
-                float(batch["letterbox"][i][2]),
-                int(batch["work"][i].shape[1]),
-                int(batch["work"][i].shape[0]),
-            )
-            for i in ok
-        ]
-        batch_size = self.ctx.settings.detection.detect_batch_size
-        found = self.detector.detect_letterboxed(boxes, batch_size=batch_size)
-        found = self.detector.retry_weak(found, [batch["work"][i] for i in ok], batch_size=batch_size)
-        per_row: list[list[Detection]] = [[] for _ in batch["key"]]
-        for i, faces in zip(ok, found, strict=True):
-            per_row[i] = faces
-        out = {k: v for k, v in batch.items() if k not in ("canvas", "letterbox")}
-        out["det_boxes"] = _objects([np.array([f.box for f in faces], np.float32).reshape(-1, 4) for faces in per_row])
-        out["det_scores"] = _objects([np.array([f.score for f in faces], np.float32) for faces in per_row])
-        out["det_landmarks"] = _objects(
-            [np.array([f.landmarks for f in faces], np.float32).reshape(-1, 5, 2) for faces in per_row]
+def detect_batch(batch: Batch, detector: FaceDetector, ctx: IngestContext) -> Batch:
+    """Face detection over the batch's letterboxed canvases, in model batches; the canvases stop here."""
+    ok = [i for i, state in enumerate(batch["status"]) if state == "ok"]
+    boxes = [
+        Letterbox(
+            batch["canvas"][i],
+            float(batch["letterbox"][i][0]),
+            float(batch["letterbox"][i][1]),
+            float(batch["letterbox"][i][2]),
+            int(batch["work"][i].shape[1]),
+            int(batch["work"][i].shape[0]),
         )
-        return out
+        for i in ok
+    ]
+    batch_size = ctx.settings.detection.detect_batch_size
+    found = detector.detect_letterboxed(boxes, batch_size=batch_size)
+    works = [batch["work"][i] for i in ok]
+    found = detector.retry_weak(found, works, batch_size=batch_size)
+    found = detector.add_tiles(found, works, tiles=ctx.settings.detection.detect_tiles, batch_size=batch_size)
+    per_row: list[list[Detection]] = [[] for _ in batch["key"]]
+    for i, faces in zip(ok, found, strict=True):
+        per_row[i] = faces
+    out = {k: v for k, v in batch.items() if k not in ("canvas", "letterbox")}
+    out["det_boxes"] = _objects([np.array([f.box for f in faces], np.float32).reshape(-1, 4) for faces in per_row])
+    out["det_scores"] = _objects([np.array([f.score for f in faces], np.float32) for faces in per_row])
+    out["det_landmarks"] = _objects(
+        [np.array([f.landmarks for f in faces], np.float32).reshape(-1, 5, 2) for faces in per_row]
+    )
+    return out
 
 
 def align_batch(batch: Batch, ctx: IngestContext) -> Batch:
-    """Faces above the thresholds: quality, and crops for the embedder; coordinates to the original."""
+    """Faces above the thresholds: quality, and crops for the embedder; coordinates to the original.
+    The working copies stop here."""
     weights = quality_weights(ctx.settings)
     boxes, landmarks, scores, qualities, crops, status = [], [], [], [], [], []
     for i, state in enumerate(batch["status"]):
@@ -218,23 +223,29 @@ def align_batch(batch: Batch, ctx: IngestContext) -> Batch:
     return out
 
 
-class EmbedStage:
-    """Embeds every face of every image of the batch in shared model runs."""
+def embed_batch(batch: Batch, embedder: FaceEmbedder, ctx: IngestContext) -> Batch:
+    """Every face of every image of the batch in shared model runs; the crops stop here."""
+    counts = [len(c) for c in batch["crops"]]
+    crops = [c for c in batch["crops"] if len(c)]
+    flat = np.concatenate(crops) if crops else np.zeros((0, embedder.size, embedder.size, 3), np.uint8)
+    vectors = embedder.embed(flat, batch_size=ctx.settings.detection.embed_batch_size)
+    splits = np.split(vectors, np.cumsum(counts)[:-1]) if counts else []
+    out = {k: v for k, v in batch.items() if k != "crops"}
+    out["vectors"] = _objects([np.asarray(part, np.float32).reshape(-1, embedder.dim) for part in splits])
+    return out
+
+
+class FaceStage:
+    """Detect, align, assess and embed the faces of a batch of decoded photos in one model process: what
+    leaves it is boxes, landmarks, qualities and vectors, never a photo or a crop."""
 
     def __init__(self, ctx: IngestContext) -> None:
         self.ctx = ctx
+        self.detector = load_detector(ctx.settings)
         self.embedder = load_embedder(ctx.settings)
 
     def __call__(self, batch: Batch) -> Batch:
-        counts = [len(c) for c in batch["crops"]]
-        size = self.embedder.size
-        crops = [c for c in batch["crops"] if len(c)]
-        flat = np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
-        vectors = self.embedder.embed(flat, batch_size=self.ctx.settings.detection.embed_batch_size)
-        splits = np.split(vectors, np.cumsum(counts)[:-1]) if counts else []
-        out = {k: v for k, v in batch.items() if k != "crops"}
-        out["vectors"] = _objects([np.asarray(part, np.float32).reshape(-1, self.embedder.dim) for part in splits])
-        return out
+        return embed_batch(align_batch(detect_batch(batch, self.detector, self.ctx), self.ctx), self.embedder, self.ctx)
 
 
 def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vectors) -> Batch:
