@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,8 +10,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -103,6 +105,45 @@ def store_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     data = tmp_path / "data"
     yield settings.updated(data_dir=data, write_batch_size=4, progress_interval_s=0.5)
     stop_embedded(data)
+
+
+def get_json(url: str, key: str | None = None) -> Any:
+    request = urllib.request.Request(url, headers={"X-API-Key": key} if key else {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@contextmanager
+def facecluster_serve(env: dict[str, str], log: Path) -> Iterator[str]:
+    """`facecluster serve` on a free loopback port with `env`, until `/ready` says so; yields its base URL
+    and stops it with SIGTERM."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "facecluster"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if get_json(f"{base}/ready")["ready"]:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the API did not become ready"
+            time.sleep(1)
+        yield base
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 class RayHead(NamedTuple):

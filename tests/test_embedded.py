@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .conftest import free_port
+from .conftest import facecluster_serve, get_json
 
 BIN = Path(sys.executable).parent
 LIBRARY = "my-bucket/my-sub"
@@ -33,62 +31,16 @@ def finished(command: subprocess.Popen[str]) -> dict[str, Any]:
     return result
 
 
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def test_serve_and_the_cli_side_by_side_then_stop(models_dir: Path, photos_dir: Path, tmp_path: Path) -> None:
     root, data = tmp_path / "libraries", tmp_path / "data"
     shutil.copytree(photos_dir / "enrol", root / LIBRARY)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env |= {"FACECLUSTER_MODELS_DIR": str(models_dir), "FACECLUSTER_DATA_DIR": str(data)}
     env |= {"FACECLUSTER_LIBRARY_ROOT": str(root), "FACECLUSTER_WRITE_BATCH_SIZE": "4"}
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "facecluster"), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if get(f"{base}/ready")["ready"]:
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the API did not become ready"
-            time.sleep(1)
-        status = finished(cli(env, "status"))
-        head = status["embedded_ray"]
-        assert head["running"] and head["gcs"].startswith("127.0.0.1:")  # the API started it; the CLI sees it
-
-        # The CLI next to the API: an ingest, then clustering and an ingest of other photos at once.
-        ingested = finished(cli(env, "ingest", str(root / LIBRARY), "--library", LIBRARY))
-        assert ingested["images"] == 12 and ingested["failed"] == 0
-        clustering = cli(env, "cluster", "--library", LIBRARY, "--min-cluster-size", "2")
-        other = cli(env, "ingest", str(photos_dir / "group"), "--library", "group", "--limit", "4")
-        assert finished(clustering)["clusters"] == 5
-        assert finished(other)["images"] == 4
-        assert finished(cli(env, "stats", "--library", LIBRARY))["clusters"] == 5
-        # What the CLI wrote, the API reads: same MongoDB, same Qdrant storage, same Ray.
-        clusters = get(f"{base}/api/v1/faces/clusters?library={LIBRARY}")
-        assert len(clusters["clusters"]) == 5
-        training = cli(env, "train", "--epochs", "1")
-        _, err = training.communicate(timeout=600)
-        assert training.returncode == 2 and "labelled persons" in err, err[-2000:]
-        assert finished(cli(env, "status"))["embedded_ray"]["pid"] == head["pid"]  # still the one head
+        with facecluster_serve(env, tmp_path / "serve.log") as base:
+            side_by_side(env, base, root, photos_dir)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
         stopped = finished(cli(env, "stop"))
     assert stopped["stopped"] == {"ray": True, "mongodb": True}
     after = finished(cli(env, "status"))
@@ -96,6 +48,28 @@ def test_serve_and_the_cli_side_by_side_then_stop(models_dir: Path, photos_dir: 
     time.sleep(1)
     left = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
     assert not left, f"processes of {data} outlived `facecluster stop`: {left}"
+
+
+def side_by_side(env: dict[str, str], base: str, root: Path, photos_dir: Path) -> None:
+    """With the API up: the CLI sees its Ray, ingests, clusters and ingests at once, reads statistics."""
+    head = finished(cli(env, "status"))["embedded_ray"]
+    assert head["running"] and head["gcs"].startswith("127.0.0.1:")  # the API started it; the CLI sees it
+
+    # The CLI next to the API: an ingest, then clustering and an ingest of other photos at once.
+    ingested = finished(cli(env, "ingest", str(root / LIBRARY), "--library", LIBRARY))
+    assert ingested["images"] == 12 and ingested["failed"] == 0
+    clustering = cli(env, "cluster", "--library", LIBRARY, "--min-cluster-size", "2")
+    other = cli(env, "ingest", str(photos_dir / "group"), "--library", "group", "--limit", "4")
+    assert finished(clustering)["clusters"] == 5
+    assert finished(other)["images"] == 4
+    assert finished(cli(env, "stats", "--library", LIBRARY))["clusters"] == 5
+    # What the CLI wrote, the API reads: same MongoDB, same Qdrant storage, same Ray.
+    clusters = get_json(f"{base}/api/v1/faces/clusters?library={LIBRARY}")
+    assert len(clusters["clusters"]) == 5
+    training = cli(env, "train", "--epochs", "1")
+    _, err = training.communicate(timeout=600)
+    assert training.returncode == 2 and "labelled persons" in err, err[-2000:]
+    assert finished(cli(env, "status"))["embedded_ray"]["pid"] == head["pid"]  # still the one head
 
 
 def test_config_check_names_each_unreachable_backend(models_dir: Path, tmp_path: Path) -> None:

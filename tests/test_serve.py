@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import BIN, ROOT, SHARED, RayHead, _need, free_port, stop_embedded
+from .conftest import BIN, ROOT, SHARED, RayHead, _need, facecluster_serve, free_port, get_json, stop_embedded
 
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
 
@@ -42,10 +41,7 @@ def seed_curls() -> list[str]:
     return commands
 
 
-def get(url: str, key: str | None = None) -> Any:
-    request = urllib.request.Request(url, headers={"X-API-Key": key} if key else {})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+get = get_json
 
 
 @contextmanager
@@ -54,7 +50,6 @@ def serving(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Pat
     root = tmp_path / "libraries"
     for person in PEOPLE:
         shutil.copytree(photos_dir / "enrol" / person, root / "my-bucket" / "my-sub" / person)
-    port = free_port()
     data = tmp_path / "data"
     env = {
         **os.environ,
@@ -68,32 +63,10 @@ def serving(ray_head: RayHead, photos_dir: Path, models_dir: Path, tmp_path: Pat
         "FACE_UNKNOWN_MIN_CLUSTER_SIZE": "2",
         **env_extra,
     }
-    server = subprocess.Popen(
-        [str(BIN / "facecluster"), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            if get(f"{base}/ready")["ready"]:
-                break
-        except OSError:
-            pass
-        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the API did not become ready"
-        time.sleep(1)
     try:
-        yield base
+        with facecluster_serve(env, tmp_path / "serve.log") as base:
+            yield base
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
         stop_embedded(data)
 
 
