@@ -59,6 +59,9 @@ def test_a_large_jpeg_is_decoded_reduced_then_oriented(photo: Image.Image) -> No
     assert np.abs(shrunk.astype(np.float32) - reduced.pixels).mean() < 6.0  # the same picture
     assert decode_image(data, **LIMITS, min_side=2300).scale == 1.0  # 1/2 would fall below: full size
     assert decode_image(encode(big, "PNG"), **LIMITS, min_side=1000).scale == 1.0  # only JPEGs reduce
+    with pytest.raises(ImageDecodeError) as truncated:
+        decode_image(data[: len(data) // 2], **LIMITS, min_side=1000)
+    assert truncated.value.code == "truncated"
 
 
 def test_tiles_cover_the_photo_and_overlap() -> None:

@@ -300,7 +300,7 @@ class IngestSettings(Section):
     task_cpus: float = Field(default=0.5, gt=0.0, validation_alias=_env("TASK_CPUS"))
     write_streams: int = Field(default=4, gt=0, validation_alias=_env("WRITE_STREAMS"))
     align_max_side: int = Field(
-        default=2048,
+        default=2560,
         ge=256,
         validation_alias=_env("ALIGN_MAX_SIDE"),
         description="The working copy faces are cropped from: longer side at most this many pixels.",

@@ -1,17 +1,19 @@
 """The ingest job on Ray Data.
 
-keys → skip what is done → read + reduced decode + letterbox (CPU tasks) → detect, align, assess and
-embed (one model actor pool, GPU when there is one: photos and crops stop there) → write to Qdrant and
-MongoDB (writer actors) → per-image summaries back to the driver, which counts and reports progress.
+keys → skip what is done → read + reduced decode + letterbox → detect, align, assess and embed (one model
+actor pool, GPU when there is one; Ray Data fuses the decode into it, so photos and crops stay in the
+actor) → write to Qdrant and MongoDB (writer actors) → per-image summaries back to the driver, which
+counts and reports progress.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
 
@@ -198,22 +200,24 @@ def run_ingest(
     return summary
 
 
-def face_pool(settings: Settings) -> tuple[ActorPoolStrategy, float, float]:
-    """The model actors' pool and each actor's CPUs and GPUs, from what the cluster has: one actor per
-    `face_actor_gpus` share of every GPU, else one per 4 CPUs (the rest decode and write), at least one;
-    `face_actors` overrides the count."""
+def face_pool(settings: Settings) -> tuple[ActorPoolStrategy, float, float, int]:
+    """The model actors' pool, each actor's CPUs and GPUs and its ONNX threads, from what the cluster has:
+    one actor per `face_actor_gpus` share of every GPU; without GPUs, one per 2 CPUs (decoding runs in the
+    actors, so they use the cores between model runs), each with an equal share of this machine's cores
+    as ONNX threads unless `intra_op_threads` says otherwise. `face_actors` overrides the count."""
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus, cpus = float(resources.get("GPU", 0.0)), float(resources.get("CPU", 1.0))
     ingest = settings.ingest
     if gpus > 0:
         count = ingest.face_actors or max(1, int(gpus / ingest.face_actor_gpus))
-        return ActorPoolStrategy(min_size=1, max_size=count), 1.0, ingest.face_actor_gpus
-    count = ingest.face_actors or max(1, int(cpus // 4))
-    return ActorPoolStrategy(min_size=1, max_size=count), ingest.actor_cpus, 0.0
+        return ActorPoolStrategy(min_size=1, max_size=count), 1.0, ingest.face_actor_gpus, 0
+    count = ingest.face_actors or max(1, int(cpus // 2))
+    threads = settings.models.intra_op_threads or max(1, (os.cpu_count() or 1) // count)
+    return ActorPoolStrategy(min_size=count, max_size=count), ingest.actor_cpus, 0.0, threads
 
 
 def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settings) -> Dataset:
-    pool, actor_cpus, actor_gpus = face_pool(settings)
+    pool, actor_cpus, actor_gpus, threads = face_pool(settings)
     qdrant = stores.config.qdrant
     writers = 1 if qdrant.local else settings.ingest.write_streams
 
@@ -228,7 +232,7 @@ def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settin
         .map_batches(decode, batch_size=settings.ingest.read_batch_size, num_cpus=settings.ingest.task_cpus)
         .map_batches(
             FaceStage,
-            fn_constructor_kwargs={"ctx": ctx},
+            fn_constructor_kwargs={"ctx": replace(ctx, settings=ctx.settings.updated(intra_op_threads=threads))},
             batch_size=settings.ingest.read_batch_size,
             compute=pool,
             num_cpus=actor_cpus,

@@ -240,6 +240,7 @@ class FaceStage:
     leaves it is boxes, landmarks, qualities and vectors, never a photo or a crop."""
 
     def __init__(self, ctx: IngestContext) -> None:
+        cv2.setNumThreads(1)  # the pool runs in parallel; OpenCV's own threads would only contend
         self.ctx = ctx
         self.detector = load_detector(ctx.settings)
         self.embedder = load_embedder(ctx.settings)
