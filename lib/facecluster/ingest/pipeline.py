@@ -207,6 +207,8 @@ def face_pool(settings: Settings) -> tuple[ActorPoolStrategy, float, float, int]
     as ONNX threads unless `intra_op_threads` says otherwise. `face_actors` overrides the count."""
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus, cpus = float(resources.get("GPU", 0.0)), float(resources.get("CPU", 1.0))
+    if not os.environ.get("RAY_ADDRESS"):  # this machine's own Ray declares spare logical CPUs: count cores
+        cpus = min(cpus, float(os.cpu_count() or 1))
     ingest = settings.ingest
     if gpus > 0:
         count = ingest.face_actors or max(1, int(gpus / ingest.face_actor_gpus))
@@ -228,7 +230,7 @@ def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settin
         return decode_batch(batch, ctx)
 
     return (
-        ds.map_batches(skip, batch_size=settings.ingest.read_batch_size, num_cpus=0.1)
+        ds.map_batches(skip, batch_size=settings.ingest.read_batch_size, num_cpus=0.1, concurrency=2)
         .map_batches(decode, batch_size=settings.ingest.read_batch_size, num_cpus=settings.ingest.task_cpus)
         .map_batches(
             FaceStage,
