@@ -375,6 +375,8 @@ class AssignBatch(Answer):
 class UserAssignments(Answer):
     user_id: str
     total: int
+    page: int
+    page_size: int
     runs: list[dict[str, Any]]
 
 
@@ -400,6 +402,8 @@ class AssignmentList(Answer):
     library: str
     clustering_id: str | None
     total: int
+    page: int
+    page_size: int
     assignments: list[dict[str, Any]]
 
 

@@ -30,26 +30,15 @@ class ProfileDocs(MongoCollections):
         self.put("profiles", user_id, doc)
 
     def assignments(
-        self,
-        *,
-        library: str | None = None,
-        clustering_id: str | None = None,
-        cluster_id: str | None = None,
-        user_id: str | None = None,
-        sort: str = "similarity",
+        self, *, sort: str = "similarity", skip: int = 0, limit: int = 0, **filters: str | None
     ) -> list[AssignmentDoc]:
-        """Assignments matching every filter given, highest `sort` first."""
-        query = {
-            name: value
-            for name, value in (
-                ("library", library),
-                ("clustering_id", clustering_id),
-                ("cluster_id", cluster_id),
-                ("user_id", user_id),
-            )
-            if value is not None
-        }
-        return cast(list[AssignmentDoc], self.find("assignments", query, sort=[(sort, -1)]))
+        """Assignments matching every filter given (library, clustering_id, cluster_id, user_id), highest
+        `sort` first; a page of them with `skip` and `limit`."""
+        query = _assignment_query(filters)
+        return cast(list[AssignmentDoc], self.find("assignments", query, sort=[(sort, -1)], skip=skip, limit=limit))
+
+    def count_assignments(self, **filters: str | None) -> int:
+        return self.count("assignments", _assignment_query(filters))
 
     def write_assignments(self, docs: Sequence[Doc]) -> None:
         operations = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs]
@@ -62,3 +51,10 @@ class ProfileDocs(MongoCollections):
             raise ValueError("name either a clustering run or a user")
         query = {"clustering_id": clustering_id} if clustering_id is not None else {"user_id": user_id}
         return self.delete("assignments", query)
+
+
+def _assignment_query(filters: dict[str, str | None]) -> Doc:
+    unknown = set(filters) - {"library", "clustering_id", "cluster_id", "user_id"}
+    if unknown:
+        raise TypeError(f"assignments have no filter {sorted(unknown)}")
+    return {name: value for name, value in filters.items() if value is not None}

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import Field
 
 from facecluster.api import schemas
+from facecluster.api.routes.faces import Page, PageSize
 from facecluster.api.services import RUN_ID, Bucket, Deps, Sub, UserId, library_of
 from facecluster.cluster.assignment import Strategy
 from facecluster.cluster.commands import run_assignment
@@ -38,15 +39,17 @@ def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, 
 @router.get(
     "/user/{user_id}", summary="A user's assignments, grouped by clustering run", response_model=schemas.UserAssignments
 )
-def assignments_of_user(services: Deps, user_id: UserId) -> dict[str, Any]:
-    docs = services.meta.assignments(user_id=user_id, sort="assigned_at")
+def assignments_of_user(services: Deps, user_id: UserId, page: Page = 1, page_size: PageSize = 100) -> dict[str, Any]:
+    skip = (page - 1) * page_size
+    docs = services.meta.assignments(user_id=user_id, sort="assigned_at", skip=skip, limit=page_size)
     runs: dict[str, dict[str, Any]] = {}
     for doc in docs:
         run = runs.setdefault(
             doc["clustering_id"], {"clustering_id": doc["clustering_id"], "library": doc["library"], "clusters": []}
         )
         run["clusters"].append({k: v for k, v in doc.items() if k not in ("_id", "library", "clustering_id")})
-    return {"user_id": user_id, "total": len(docs), "runs": list(runs.values())}
+    total = services.meta.count_assignments(user_id=user_id)
+    return {"user_id": user_id, "total": total, "page": page, "page_size": page_size, "runs": list(runs.values())}
 
 
 @router.get(
@@ -102,14 +105,22 @@ def delete_run_assignments(services: Deps, clustering_id: Annotated[str, Path(pa
     "/{bucket}/{sub}", summary="Assignments of a library's clustering run", response_model=schemas.AssignmentList
 )
 def list_assignments(
-    services: Deps, bucket: Bucket, sub: Sub, clustering_id: Annotated[str | None, Query(pattern=RUN_ID)] = None
+    services: Deps,
+    bucket: Bucket,
+    sub: Sub,
+    clustering_id: Annotated[str | None, Query(pattern=RUN_ID)] = None,
+    page: Page = 1,
+    page_size: PageSize = 100,
 ) -> dict[str, Any]:
     library = library_of(bucket, sub)
-    docs = services.meta.assignments(library=library, clustering_id=clustering_id)
+    skip = (page - 1) * page_size
+    docs = services.meta.assignments(library=library, clustering_id=clustering_id, skip=skip, limit=page_size)
     return {
         "library": library,
         "clustering_id": clustering_id,
-        "total": len(docs),
+        "total": services.meta.count_assignments(library=library, clustering_id=clustering_id),
+        "page": page,
+        "page_size": page_size,
         "assignments": [{k: v for k, v in d.items() if k != "_id"} for d in docs],
     }
 

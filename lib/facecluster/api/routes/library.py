@@ -99,7 +99,7 @@ def person_details(
     sub: Sub,
     person_id: Annotated[str, Path(pattern=f"({CLUSTER_ID})|({PERSON_ID})", description="a cluster or person id")],
     skip: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     library = library_of(bucket, sub)
     meta = services.meta

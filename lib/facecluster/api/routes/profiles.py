@@ -132,7 +132,7 @@ def quality_settings(services: Deps) -> dict[str, Any]:
 def list_profiles(
     services: Deps,
     skip: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     store = services.profiles
     return {"total": store.count(), "profiles": [public(doc) for doc in store.page(skip, limit)]}
