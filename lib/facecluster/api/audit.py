@@ -26,6 +26,12 @@ def audits_itself(endpoint: Endpoint) -> Endpoint:
     return endpoint
 
 
+def changes_nothing(endpoint: Endpoint) -> Endpoint:
+    """Mark a POST that only reads (a search by photo): there is no change to audit."""
+    endpoint.__audited__ = True  # type: ignore[attr-defined]
+    return endpoint
+
+
 def note_target(request: Request, target: str) -> None:
     """Name what a change is about when its path does not (an enrolment's user id is in its form)."""
     request.state.audit_target = target

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from facecluster.api import schemas
-from facecluster.api.audit import audits_itself
+from facecluster.api.audit import audits_itself, changes_nothing
 from facecluster.api.services import (
     AUDIT_ID,
     PERSON_ID,
@@ -413,6 +413,7 @@ def undo(services: Deps, actor: Actor, audit_id: Annotated[str, Path(pattern=AUD
     summary="Upload a photo: the nearest persons, faces and profiles of each face in it",
     response_model=schemas.SearchAnswer,
 )
+@changes_nothing
 async def search(
     services: Deps,
     file: Annotated[UploadFile, File()],
