@@ -8,7 +8,6 @@ import io
 import itertools
 import os
 import platform
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from facecluster.engine.decode import IMAGE_SUFFIXES
-from facecluster.runtime import scratch_data_dir
+from facecluster.runtime import free_port, scratch_data_dir
 from facecluster.settings import Settings
 
 ROUTES = ("/detect-face", "/api/v1/faces/search")
@@ -107,9 +106,7 @@ def bench_serve(settings: Settings, images: Path, *, clients: int = 32, seconds:
     from facecluster.api.serving import run
 
     photos = megapixel_photos(images)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     with scratch_data_dir("facecluster-bench-") as data:
         current = settings.updated(data_dir=data)
         run(current, "127.0.0.1", port, blocking=False)

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from facecluster.runtime import free_port
 from facecluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,6 @@ def _answers(uri: str, timeout_ms: int = 1000) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _server_command() -> list[str]:
     found = shutil.which("nx-27017") or str(Path(sys.executable).with_name("nx-27017"))
     return [found]
@@ -58,7 +52,7 @@ def ensure_mongo(data_dir: Path, *, timeout: float = 30.0) -> str:
             uri = f"mongodb://127.0.0.1:{port_file.read_text().strip()}/"
             if _answers(uri):
                 return uri
-        port = _free_port()
+        port = free_port()
         command = [
             *_server_command(),
             "--host", "127.0.0.1",
