@@ -5,7 +5,6 @@ cleanup) gets an entry naming the actor, the route, the library and the target, 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,7 +13,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facecluster.api.services import actor, current_services
-from facecluster.store.mongo import now
+from facecluster.store.documents import AuditDoc, audit_entry
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -37,7 +36,7 @@ def note_target(request: Request, target: str) -> None:
     request.state.audit_target = target
 
 
-def entry_for(scope: Scope, status: int, who: str) -> dict[str, Any] | None:
+def entry_for(scope: Scope, status: int, who: str) -> AuditDoc | None:
     """The audit entry of a successful change, or None when its route audits itself or none matched."""
     route, endpoint = scope.get("route"), scope.get("endpoint")
     if route is None or getattr(endpoint, "__audited__", False):
@@ -49,19 +48,10 @@ def entry_for(scope: Scope, status: int, who: str) -> dict[str, Any] | None:
     else:
         library = str(params.pop("library", None) or query.get("library") or "")
     target = scope.get("state", {}).get("audit_target") or ",".join(f"{k}={v}" for k, v in sorted(params.items()))
-    return {
-        "_id": f"aud_{uuid.uuid4().hex[:12]}",
-        "library": library,
-        "actor": who,
-        "action": f"{scope['method']} {getattr(route, 'path_format', scope['path'])}",
-        "target": target,
-        "details": {"status": status, "query": query},
-        "at": now(),
-        "faces": 0,
-        "before": {},
-        "after": {},
-        "undone_by": "not undoable",  # a request entry; curation's own entries are the undoable ones
-    }
+    action = f"{scope['method']} {getattr(route, 'path_format', scope['path'])}"
+    # a request entry is not undoable; curation's own entries are the undoable ones
+    details = {"status": status, "query": query}
+    return audit_entry(library, who, action, target, details=details, undone_by="not undoable")
 
 
 class AuditTrail:

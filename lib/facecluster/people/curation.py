@@ -18,7 +18,7 @@ from facecluster.cluster.run import cluster_docs, write_labels
 from facecluster.engine.projection import unit
 from facecluster.errors import Conflict, NotFound
 from facecluster.people.decisions import changed_since, cleared, face_state, labelled, shared_photo
-from facecluster.store.documents import AuditDoc, ClusterDoc, FaceDoc, PersonDoc
+from facecluster.store.documents import AuditDoc, ClusterDoc, FaceDoc, PersonDoc, audit_entry
 from facecluster.store.meta import Doc, MetaStore, now
 from facecluster.store.vectors import Vectors
 
@@ -109,28 +109,26 @@ class Curator:
         persons: Mapping[str, Mapping[str, Any] | None] | None = None,
         clusters: Mapping[str, Mapping[str, Any] | None] | None = None,
         details: Doc | None = None,
-    ) -> Doc:
+    ) -> AuditDoc:
         """Apply face states and person/cluster documents (None deletes); record the before state."""
         persons, clusters = persons or {}, clusters or {}
         before_persons = {p: self.meta.person(p) for p in persons}
         before_clusters = {c: self.meta.cluster(c) for c in clusters}
-        entry = {
-            "_id": f"aud_{uuid.uuid4().hex[:12]}",
-            "library": self.library,
-            "actor": self.actor,
-            "action": action,
-            "target": target,
-            "details": details or {},
-            "at": now(),
-            "faces": len(new_states),
-            "before": {
+        entry = audit_entry(
+            self.library,
+            self.actor,
+            action,
+            target,
+            details=details or {},
+            faces=len(new_states),
+            before={
                 "faces": {f["_id"]: face_state(f) for f in faces if f["_id"] in new_states},
                 "persons": before_persons,
                 "clusters": before_clusters,
             },
-            "after": {"faces": new_states, "persons": persons, "clusters": clusters},
-            "undone_by": None,
-        }
+            after={"faces": new_states, "persons": persons, "clusters": clusters},
+            undone_by=None,
+        )
         self.meta.record_audit(entry)
         full = {f["_id"]: {**face_state(f), **new_states[f["_id"]]} for f in faces if f["_id"] in new_states}
         write_labels(self.meta, self.vectors, [f for f in faces if f["_id"] in full], full)

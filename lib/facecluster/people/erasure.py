@@ -19,7 +19,7 @@ from facecluster.cluster.run import mend_clusters
 from facecluster.errors import InvalidInput, NotFound
 from facecluster.people.profiles import point_id
 from facecluster.store.connection import Connection, every_version
-from facecluster.store.documents import FaceDoc
+from facecluster.store.documents import FaceDoc, audit_entry
 from facecluster.store.meta import MetaStore, now
 from facecluster.store.vectors import Vectors
 
@@ -70,21 +70,11 @@ def _erase_faces(
 
 
 def _audit(meta: MetaStore, library: str, actor: str, action: str, target: str, counts: Counts) -> str:
-    entry = {
-        "_id": f"aud_{uuid.uuid4().hex[:12]}",
-        "library": library,
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "details": counts.to_dict(),
-        "at": now(),
-        "faces": counts.mongodb.get("faces", 0),
-        "before": {},
-        "after": {},
-        "undone_by": "erasure",  # an erasure is never undone
-    }
+    faces = counts.mongodb.get("faces", 0)
+    # an erasure is never undone
+    entry = audit_entry(library, actor, action, target, details=counts.to_dict(), faces=faces, undone_by="erasure")
     meta.record_audit(entry)
-    return str(entry["_id"])
+    return entry["_id"]
 
 
 def erase(

@@ -8,6 +8,7 @@ may be absent.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any, Literal, TypedDict
 
 ImageStatus = Literal["done", "no_face", "error"]
@@ -114,6 +115,34 @@ class AuditDoc(_Document, total=False):
     before: dict[str, Any]
     after: dict[str, Any]
     undone_by: str | None
+
+
+def audit_entry(
+    library: str,
+    actor: str,
+    action: str,
+    target: str,
+    *,
+    details: dict[str, Any],
+    undone_by: str | None,
+    faces: int = 0,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditDoc:
+    """A new audit entry, stamped now. `undone_by` is None for a change that can be undone, else why not."""
+    return {
+        "_id": f"aud_{uuid.uuid4().hex[:12]}",
+        "library": library,
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "details": details,
+        "at": dt.datetime.now(dt.UTC),
+        "faces": faces,
+        "before": before or {},
+        "after": after or {},
+        "undone_by": undone_by,
+    }
 
 
 class AssignmentDoc(_Document, total=False):

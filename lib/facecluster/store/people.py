@@ -32,7 +32,7 @@ class PeopleDocs(MongoCollections):
     def put_person(self, person_id: str, doc: Mapping[str, Any] | None) -> None:
         self.put("persons", person_id, doc)
 
-    def record_audit(self, entry: Doc) -> None:
+    def record_audit(self, entry: AuditDoc) -> None:
         self.call(lambda: self.db.audit.replace_one({"_id": entry["_id"]}, entry, upsert=True))  # retry-safe
 
     def audit_entry(self, audit_id: str, library: str) -> AuditDoc | None:
