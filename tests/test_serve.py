@@ -186,3 +186,17 @@ def test_serve_run_of_the_config_refuses_an_open_bind_without_keys(
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
         stop_embedded(tmp_path / "data")
+
+
+def test_serve_without_the_model_files_refuses_before_starting_anything(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "FACECLUSTER_MODELS_DIR": str(tmp_path / "empty"),
+        "FACECLUSTER_DATA_DIR": str(tmp_path / "data"),
+        "FACECLUSTER_SERVE_PORT": str(free_port()),
+    }
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([str(BIN / "facecluster"), "serve"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{tmp_path / 'empty'}" in done.stderr and "facecluster models pull" in done.stderr
+    assert not (tmp_path / "data" / "ray").exists()  # no Ray head was started for it

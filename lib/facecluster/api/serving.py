@@ -106,9 +106,11 @@ def bound_host() -> str:
 
 def run(current: Settings, host: str, port: int, *, blocking: bool = True) -> None:
     """Start Serve on `host:port` with the application (`facecluster serve`)."""
+    from facecluster.engine.faces import require_models
     from facecluster.runtime import init_ray
 
     check_bind(current, host)
+    require_models(current)
     init_ray(current)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build(current, forward_env=True), name="facecluster", route_prefix="/", blocking=blocking)

@@ -46,6 +46,14 @@ def model_path(settings: Settings, spec: ModelSpec) -> Path:
     return path
 
 
+def require_models(settings: Settings) -> None:
+    """Refuse, naming the file, when the configured detector's or embedder's file is missing: before a
+    service starts processes that would each fail on it."""
+    registry = load_registry()
+    model_path(settings, registry.detector(settings.models.detector))
+    model_path(settings, registry.embedder(settings.models.embedder))
+
+
 def quality_weights(settings: Settings) -> QualityWeights:
     return QualityWeights(
         confidence=settings.profiles.quality_weight_confidence,
