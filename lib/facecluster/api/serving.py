@@ -35,7 +35,7 @@ class FaceEngineDeployment:
         self.analyze_batch.set_max_batch_size(batch_size)  # type: ignore[attr-defined]
         self.analyze_batch.set_batch_wait_timeout_s(wait_s)  # type: ignore[attr-defined]
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=2)
     async def analyze_batch(self, blobs: list[bytes]) -> list[ImageAnalysis]:
         return await asyncio.to_thread(analyze_uploads, self.engine, blobs)
 
