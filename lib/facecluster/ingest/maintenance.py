@@ -15,9 +15,9 @@ from facecluster.engine.detector import Detection
 from facecluster.engine.embedder import FaceEmbedder
 from facecluster.ingest.sources import S3Options, read_uri
 from facecluster.settings import Settings
-from facecluster.store.documents import FaceDoc
+from facecluster.store.documents import FaceDoc, face_payload
 from facecluster.store.meta import MetaStore
-from facecluster.store.vectors import Vectors, face_payload
+from facecluster.store.vectors import Vectors
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from facecluster.engine.registry import Alignment
 from facecluster.ingest.relabel import LABEL_FIELDS, Relabelling, carry_labels, is_erased
 from facecluster.ingest.sources import S3Options, read_uri
 from facecluster.settings import Settings
-from facecluster.store.documents import FaceDoc
+from facecluster.store.documents import FaceDoc, face_payload
 from facecluster.store.meta import FINAL_STATES, MetaStore
-from facecluster.store.vectors import Vectors, face_payload
+from facecluster.store.vectors import Vectors
 
 Batch = dict[str, NDArray[Any]]
 NAMESPACE = uuid.UUID("5b1f7c1e-4d0a-4f5e-9a63-7c1d2f6e8a90")

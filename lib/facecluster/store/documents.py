@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 ImageStatus = Literal["done", "no_face", "error"]
@@ -178,3 +179,19 @@ class JobDoc(_Document, total=False):
     queued_at: dt.datetime
     started_at: dt.datetime
     finished_at: dt.datetime
+
+
+def face_payload(face: Mapping[str, Any]) -> dict[str, Any]:
+    """The Qdrant payload of a stored face document: typed fields, the indexed ones included."""
+    return {
+        "library": face["library"],
+        "image": face["image"],
+        "face_index": face["face_index"],
+        "score": face["score"],
+        "quality": face["quality"]["score"],
+        "face_size": face["quality"]["face_size"],
+        "person_id": face.get("person_id"),
+        "cluster_id": face.get("cluster_id"),
+        "detector": face["detector"],
+        "embedder": face["embedder"],
+    }

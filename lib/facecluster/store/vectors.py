@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -35,22 +35,6 @@ _TRANSIENT = (ResponseHandlingException, httpx.TransportError, ConnectionError, 
 
 class MissingVectors(Conflict):
     """Faces stored in MongoDB whose vectors Qdrant lacks (`facecluster check --repair` mends them)."""
-
-
-def face_payload(face: Mapping[str, Any]) -> dict[str, Any]:
-    """The Qdrant payload of a stored face document: typed fields, the indexed ones included."""
-    return {
-        "library": face["library"],
-        "image": face["image"],
-        "face_index": face["face_index"],
-        "score": face["score"],
-        "quality": face["quality"]["score"],
-        "face_size": face["quality"]["face_size"],
-        "person_id": face.get("person_id"),
-        "cluster_id": face.get("cluster_id"),
-        "detector": face["detector"],
-        "embedder": face["embedder"],
-    }
 
 
 def collection_name(model_id: str, dim: int, kind: str = "faces") -> str:

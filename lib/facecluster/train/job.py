@@ -32,8 +32,9 @@ from facecluster.people.profiles import ProfileStore
 from facecluster.runtime import init_ray
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, connect, open_vectors, space_config
+from facecluster.store.documents import face_payload
 from facecluster.store.meta import MetaStore
-from facecluster.store.vectors import QdrantConfig, face_payload
+from facecluster.store.vectors import QdrantConfig
 from facecluster.store.versions import VersionNotFound, load_space, previous_version, record_space, switch_space
 from facecluster.train.trainer import HeadNet, TrainOptions, pk_batches, split_persons, train_epoch, validation_loss
 
