@@ -58,3 +58,15 @@ def test_importing_the_api_leaves_ray_data_and_the_ingest_pipeline_out() -> None
     )
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert loaded == []
+
+
+def test_the_ingest_model_actors_leave_qdrant_and_the_pipeline_out() -> None:
+    # What the model actors unpickle (the stages module's functions and FaceStage) starts them sooner
+    # without Qdrant's client or the driver's pipeline module.
+    code = (
+        "import sys, json, facecluster.ingest.stages; "
+        "print(json.dumps([m for m in ('qdrant_client', 'facecluster.ingest.pipeline', 'facecluster.store.connection') "
+        "if m in sys.modules]))"
+    )
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert loaded == []

@@ -1,9 +1,10 @@
 """The ingest job on Ray Data.
 
 keys → skip what is done → read + reduced decode + letterbox → detect, align, assess and embed (one model
-actor pool, GPU when there is one; Ray Data fuses the decode into it, so photos and crops stay in the
-actor) → write to Qdrant and MongoDB (writer actors) → per-image summaries back to the driver, which
-counts and reports progress.
+actor pool, GPU when there is one; Ray Data fuses the skip and the decode into it, so photos and crops
+stay in the actor, which works on two batches at once: one decodes while the other is in the models) →
+write to Qdrant and MongoDB (writer actors) → per-image summaries back to the driver, which counts and
+reports progress.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,26 +28,17 @@ from facecluster.engine.faces import load_detector, min_confidence, model_versio
 from facecluster.engine.projection import VectorSpace
 from facecluster.errors import InvalidInput
 from facecluster.ingest.sources import S3Options, Source, parse_source, validate_library
-from facecluster.ingest.stages import Batch, FaceStage, IngestContext, decode_batch, skip_done
+from facecluster.ingest.stages import Batch, FaceStage, IngestContext, decode_batch, skip_batch
 from facecluster.ingest.stages import write_batch as store_batch
 from facecluster.people.erasure import remove_images
 from facecluster.runtime import init_ray
 from facecluster.settings import Settings
-from facecluster.store.connection import Connection, connect, space_vectors
+from facecluster.store.connection import connect, open_metadata, open_space
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import QdrantConfig
 from facecluster.store.versions import active_space, active_version
 
 log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=4)
-def _meta(uri: str, database: str, attempts: int) -> MetaStore:
-    return MetaStore(uri, database, attempts=attempts)
-
-
-def _skip_done(batch: Batch, ctx: IngestContext) -> Batch:
-    return skip_done(batch, ctx, _meta(ctx.mongo_uri, ctx.settings.stores.mongo_db, ctx.settings.stores.store_retries))
 
 
 class _Writer:
@@ -54,12 +47,12 @@ class _Writer:
         self.qdrant = qdrant
         self.meta = MetaStore(ctx.mongo_uri, ctx.settings.stores.mongo_db, attempts=ctx.settings.stores.store_retries)
         self.space = space
-        self.vectors = space_vectors(qdrant, space, ctx.settings.stores.store_retries)
+        self.vectors = open_space(qdrant, space, ctx.settings.stores.store_retries)
 
     def __call__(self, batch: Batch) -> Batch:
         if active_version(self.meta, self.space.base) != self.space.id:  # switched while the ingest runs
             self.space = active_space(self.meta, self.space.base, self.space.dim)
-            self.vectors = space_vectors(self.qdrant, self.space, self.ctx.settings.stores.store_retries)
+            self.vectors = open_space(self.qdrant, self.space, self.ctx.settings.stores.store_retries)
         return store_batch(batch, self.ctx, self.meta, self.vectors)
 
 
@@ -89,7 +82,7 @@ def source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[Da
         return ds, ds.count()
     # The listing goes into the object store block by block as it is read, so the driver holds only the
     # blocks' references: its memory stays flat in the number of keys.
-    blocks: list[Any] = []
+    blocks: list[Block] = []
     page: list[dict[str, Any]] = []
     listed = 0
     for item in source.items(s3):
@@ -98,11 +91,40 @@ def source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[Da
         page.append(asdict(item))
         listed += 1
         if len(page) >= _block_rows(listed):
-            blocks.append(ray.put(pa.Table.from_pylist(page, schema=_LISTING)))
+            blocks.append(_block(page))
             page = []
     if page or not blocks:
-        blocks.append(ray.put(pa.Table.from_pylist(page, schema=_LISTING)))
-    return ray.data.from_arrow_refs(blocks), listed
+        blocks.append(_block(page))
+    return _listing_dataset(blocks), listed
+
+
+#: A block of the listing in the object store, and its metadata.
+Block = tuple[Any, Any]
+
+
+def _block(rows: list[dict[str, Any]]) -> Block:
+    """Put rows of the listing into the object store; their metadata is read here, as
+    `ray.data.from_items` does (`from_arrow_refs` would start worker processes to read it, seconds
+    before the first photo on a cold cluster)."""
+    from ray.data.block import BlockMetadataWithSchema
+
+    table = pa.Table.from_pylist(rows, schema=_LISTING)
+    return ray.put(table), BlockMetadataWithSchema.from_block(table)
+
+
+def _listing_dataset(blocks: list[Block]) -> Dataset:
+    """The listing's blocks as a dataset. Ray is pinned; these are its internal types."""
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators import FromArrow
+    from ray.data._internal.stats import DatasetStats
+    from ray.data.context import DataContext
+    from ray.data.dataset import MaterializedDataset
+
+    refs, metadata = [ref for ref, _ in blocks], [meta for _, meta in blocks]
+    context = DataContext.get_current().copy()
+    stats = DatasetStats(metadata={"FromArrow": metadata}, parent=None)
+    dataset: Dataset = MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context, stats)
+    return dataset
 
 
 _LISTING = pa.schema([("key", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
@@ -154,8 +176,7 @@ def run_ingest(
     started = time.monotonic()
     init_ray(settings)
     detector = load_detector(settings)
-    stores = connect(settings)
-    meta, embedder, embedder_version = stores.meta, stores.embedder, stores.space.base
+    config, meta, embedder, space = open_metadata(settings)
     s3 = S3Options.from_settings(settings)
     ctx = IngestContext(
         # Several model processes share the CPUs here: their ONNX threads sleep rather than spin.
@@ -163,10 +184,10 @@ def run_ingest(
         library=library,
         job_id=uuid.uuid4().hex,
         s3=s3,
-        mongo_uri=stores.config.mongo_uri,
+        mongo_uri=config.mongo_uri,
         detector_version=model_version(settings, detector.spec),
-        embedder_version=embedder_version,
-        collection=stores.config.qdrant.collection,
+        embedder_version=space.base,
+        collection=config.qdrant.collection,
         min_confidence=min_confidence(settings, detector.spec),
         canvas_size=detector.size,
         pad_value=detector.spec.pad_value,
@@ -174,9 +195,14 @@ def run_ingest(
         alignment=embedder.alignment,
         force=force,
     )
-    options = {"limit": limit, "force": force, "detector": ctx.detector_version, "embedder": embedder_version}
+    options = {"limit": limit, "force": force, "detector": ctx.detector_version, "embedder": space.base}
     meta.start_job(ctx.job_id, "ingest", library, source_spec, options)
     summary = IngestSummary(library=library)
+    # Qdrant opens (on the embedded default, its owner actor starts) while the photos are listed and the
+    # model actors start; an unreachable Qdrant is named from here rather than by a failed writer.
+    opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open-qdrant")
+    stores_ready = opening.submit(connect, settings)
+    opening.shutdown(wait=False)
     try:
         ds, total = source_dataset(source, s3, limit)
         log.info("ingest %s into library %r: %d photos (job %s)", source_spec, library, total, ctx.job_id)
@@ -185,7 +211,12 @@ def run_ingest(
             meta.job_progress(ctx.job_id, text)
             (progress or partial(log.info, "progress: %s"))(text)
 
-        processed = _execute(_build(ds, ctx, stores, settings), summary, settings, started, report)
+        try:
+            processed = _execute(_build(ds, ctx, config.qdrant, space, settings), summary, settings, started, report)
+        except Exception:
+            stores_ready.result()  # the store that could not be opened, named, before the workers' failure
+            raise
+        stores = stores_ready.result()
         summary.images = total
         summary.skipped = total - processed
         if prune:
@@ -200,49 +231,58 @@ def run_ingest(
     return summary
 
 
+#: Batches each model actor works on at once: one is read and decoded while the other is in the models.
+CALLS_PER_ACTOR = 2
+
+
 def face_pool(settings: Settings) -> tuple[ActorPoolStrategy, float, float, int]:
     """The model actors' pool, each actor's CPUs and GPUs and its ONNX threads, from what the cluster has:
     one actor per `face_actor_gpus` share of every GPU; without GPUs, one per 2 CPUs (decoding runs in the
-    actors, so they use the cores between model runs), each with an equal share of this machine's cores
-    as ONNX threads unless `intra_op_threads` says otherwise. `face_actors` overrides the count."""
+    actors, so they use the cores between model runs). Each actor works on `CALLS_PER_ACTOR` batches at
+    once, each with an equal share of this machine's cores as ONNX threads unless `intra_op_threads` says
+    otherwise. `face_actors` overrides the count."""
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus, cpus = float(resources.get("GPU", 0.0)), float(resources.get("CPU", 1.0))
     if not os.environ.get("RAY_ADDRESS"):  # this machine's own Ray declares spare logical CPUs: count cores
         cpus = min(cpus, float(os.cpu_count() or 1))
     ingest = settings.ingest
+
+    def pool(smallest: int, largest: int) -> ActorPoolStrategy:
+        return ActorPoolStrategy(
+            min_size=smallest,
+            max_size=largest,
+            max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+            enable_true_multi_threading=True,
+        )
+
     if gpus > 0:
         count = ingest.face_actors or max(1, int(gpus / ingest.face_actor_gpus))
-        return ActorPoolStrategy(min_size=1, max_size=count), 1.0, ingest.face_actor_gpus, 0
+        return pool(1, count), 1.0, ingest.face_actor_gpus, 0
     count = ingest.face_actors or max(1, int(cpus // 2))
-    threads = settings.models.intra_op_threads or max(1, (os.cpu_count() or 1) // count)
-    return ActorPoolStrategy(min_size=count, max_size=count), ingest.actor_cpus, 0.0, threads
+    threads = settings.models.intra_op_threads or max(1, (os.cpu_count() or 1) // (count * CALLS_PER_ACTOR))
+    return pool(count, count), ingest.actor_cpus, 0.0, threads
 
 
-def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settings) -> Dataset:
+def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, space: VectorSpace, settings: Settings) -> Dataset:
     pool, actor_cpus, actor_gpus, threads = face_pool(settings)
-    qdrant = stores.config.qdrant
+    read_batch = settings.ingest.read_batch_size
     writers = 1 if qdrant.local else settings.ingest.write_streams
 
-    def skip(batch: Batch) -> Batch:
-        return _skip_done(batch, ctx)
-
-    def decode(batch: Batch) -> Batch:
-        return decode_batch(batch, ctx)
-
     return (
-        ds.map_batches(skip, batch_size=settings.ingest.read_batch_size, num_cpus=0.1, concurrency=2)
-        .map_batches(decode, batch_size=settings.ingest.read_batch_size, num_cpus=settings.ingest.task_cpus)
+        # Functions of the stages module, not closures here: the model actors import only what they run.
+        ds.map_batches(partial(skip_batch, ctx=ctx), batch_size=read_batch, num_cpus=settings.ingest.task_cpus)
+        .map_batches(partial(decode_batch, ctx=ctx), batch_size=read_batch, num_cpus=settings.ingest.task_cpus)
         .map_batches(
             FaceStage,
             fn_constructor_kwargs={"ctx": replace(ctx, settings=ctx.settings.updated(intra_op_threads=threads))},
-            batch_size=settings.ingest.read_batch_size,
+            batch_size=read_batch,
             compute=pool,
             num_cpus=actor_cpus,
             num_gpus=actor_gpus,
         )
         .map_batches(
             _Writer,
-            fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant, "space": stores.space},
+            fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant, "space": space},
             batch_size=settings.ingest.write_batch_size,
             compute=ActorPoolStrategy(size=writers),
             num_cpus=0.25,

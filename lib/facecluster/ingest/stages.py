@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -29,7 +30,9 @@ from facecluster.ingest.sources import S3Options, read_uri
 from facecluster.settings import Settings
 from facecluster.store.documents import FaceDoc, face_payload
 from facecluster.store.meta import FINAL_STATES, MetaStore
-from facecluster.store.vectors import Vectors
+
+if TYPE_CHECKING:  # the model actors import this module: Qdrant's client stays out of them
+    from facecluster.store.vectors import Vectors
 
 Batch = dict[str, NDArray[Any]]
 NAMESPACE = uuid.UUID("5b1f7c1e-4d0a-4f5e-9a63-7c1d2f6e8a90")
@@ -90,6 +93,18 @@ def skip_done(batch: Batch, ctx: IngestContext, meta: MetaStore) -> Batch:
         dtype=bool,
     )
     return {name: column[keep] for name, column in batch.items()}
+
+
+@lru_cache(maxsize=4)
+def _process_meta(uri: str, database: str, attempts: int) -> MetaStore:
+    return MetaStore(uri, database, attempts=attempts)
+
+
+def skip_batch(batch: Batch, ctx: IngestContext) -> Batch:
+    """`skip_done` over this process's MongoDB connection (one per worker, shared by its threads)."""
+    return skip_done(
+        batch, ctx, _process_meta(ctx.mongo_uri, ctx.settings.stores.mongo_db, ctx.settings.stores.store_retries)
+    )
 
 
 def working_copy(data: bytes, settings: Settings) -> tuple[NDArray[np.uint8], float, tuple[int, int]]:

@@ -156,19 +156,31 @@ def space_vectors(base: QdrantConfig, space: VectorSpace, attempts: int) -> Vect
     return VersionedVectors(vectors, open_vectors(space_config(base, space), attempts), space)
 
 
-def connect(settings: Settings) -> Connection:
-    """Open MongoDB and Qdrant (indexes and collections created) at the active vector version; Ray is
-    started when the local Qdrant storage needs its owner actor."""
+def open_metadata(settings: Settings) -> tuple[StoreConfig, MetaStore, FaceEmbedder, VectorSpace]:
+    """MongoDB (indexes created), the embedder and the active vector version, without opening Qdrant:
+    enough for a job to start its workers while the vectors open."""
     config, embedder, version = open_stores(settings)
     meta = MetaStore(config.mongo_uri, config.mongo_db, attempts=settings.stores.store_retries)
     meta.ensure_indexes()
+    return config, meta, embedder, active_space(meta, version, embedder.dim)
+
+
+def open_space(base: QdrantConfig, space: VectorSpace, attempts: int) -> Vectors:
+    """`space_vectors` with their collections created when missing."""
+    vectors = space_vectors(base, space, attempts)
+    vectors.ensure_collection()
+    return vectors
+
+
+def connect(settings: Settings) -> Connection:
+    """Open MongoDB and Qdrant (indexes and collections created) at the active vector version; Ray is
+    started when the local Qdrant storage needs its owner actor."""
+    config, meta, embedder, space = open_metadata(settings)
     if config.qdrant.local:
         init_ray(settings)
-    space = active_space(meta, version, embedder.dim)
-    vectors = space_vectors(config.qdrant, space, settings.stores.store_retries)
+    vectors = open_space(config.qdrant, space, settings.stores.store_retries)
     profiles = open_vectors(space_config(config.qdrant, space, "profiles"), settings.stores.store_retries)
-    for store in (vectors, profiles):
-        store.ensure_collection()
+    profiles.ensure_collection()
     return Connection(config, meta, vectors, profiles, embedder, space)
 
 
