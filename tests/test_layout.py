@@ -50,23 +50,19 @@ def test_at_most_eight_modules_at_the_top() -> None:
     assert len(list(LIB.glob("*.py"))) <= 8
 
 
+def loaded_with(module: str, candidates: tuple[str, ...]) -> list[str]:
+    """Which of `candidates` a fresh interpreter has imported after importing `module`."""
+    code = f"import sys, json, {module}; print(json.dumps([m for m in {candidates!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return list(json.loads(done.stdout))
+
+
 def test_importing_the_api_leaves_ray_data_and_the_ingest_pipeline_out() -> None:
-    code = (
-        "import sys, json, facecluster.api; "
-        "print(json.dumps([m for m in ('ray.data', 'ray.train', 'torch', 'facecluster.ingest.pipeline') "
-        "if m in sys.modules]))"
-    )
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    assert loaded == []
+    assert loaded_with("facecluster.api", ("ray.data", "ray.train", "torch", "facecluster.ingest.pipeline")) == []
 
 
 def test_the_ingest_model_actors_leave_qdrant_and_the_pipeline_out() -> None:
     # What the model actors unpickle (the stages module's functions and FaceStage) starts them sooner
     # without Qdrant's client or the driver's pipeline module.
-    code = (
-        "import sys, json, facecluster.ingest.stages; "
-        "print(json.dumps([m for m in ('qdrant_client', 'facecluster.ingest.pipeline', 'facecluster.store.connection') "
-        "if m in sys.modules]))"
-    )
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    assert loaded == []
+    heavy = ("qdrant_client", "facecluster.ingest.pipeline", "facecluster.store.connection")
+    assert loaded_with("facecluster.ingest.stages", heavy) == []
