@@ -165,6 +165,9 @@ def ensure_head(settings: Settings, *, timeout: float = 120.0) -> Head:
         cpus = settings.general.embedded_ray_cpus or max(4, os.cpu_count() or 1)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | head_auth(settings.general.data_dir)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # Its work runs in actors (model actors, writers, Serve replicas, trainers), which get processes of
+        # their own: idle workers started ahead for each job only take CPU and memory from them.
+        env = {"RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"} | env
         log.info("starting the Ray of %s on 127.0.0.1:%d (dashboard :%d)", settings.general.data_dir, gcs, dashboard)
         with (folder / "head.log").open("ab") as out:
             process = subprocess.Popen(
