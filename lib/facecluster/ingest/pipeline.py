@@ -73,6 +73,10 @@ class IngestSummary:
         return asdict(self)
 
 
+#: A block of the listing in the object store (its reference), and its metadata.
+ListingBlock = tuple[Any, Any]
+
+
 def source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[Dataset, int]:
     """The source's photos as rows (key, uri, size, etag), and how many there are."""
     if source.kind == "manifest":
@@ -82,7 +86,7 @@ def source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[Da
         return ds, ds.count()
     # The listing goes into the object store block by block as it is read, so the driver holds only the
     # blocks' references: its memory stays flat in the number of keys.
-    blocks: list[Block] = []
+    blocks: list[ListingBlock] = []
     page: list[dict[str, Any]] = []
     listed = 0
     for item in source.items(s3):
@@ -98,11 +102,7 @@ def source_dataset(source: Source, s3: S3Options, limit: int | None) -> tuple[Da
     return _listing_dataset(blocks), listed
 
 
-#: A block of the listing in the object store, and its metadata.
-Block = tuple[Any, Any]
-
-
-def _block(rows: list[dict[str, Any]]) -> Block:
+def _block(rows: list[dict[str, Any]]) -> ListingBlock:
     """Put rows of the listing into the object store; their metadata is read here, as
     `ray.data.from_items` does (`from_arrow_refs` would start worker processes to read it, seconds
     before the first photo on a cold cluster)."""
@@ -112,7 +112,7 @@ def _block(rows: list[dict[str, Any]]) -> Block:
     return ray.put(table), BlockMetadataWithSchema.from_block(table)
 
 
-def _listing_dataset(blocks: list[Block]) -> Dataset:
+def _listing_dataset(blocks: list[ListingBlock]) -> Dataset:
     """The listing's blocks as a dataset. Ray is pinned; these are its internal types."""
     from ray.data._internal.logical.interfaces import LogicalPlan
     from ray.data._internal.logical.operators import FromArrow
