@@ -33,7 +33,7 @@ from facecluster.ingest.stages import write_batch as store_batch
 from facecluster.people.erasure import remove_images
 from facecluster.runtime import init_ray
 from facecluster.settings import Settings
-from facecluster.store.connection import connect, open_metadata, open_space
+from facecluster.store.connection import Connection, open_metadata, open_qdrant, open_space
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import QdrantConfig
 from facecluster.store.versions import active_space, active_version
@@ -201,7 +201,7 @@ def run_ingest(
     # Qdrant opens (on the embedded default, its owner actor starts) while the photos are listed and the
     # model actors start; an unreachable Qdrant is named from here rather than by a failed writer.
     opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open-qdrant")
-    stores_ready = opening.submit(connect, settings)
+    qdrant_ready = opening.submit(open_qdrant, settings, config, space)
     opening.shutdown(wait=False)
     try:
         ds, total = source_dataset(source, s3, limit)
@@ -214,9 +214,9 @@ def run_ingest(
         try:
             processed = _execute(_build(ds, ctx, config.qdrant, space, settings), summary, settings, started, report)
         except Exception:
-            stores_ready.result()  # the store that could not be opened, named, before the workers' failure
+            qdrant_ready.result()  # the store that could not be opened, named, before the workers' failure
             raise
-        stores = stores_ready.result()
+        stores = Connection(config, meta, *qdrant_ready.result(), embedder, space)
         summary.images = total
         summary.skipped = total - processed
         if prune:

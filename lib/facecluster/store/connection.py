@@ -172,16 +172,21 @@ def open_space(base: QdrantConfig, space: VectorSpace, attempts: int) -> Vectors
     return vectors
 
 
-def connect(settings: Settings) -> Connection:
-    """Open MongoDB and Qdrant (indexes and collections created) at the active vector version; Ray is
-    started when the local Qdrant storage needs its owner actor."""
-    config, meta, embedder, space = open_metadata(settings)
+def open_qdrant(settings: Settings, config: StoreConfig, space: VectorSpace) -> tuple[Vectors, Vectors]:
+    """The faces and profiles collections of `space`, created when missing; Ray is started when the local
+    Qdrant storage needs its owner actor."""
     if config.qdrant.local:
         init_ray(settings)
     vectors = open_space(config.qdrant, space, settings.stores.store_retries)
     profiles = open_vectors(space_config(config.qdrant, space, "profiles"), settings.stores.store_retries)
     profiles.ensure_collection()
-    return Connection(config, meta, vectors, profiles, embedder, space)
+    return vectors, profiles
+
+
+def connect(settings: Settings) -> Connection:
+    """Open MongoDB and Qdrant (indexes and collections created) at the active vector version."""
+    config, meta, embedder, space = open_metadata(settings)
+    return Connection(config, meta, *open_qdrant(settings, config, space), embedder, space)
 
 
 def current(settings: Settings, stores: Connection) -> Connection:
