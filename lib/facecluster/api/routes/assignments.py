@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import Field
 
 from facecluster.api import schemas
-from facecluster.api.routes.faces import Page, PageSize
+from facecluster.api.routes.faces import Page, PageSize, page_window
 from facecluster.api.services import RUN_ID, Bucket, Deps, Sub, UserId, library_of
 from facecluster.cluster.assignment import Strategy
 from facecluster.cluster.commands import run_assignment
@@ -40,8 +40,8 @@ def assign_batch(services: Deps, body: BatchRequest | None = None) -> dict[str, 
     "/user/{user_id}", summary="A user's assignments, grouped by clustering run", response_model=schemas.UserAssignments
 )
 def assignments_of_user(services: Deps, user_id: UserId, page: Page = 1, page_size: PageSize = 100) -> dict[str, Any]:
-    skip = (page - 1) * page_size
-    docs = services.meta.assignments(user_id=user_id, sort="assigned_at", skip=skip, limit=page_size)
+    skip, limit = page_window(page, page_size)
+    docs = services.meta.assignments(user_id=user_id, sort="assigned_at", skip=skip, limit=limit)
     runs: dict[str, dict[str, Any]] = {}
     for doc in docs:
         run = runs.setdefault(
@@ -113,8 +113,8 @@ def list_assignments(
     page_size: PageSize = 100,
 ) -> dict[str, Any]:
     library = library_of(bucket, sub)
-    skip = (page - 1) * page_size
-    docs = services.meta.assignments(library=library, clustering_id=clustering_id, skip=skip, limit=page_size)
+    skip, limit = page_window(page, page_size)
+    docs = services.meta.assignments(library=library, clustering_id=clustering_id, skip=skip, limit=limit)
     return {
         "library": library,
         "clustering_id": clustering_id,

@@ -153,7 +153,8 @@ def assign_new_faces(services: Deps, body: AssignNewRequest | None = None) -> di
     return vars(summary)
 
 
-def _page(page: int, size: int) -> tuple[int, int]:
+def page_window(page: int, size: int) -> tuple[int, int]:
+    """The skip and limit of a 1-based page of `size` items."""
     return (page - 1) * size, size
 
 
@@ -166,7 +167,7 @@ def list_clusters(
     services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50
 ) -> dict[str, Any]:
     name = None if library is None else resolve_library(services, library)
-    skip, limit = _page(page, page_size)
+    skip, limit = page_window(page, page_size)
     total, docs = services.meta.clusters_page(name, skip=skip, limit=limit)
     return {
         "total": total,
@@ -186,7 +187,7 @@ def get_cluster(services: Deps, cluster_id: ClusterId, page: Page = 1, page_size
     doc = meta.cluster(cluster_id, centroid=False)
     if doc is None:
         raise HTTPException(404, f"cluster {cluster_id} not found")
-    skip, limit = _page(page, page_size)
+    skip, limit = page_window(page, page_size)
     fields = ["image", "bbox", "score", "quality"]
     faces = meta.faces_in(None, fields, cluster_id=cluster_id, best_first=True, skip=skip, limit=limit)
     return {**with_id("cluster_id", doc), "faces": [face_view(f) for f in faces]}
@@ -243,7 +244,8 @@ def list_persons(
 ) -> dict[str, Any]:
     name = resolve_library(services, library)
     curator = _curator(services, "anonymous", name)
-    total, docs = curator.persons(skip=(page - 1) * page_size, limit=page_size, hidden=hidden)
+    skip, limit = page_window(page, page_size)
+    total, docs = curator.persons(skip=skip, limit=limit, hidden=hidden)
     return {
         "library": name,
         "total": total,
@@ -313,7 +315,8 @@ def person_photos(services: Deps, person_id: PersonId, page: Page = 1, page_size
         photos.setdefault(face["image"], []).append(
             {"face_id": face["_id"], "bbox": face.get("bbox"), "label_source": face.get("label_source")}
         )
-    keys = sorted(photos)[(page - 1) * page_size : page * page_size]
+    skip, limit = page_window(page, page_size)
+    keys = sorted(photos)[skip : skip + limit]
     return {
         "person_id": person_id,
         "library": library,
@@ -391,7 +394,8 @@ def reject_face(services: Deps, actor: Actor, face_id: FaceId, body: PersonRef) 
 @router.get("/audit", summary="Changes to a library, newest first", response_model=schemas.AuditPage)
 def audit_log(services: Deps, library: LibraryQuery = None, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
     name = resolve_library(services, library)
-    total, entries = _curator(services, "anonymous", name).audit(skip=(page - 1) * page_size, limit=page_size)
+    skip, limit = page_window(page, page_size)
+    total, entries = _curator(services, "anonymous", name).audit(skip=skip, limit=limit)
     return audit_answer(name, total, page, page_size, entries)
 
 

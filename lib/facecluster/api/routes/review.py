@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from facecluster.api import schemas
-from facecluster.api.routes.faces import LibraryQuery, Page, PageSize, owning_library, resolve_library
+from facecluster.api.routes.faces import LibraryQuery, Page, PageSize, owning_library, page_window, resolve_library
 from facecluster.api.services import Deps, FaceId, PersonId, Services, face_view
 from facecluster.engine.decode import ImageDecodeError, decode_photo
 from facecluster.engine.projection import unit
@@ -144,7 +144,8 @@ def person_faces(services: Deps, person_id: PersonId, page: Page = 1, page_size:
     library = owning_library(services, "persons", person_id, "person")
     meta = services.meta
     total = meta.count_faces(library, person_id=person_id)
-    faces = meta.faces_in(library, person_id=person_id, best_first=True, skip=(page - 1) * page_size, limit=page_size)
+    skip, limit = page_window(page, page_size)
+    faces = meta.faces_in(library, person_id=person_id, best_first=True, skip=skip, limit=limit)
     return {"person_id": person_id, "library": library, "total": total, "faces": [face_view(f) for f in faces]}
 
 

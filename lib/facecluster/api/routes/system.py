@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
 from facecluster.api import schemas
-from facecluster.api.routes.faces import Page, PageSize, audit_answer
+from facecluster.api.routes.faces import Page, PageSize, audit_answer, page_window
 from facecluster.api.services import JOB_ID, Deps, Services
 
 router = APIRouter(tags=["system"])
@@ -54,7 +54,8 @@ def ready(services: Deps) -> JSONResponse:
     response_model=schemas.AuditPage,
 )
 def audit(services: Deps, page: Page = 1, page_size: PageSize = 50) -> dict[str, Any]:
-    total, entries = services.meta.audit_page(None, skip=(page - 1) * page_size, limit=page_size)
+    skip, limit = page_window(page, page_size)
+    total, entries = services.meta.audit_page(None, skip=skip, limit=limit)
     return audit_answer(None, total, page, page_size, entries)
 
 
