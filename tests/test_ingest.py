@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import socket
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +98,12 @@ def test_ingest_records_every_photo_and_every_face(
     assert job is not None and job["status"] == "succeeded" and job["result"]["faces"] == 10
     exported = list(export_faces(meta, "event"))
     assert len(exported) == 10
+    # Qdrant's local storage commits through a write-ahead log (`journal_local_writes`).
+    databases = list((fault_settings.general.data_dir / "qdrant").rglob("storage.sqlite"))
+    for database in databases:
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",), database
+    assert databases
     assert set(exported[0]) == {"face_id", "image", "bbox", "score", "quality", "cluster_id", "person_id"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,20 @@ class Vectors(Protocol):
     def delete_library(self, library: str) -> int: ...
 
 
+def journal_local_writes(client: QdrantClient) -> None:
+    """Qdrant's local mode commits every point in a SQLite transaction of its own, which waits for the disk
+    twice in the default journal: a thousand faces took 1.8 s, mostly waiting. Its collections' databases
+    are switched to write-ahead logging with `synchronous=NORMAL` (0.4 s): a crashed process loses nothing
+    committed and the files stay consistent; a power cut may lose the last commits, which `facecluster
+    check --repair` finds and restores. A client whose internals differ is left as it is."""
+    collections = getattr(getattr(client, "_client", None), "collections", None)
+    for collection in (collections or {}).values():
+        database = getattr(getattr(collection, "storage", None), "storage", None)
+        if isinstance(database, sqlite3.Connection):
+            database.execute("PRAGMA journal_mode=WAL")
+            database.execute("PRAGMA synchronous=NORMAL")
+
+
 class QdrantVectors:
     """`Vectors` on a Qdrant client; calls to a server are retried with backoff."""
 
@@ -104,6 +119,8 @@ class QdrantVectors:
                 self.client = QdrantClient(path=config.path)
         else:
             self.client = QdrantClient(url=config.url, api_key=config.api_key, timeout=30)
+        if config.local:
+            journal_local_writes(self.client)
 
     def _call(self, call: Callable[[], T]) -> T:
         where = "local storage" if self.config.local else self.config.url
@@ -122,7 +139,9 @@ class QdrantVectors:
         except (UnexpectedResponse, ValueError) as exc:  # created meanwhile by another writer
             if not self.client.collection_exists(name):
                 raise exc
-        if not self.config.local:
+        if self.config.local:
+            journal_local_writes(self.client)
+        else:
             for field, schema in PAYLOAD_INDEXES.items():
                 self._call(partial(self.client.create_payload_index, name, field, schema, wait=True))
 
