@@ -62,7 +62,7 @@ def test_importing_the_api_leaves_ray_data_and_the_ingest_pipeline_out() -> None
 
 
 def test_the_ingest_model_actors_leave_qdrant_and_the_pipeline_out() -> None:
-    # What the model actors unpickle (the stages module's functions and FaceStage) starts them sooner
+    # What the model actors unpickle (the stages module's FaceStage) starts them sooner
     # without Qdrant's client or the driver's pipeline module.
     heavy = ("qdrant_client", "facecluster.ingest.pipeline", "facecluster.store.connection")
     assert loaded_with("facecluster.ingest.stages", heavy) == []

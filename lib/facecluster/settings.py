@@ -297,7 +297,6 @@ class IngestSettings(Section):
     )
     face_actor_gpus: float = Field(default=0.5, gt=0.0, le=1.0, validation_alias=_env("FACE_ACTOR_GPUS"))
     actor_cpus: float = Field(default=0.5, gt=0.0, validation_alias=_env("ACTOR_CPUS"))
-    task_cpus: float = Field(default=0.5, gt=0.0, validation_alias=_env("TASK_CPUS"))
     write_streams: int = Field(default=4, gt=0, validation_alias=_env("WRITE_STREAMS"))
     align_max_side: int = Field(
         default=2560,

@@ -1,8 +1,8 @@
 """The ingest job on Ray Data.
 
 keys → skip what is done → read + reduced decode + letterbox → detect, align, assess and embed (one model
-actor pool, GPU when there is one; Ray Data fuses the skip and the decode into it, so photos and crops
-stay in the actor, which works on two batches at once: one decodes while the other is in the models) →
+actor pool, GPU when there is one; all of it in one call of the actor, so photos and crops stay in it;
+each actor works on two batches at once: one decodes while the other is in the models) →
 write to Qdrant and MongoDB (writer actors) → per-image summaries back to the driver, which counts and
 reports progress.
 """
@@ -28,7 +28,7 @@ from facecluster.engine.faces import load_detector, min_confidence, model_versio
 from facecluster.engine.projection import VectorSpace
 from facecluster.errors import InvalidInput
 from facecluster.ingest.sources import S3Options, Source, parse_source, validate_library
-from facecluster.ingest.stages import Batch, FaceStage, IngestContext, decode_batch, skip_batch
+from facecluster.ingest.stages import Batch, FaceStage, IngestContext
 from facecluster.ingest.stages import write_batch as store_batch
 from facecluster.people.erasure import remove_images
 from facecluster.runtime import init_ray
@@ -269,18 +269,15 @@ def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, space: VectorS
     writers = 1 if qdrant.local else settings.ingest.write_streams
 
     return (
-        # Functions of the stages module, not closures here: the model actors import only what they run.
-        ds.map_batches(partial(skip_batch, ctx=ctx), batch_size=read_batch, num_cpus=settings.ingest.task_cpus)
-        .map_batches(partial(decode_batch, ctx=ctx), batch_size=read_batch, num_cpus=settings.ingest.task_cpus)
-        .map_batches(
+        # A class of the stages module, not a closure here: the model actors import only what they run.
+        ds.map_batches(
             FaceStage,
             fn_constructor_kwargs={"ctx": replace(ctx, settings=ctx.settings.updated(intra_op_threads=threads))},
             batch_size=read_batch,
             compute=pool,
             num_cpus=actor_cpus,
             num_gpus=actor_gpus,
-        )
-        .map_batches(
+        ).map_batches(
             _Writer,
             fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant, "space": space},
             batch_size=settings.ingest.write_batch_size,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -93,18 +92,6 @@ def skip_done(batch: Batch, ctx: IngestContext, meta: MetaStore) -> Batch:
         dtype=bool,
     )
     return {name: column[keep] for name, column in batch.items()}
-
-
-@lru_cache(maxsize=4)
-def _process_meta(uri: str, database: str, attempts: int) -> MetaStore:
-    return MetaStore(uri, database, attempts=attempts)
-
-
-def skip_batch(batch: Batch, ctx: IngestContext) -> Batch:
-    """`skip_done` over this process's MongoDB connection (one per worker, shared by its threads)."""
-    return skip_done(
-        batch, ctx, _process_meta(ctx.mongo_uri, ctx.settings.stores.mongo_db, ctx.settings.stores.store_retries)
-    )
 
 
 def working_copy(data: bytes, settings: Settings) -> tuple[NDArray[np.uint8], float, tuple[int, int]]:
@@ -251,17 +238,22 @@ def embed_batch(batch: Batch, embedder: FaceEmbedder, ctx: IngestContext) -> Bat
 
 
 class FaceStage:
-    """Detect, align, assess and embed the faces of a batch of decoded photos in one model process: what
-    leaves it is boxes, landmarks, qualities and vectors, never a photo or a crop."""
+    """A batch of listed photos through one model process: skip those already done, read and decode the
+    rest, then detect, align, assess and embed their faces. Photos and crops never leave it (no copy of
+    them crosses a stage boundary); what does is boxes, landmarks, qualities and vectors. Its threads
+    share the MongoDB connection and the models."""
 
     def __init__(self, ctx: IngestContext) -> None:
         cv2.setNumThreads(1)  # the pool runs in parallel; OpenCV's own threads would only contend
         self.ctx = ctx
+        stores = ctx.settings.stores
+        self.meta = MetaStore(ctx.mongo_uri, stores.mongo_db, attempts=stores.store_retries)
         self.detector = load_detector(ctx.settings)
         self.embedder = load_embedder(ctx.settings)
 
     def __call__(self, batch: Batch) -> Batch:
-        return embed_batch(align_batch(detect_batch(batch, self.detector, self.ctx), self.ctx), self.embedder, self.ctx)
+        detected = detect_batch(decode_batch(skip_done(batch, self.ctx, self.meta), self.ctx), self.detector, self.ctx)
+        return embed_batch(align_batch(detected, self.ctx), self.embedder, self.ctx)
 
 
 def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vectors) -> Batch:
