@@ -136,6 +136,25 @@ def test_bench_engine_reports_each_batch_size(env: dict[str, str], photos_dir: P
     assert report["peak_rss_mib"] > 0 and report["provider"] == "CPUExecutionProvider"
 
 
+def test_bench_ingest_compares_the_pipeline_cold_and_warm_with_the_loops(
+    env: dict[str, str], photos_dir: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "photos"
+    shutil.copytree(photos_dir / "group", source)
+    result = run("bench", "ingest", str(source), "--limit", "4", "--runs", "cw,a2,b", env=env)
+    report = json.loads(result.stdout.splitlines()[-1])
+    runs = ("c_ray_pipeline", "cw_warm_head", "a2_decode_and_models", "b_naive_loop")
+    assert all(report[run]["images_per_s"] > 0 and report[run]["peak_pss_mib"] > 0 for run in runs)
+    # Both pipeline runs stored every face of the four photos, each into a library of its own.
+    assert report["c_ray_pipeline"]["faces_per_s"] * report["c_ray_pipeline"]["seconds"] == pytest.approx(
+        report["cw_warm_head"]["faces_per_s"] * report["cw_warm_head"]["seconds"], rel=0.01
+    )
+    assert {"c_over_a2", "c_over_b", "cw_over_a2", "cw_over_b"} <= set(report) and "a_model_only" not in report
+    assert report["images"] == 4 and report["ray_start_s"] > 0
+    refused = run("bench", "ingest", str(source), "--runs", "c,d", env=env, check=False)
+    assert refused.returncode == 2 and "runs are any of c,cw,a,a2,b" in refused.stderr
+
+
 def test_status_shows_and_stop_ends_the_embedded_server(env: dict[str, str], tmp_path: Path) -> None:
     scoped = {**env, "FACECLUSTER_DATA_DIR": str(tmp_path / "data")}
     assert json.loads(run("status", env=scoped).stdout)["embedded_mongodb"]["running"] is False

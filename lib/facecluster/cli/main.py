@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from facecluster.eval import INGEST_RUNS
 from facecluster.jobs import KINDS
 from facecluster.settings import Settings, get_settings
 
@@ -52,6 +53,14 @@ def _batch_sizes(value: str) -> list[int]:
     if not sizes or min(sizes) <= 0:
         raise argparse.ArgumentTypeError("batch sizes must be positive integers")
     return sizes
+
+
+def _ingest_runs(value: str) -> tuple[str, ...]:
+    runs = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = sorted(set(runs) - set(INGEST_RUNS))
+    if unknown or not runs:
+        raise argparse.ArgumentTypeError(f"{value!r}: runs are any of {','.join(INGEST_RUNS)}")
+    return runs
 
 
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -239,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("source", metavar="SOURCE", help="a folder or s3://bucket/prefix")
     ingest.add_argument("--limit", type=int, default=None, help="the first N photos of the source")
     ingest.add_argument(
-        "--runs", type=lambda v: tuple(v.split(",")), default=("a", "a2", "b", "c"), help="any of a,a2,b,c"
+        "--runs",
+        type=_ingest_runs,
+        default=INGEST_RUNS,
+        help=f"any of {','.join(INGEST_RUNS)} (cw: (c) again on the Ray head (c) started)",
     )
     return parser
 

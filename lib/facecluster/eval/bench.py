@@ -24,6 +24,7 @@ from facecluster.engine.align import crop_faces
 from facecluster.engine.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_photo
 from facecluster.engine.detector import Detection
 from facecluster.engine.faces import load_detector, load_embedder
+from facecluster.eval import INGEST_RUNS
 from facecluster.runtime import scratch_data_dir
 from facecluster.settings import Settings
 
@@ -137,16 +138,18 @@ def _rates(images: int, faces: int, seconds: float, peak_mib: float) -> dict[str
     }
 
 
-RUNS = ("a", "a2", "b", "c")
+#: The pipeline's runs and the runs it is compared with, by the names of their figures in the report.
+PIPELINE_RUNS = {"c": "c_ray_pipeline", "cw": "cw_warm_head"}
+BOUNDS = {"a": "a_model_only", "a2": "a2_decode_and_models", "b": "b_naive_loop"}
 
 
 def bench_ingest(
-    settings: Settings, source_spec: str, *, limit: int | None = None, runs: tuple[str, ...] = RUNS
+    settings: Settings, source_spec: str, *, limit: int | None = None, runs: tuple[str, ...] = INGEST_RUNS
 ) -> dict[str, Any]:
     """(a) the models on working copies decoded beforehand, (a2) the same with reading and decoding
     timed (one process, batched, no stores), (b) a naive per-image, per-face loop as a plain script runs
     it (full-size decode), (c) the Ray pipeline end to end into throw-away embedded stores, its Ray
-    start-up timed apart."""
+    start-up timed apart, and (cw) the pipeline once more on the Ray head (c) started (cw runs c too)."""
     from facecluster.engine.faces import FaceEngine, keep_faces
     from facecluster.ingest.pipeline import run_ingest
     from facecluster.ingest.sources import S3Options, parse_source, read_uri
@@ -188,17 +191,23 @@ def bench_ingest(
         "provider": detector.session.get_providers()[0],
         "cpus": os.cpu_count(),
     }
-    if "c" in runs:  # (c) The Ray pipeline, with store writes, into a throw-away data directory; first,
-        # so that this process holds none of the other runs' photos while its memory is measured.
-        with scratch_data_dir("facecluster-bench-") as data_dir, _PeakMemory() as memory:
+    if "c" in runs or "cw" in runs:  # (c) The Ray pipeline, with store writes, into a throw-away data
+        # directory; first, so that this process holds none of the other runs' photos while its memory is
+        # measured. (cw) the same again on the Ray head (c) leaves running, into another library: what an
+        # ingest costs on a running cluster, where Ray Data's and the stores' own actors are up.
+        with scratch_data_dir("facecluster-bench-") as data_dir:
             scoped = settings.updated(data_dir=data_dir)
             start = time.perf_counter()
             init_ray(scoped)
             report["ray_start_s"] = round(time.perf_counter() - start, 2)
-            start = time.perf_counter()
-            summary = run_ingest(scoped, source_spec, limit=limit)
-            seconds = time.perf_counter() - start
-            report["c_ray_pipeline"] = _rates(summary.images - summary.failed, summary.faces, seconds, memory.peak)
+            for run, library in (("c", None), ("cw", "bench-warm-head")):
+                if run == "c" or "cw" in runs:
+                    with _PeakMemory() as memory:
+                        start = time.perf_counter()
+                        summary = run_ingest(scoped, source_spec, library=library, limit=limit)
+                        seconds = time.perf_counter() - start
+                    rates = _rates(summary.images - summary.failed, summary.faces, seconds, memory.peak)
+                    report[PIPELINE_RUNS[run]] = rates
         report["faces"] = summary.faces
     if "a" in runs:  # (a) Model-only bound: the working copies are decoded beforehand and not timed.
         works = [w for w in map(working, (item.uri for item in items)) if w is not None]
@@ -230,10 +239,10 @@ def bench_ingest(
                     embedder.embed(crop_faces(image, [face], embedder.size, embedder.alignment), batch_size=1)
                     faces += 1
             report["b_naive_loop"] = _rates(done, faces, time.perf_counter() - start, memory.peak)
-    for name, bound in (("a", "a_model_only"), ("a2", "a2_decode_and_models"), ("b", "b_naive_loop")):
-        if "c_ray_pipeline" in report and bound in report:
-            ratio = report["c_ray_pipeline"]["images_per_s"] / report[bound]["images_per_s"]
-            report[f"c_over_{name}"] = round(ratio, 3)
+    for (run, pipeline), (name, bound) in itertools.product(PIPELINE_RUNS.items(), BOUNDS.items()):
+        if pipeline in report and bound in report:
+            ratio = report[pipeline]["images_per_s"] / report[bound]["images_per_s"]
+            report[f"{run}_over_{name}"] = round(ratio, 3)
     return report
 
 
