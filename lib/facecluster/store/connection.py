@@ -16,7 +16,8 @@ from facecluster.runtime import NAMESPACE, init_ray
 from facecluster.settings import Settings
 from facecluster.store.embedded import mongo_uri
 from facecluster.store.meta import MetaStore
-from facecluster.store.vectors import QdrantConfig, QdrantVectors, Vectors, collection_name
+from facecluster.store.qdrant import QdrantVectors
+from facecluster.store.vectors import QdrantConfig, Vectors, collection_name
 from facecluster.store.versions import VersionedVectors, active_space, active_version, trained_versions
 
 

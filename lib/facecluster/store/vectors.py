@@ -1,37 +1,18 @@
-"""Face vectors in Qdrant: one collection per embedding model version, typed payloads."""
+"""Face vectors: the store's interface, its search hits and where a collection lives (one collection per
+embedding model version). `store.qdrant` speaks to Qdrant; this module imports no client, so a process
+that only holds an owner actor's handle or a protocol type stays light."""
 
 from __future__ import annotations
 
-import logging
 import re
-import sqlite3
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-import httpx
 import numpy as np
 from numpy.typing import NDArray
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from facecluster.errors import Conflict
-from facecluster.store.backoff import with_retries
-
-T = TypeVar("T")
-log = logging.getLogger(__name__)
-
-#: Payload fields with an index (on a Qdrant server; the local mode has none).
-PAYLOAD_INDEXES: dict[str, models.PayloadSchemaType] = {
-    "library": models.PayloadSchemaType.KEYWORD,
-    "image": models.PayloadSchemaType.KEYWORD,
-    "person_id": models.PayloadSchemaType.KEYWORD,
-    "cluster_id": models.PayloadSchemaType.KEYWORD,
-    "quality": models.PayloadSchemaType.FLOAT,
-}
-_TRANSIENT = (ResponseHandlingException, httpx.TransportError, ConnectionError, TimeoutError)
 
 
 class MissingVectors(Conflict):
@@ -51,12 +32,6 @@ class Hit:
     id: str
     similarity: float
     payload: dict[str, Any]
-
-
-def _library_filter(library: str | None) -> models.Filter | None:
-    if library is None:
-        return None
-    return models.Filter(must=[models.FieldCondition(key="library", match=models.MatchValue(value=library))])
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,165 +61,3 @@ class Vectors(Protocol):
     def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None: ...
     def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]: ...
     def delete_library(self, library: str) -> int: ...
-
-
-def journal_local_writes(client: QdrantClient) -> None:
-    """Qdrant's local mode commits every point in a SQLite transaction of its own, which waits for the disk
-    twice in the default journal: a thousand faces took 1.8 s, mostly waiting. Its collections' databases
-    are switched to write-ahead logging with `synchronous=NORMAL` (0.4 s): a crashed process loses nothing
-    committed and the files stay consistent; a power cut may lose the last commits, which `facecluster
-    check --repair` finds and restores. A client whose internals differ is left as it is."""
-    collections = getattr(getattr(client, "_client", None), "collections", None)
-    for collection in (collections or {}).values():
-        database = getattr(getattr(collection, "storage", None), "storage", None)
-        if isinstance(database, sqlite3.Connection):
-            database.execute("PRAGMA journal_mode=WAL")
-            database.execute("PRAGMA synchronous=NORMAL")
-
-
-class QdrantVectors:
-    """`Vectors` on a Qdrant client; calls to a server are retried with backoff."""
-
-    def __init__(
-        self, config: QdrantConfig, *, attempts: int = 5, batch: int = 256, client: QdrantClient | None = None
-    ) -> None:
-        self.config = config
-        self.attempts = attempts
-        self.batch = batch
-        if client is not None:
-            self.client = client
-        elif config.local:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # local mode's advice to use a server for large sets
-                self.client = QdrantClient(path=config.path)
-        else:
-            self.client = QdrantClient(url=config.url, api_key=config.api_key, timeout=30)
-        if config.local:
-            journal_local_writes(self.client)
-
-    def _call(self, call: Callable[[], T]) -> T:
-        where = "local storage" if self.config.local else self.config.url
-        return with_retries(call, backend=f"Qdrant at {where}", attempts=self.attempts, retry_on=_TRANSIENT)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def ensure_collection(self) -> None:
-        name = self.config.collection
-        if self._call(lambda: self.client.collection_exists(name)):
-            return
-        vectors = models.VectorParams(size=self.config.dim, distance=models.Distance.COSINE)
-        try:
-            self._call(lambda: self.client.create_collection(name, vectors_config=vectors))
-        except (UnexpectedResponse, ValueError) as exc:  # created meanwhile by another writer
-            if not self.client.collection_exists(name):
-                raise exc
-        if self.config.local:
-            journal_local_writes(self.client)
-        else:
-            for field, schema in PAYLOAD_INDEXES.items():
-                self._call(partial(self.client.create_payload_index, name, field, schema, wait=True))
-
-    def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[dict[str, Any]]) -> None:
-        for start in range(0, len(ids), self.batch):
-            end = start + self.batch
-            points = models.Batch(
-                ids=list(ids[start:end]), vectors=vectors[start:end].tolist(), payloads=list(payloads[start:end])
-            )
-            self._call(partial(self.client.upsert, self.config.collection, points=points, wait=True))
-
-    def _exists(self) -> bool:
-        return bool(self._call(lambda: self.client.collection_exists(self.config.collection)))
-
-    def delete(self, ids: Sequence[str]) -> int:
-        """Remove these points; how many of them were there (a collection that does not exist holds none)."""
-        if not ids or not self._exists():
-            return 0
-        found: list[str] = []
-        for start in range(0, len(ids), 1024):
-            chunk = list(ids[start : start + 1024])
-            points = self._call(
-                partial(self.client.retrieve, self.config.collection, chunk, with_payload=False, with_vectors=False)
-            )
-            found += [str(p.id) for p in points]
-        if found:
-            selector = models.PointIdsList(points=list(found))
-            self._call(lambda: self.client.delete(self.config.collection, points_selector=selector, wait=True))
-        return len(found)
-
-    def ids(self, library: str | None = None) -> set[str]:
-        """Every point id, of one library or of all, by paginated scroll."""
-        query = _library_filter(library)
-        found: set[str] = set()
-        offset: Any = None
-        while True:
-            page, offset = self._call(
-                partial(
-                    self.client.scroll,
-                    self.config.collection,
-                    scroll_filter=query,
-                    limit=1024,
-                    offset=offset,
-                    with_payload=False,
-                )
-            )
-            found.update(str(point.id) for point in page)
-            if offset is None:
-                return found
-
-    def count(self) -> int:
-        return int(self._call(lambda: self.client.count(self.config.collection, exact=True).count))
-
-    def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]:
-        """The vectors of `ids`, in order; a missing one is an error that names it."""
-        found: dict[str, list[float]] = {}
-        for start in range(0, len(ids), 1024):
-            chunk = list(ids[start : start + 1024])
-            points = self._call(
-                partial(self.client.retrieve, self.config.collection, chunk, with_payload=False, with_vectors=True)
-            )
-            found.update({str(p.id): p.vector for p in points})  # type: ignore[misc]
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise MissingVectors(
-                f"{len(missing)} faces have no vector (first: {missing[0]}); run `facecluster check --repair`"
-            )
-        return np.array([found[i] for i in ids], dtype=np.float32).reshape(len(ids), self.config.dim)
-
-    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
-        """Set payload fields on groups of points: [(fields, point ids), …], in batched requests."""
-        operations = [
-            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=list(points)))
-            for fields, points in updates
-            if points
-        ]
-        if not operations or not self._exists():
-            return
-        for start in range(0, len(operations), 256):
-            chunk = operations[start : start + 256]
-            self._call(partial(self.client.batch_update_points, self.config.collection, chunk, wait=True))
-
-    def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
-        """The `limit` nearest points of each query vector, in batched requests."""
-        if limit <= 0 or len(queries) == 0:
-            return [[] for _ in range(len(queries))]
-        requests = [
-            models.QueryRequest(query=q.tolist(), limit=limit, filter=_library_filter(library), with_payload=True)
-            for q in np.asarray(queries, dtype=np.float32)
-        ]
-        out: list[list[Hit]] = []
-        for start in range(0, len(requests), 256):
-            chunk = requests[start : start + 256]
-            answers = self._call(partial(self.client.query_batch_points, self.config.collection, chunk))
-            out.extend([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in a.points] for a in answers)
-        return out
-
-    def delete_library(self, library: str) -> int:
-        """Remove every point of `library`; how many there were."""
-        if not self._exists():
-            return 0
-        query = _library_filter(library)
-        count = int(self._call(lambda: self.client.count(self.config.collection, count_filter=query, exact=True).count))
-        selector = models.FilterSelector(filter=query)
-        self._call(lambda: self.client.delete(self.config.collection, points_selector=selector, wait=True))
-        return count
