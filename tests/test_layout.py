@@ -66,3 +66,9 @@ def test_the_ingest_model_actors_leave_qdrant_and_the_pipeline_out() -> None:
     # without Qdrant's client or the driver's pipeline module.
     heavy = ("qdrant_client", "facecluster.ingest.pipeline", "facecluster.store.connection")
     assert loaded_with("facecluster.ingest.stages", heavy) == []
+
+
+def test_the_ingest_writers_leave_qdrants_client_to_the_storage_owner() -> None:
+    # On the embedded default the writer actors call the local storage's owner actor: without Qdrant's
+    # client (a second of imports) they start sooner beside the model actors.
+    assert loaded_with("facecluster.ingest.writer", ("qdrant_client", "facecluster.ingest.pipeline")) == []

@@ -29,31 +29,14 @@ from facecluster.engine.projection import VectorSpace
 from facecluster.errors import InvalidInput
 from facecluster.ingest.sources import S3Options, Source, parse_source, validate_library
 from facecluster.ingest.stages import Batch, FaceStage, IngestContext
-from facecluster.ingest.stages import write_batch as store_batch
+from facecluster.ingest.writer import Writer
 from facecluster.people.erasure import remove_images
 from facecluster.runtime import init_ray
 from facecluster.settings import Settings
-from facecluster.store.connection import Connection, open_metadata, open_qdrant, open_space
-from facecluster.store.meta import MetaStore
+from facecluster.store.connection import Connection, open_metadata, open_qdrant
 from facecluster.store.vectors import QdrantConfig
-from facecluster.store.versions import active_space, active_version
 
 log = logging.getLogger(__name__)
-
-
-class _Writer:
-    def __init__(self, ctx: IngestContext, qdrant: QdrantConfig, space: VectorSpace) -> None:
-        self.ctx = ctx
-        self.qdrant = qdrant
-        self.meta = MetaStore(ctx.mongo_uri, ctx.settings.stores.mongo_db, attempts=ctx.settings.stores.store_retries)
-        self.space = space
-        self.vectors = open_space(qdrant, space, ctx.settings.stores.store_retries)
-
-    def __call__(self, batch: Batch) -> Batch:
-        if active_version(self.meta, self.space.base) != self.space.id:  # switched while the ingest runs
-            self.space = active_space(self.meta, self.space.base, self.space.dim)
-            self.vectors = open_space(self.qdrant, self.space, self.ctx.settings.stores.store_retries)
-        return store_batch(batch, self.ctx, self.meta, self.vectors)
 
 
 @dataclass
@@ -278,7 +261,7 @@ def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, space: VectorS
             num_cpus=actor_cpus,
             num_gpus=actor_gpus,
         ).map_batches(
-            _Writer,
+            Writer,
             fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant, "space": space},
             batch_size=settings.ingest.write_batch_size,
             compute=ActorPoolStrategy(size=writers),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -16,9 +16,11 @@ from facecluster.runtime import NAMESPACE, init_ray
 from facecluster.settings import Settings
 from facecluster.store.embedded import mongo_uri
 from facecluster.store.meta import MetaStore
-from facecluster.store.qdrant import QdrantVectors
 from facecluster.store.vectors import QdrantConfig, Vectors, collection_name
 from facecluster.store.versions import VersionedVectors, active_space, active_version, trained_versions
+
+if TYPE_CHECKING:  # Qdrant's client loads where it is used: a process that only calls the owner actor skips it
+    from facecluster.store.qdrant import QdrantVectors
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class LocalQdrantOwner:
         self.stores: dict[str, QdrantVectors] = {}
 
     def call(self, config: QdrantConfig, method: str, *args: Any) -> Any:
+        from facecluster.store.qdrant import QdrantVectors
+
         store = self.stores.get(config.collection)
         if store is None:
             store = self.stores[config.collection] = QdrantVectors(config, client=self.client)
@@ -103,7 +107,11 @@ class OwnedVectors:
 
 def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
     """A server client of its own, or the single owner of the local storage (Ray must be up)."""
-    return OwnedVectors(config) if config.local else QdrantVectors(config, attempts=attempts)
+    if config.local:
+        return OwnedVectors(config)
+    from facecluster.store.qdrant import QdrantVectors
+
+    return QdrantVectors(config, attempts=attempts)
 
 
 def open_meta(settings: Settings) -> MetaStore:
