@@ -142,7 +142,7 @@ def test_killed_runs_resume_to_the_state_of_a_clean_run(
 
     # kill -9 of the writer worker mid-run: Ray restarts it, the batch is written again, same result.
     worker_env = job_env(models_dir, data_dirs["worker"])
-    start_and_kill(worker_env, lfw_folder, data_dirs["worker"], victim=r"MapBatches\(_Writer\)")
+    start_and_kill(worker_env, lfw_folder, data_dirs["worker"], victim=r"MapBatches\(Writer\)")
     assert stored(data_dirs["worker"]) == (clean_faces, clean_images)
     assert check(worker_env)["consistent"]
 
