@@ -66,6 +66,10 @@ class IngestContext:
     alignment: Alignment
     force: bool = False
 
+    def open_meta(self) -> MetaStore:
+        """This worker's own MongoDB connection, with the job's retries."""
+        return MetaStore(self.mongo_uri, self.settings.stores.mongo_db, attempts=self.settings.stores.store_retries)
+
 
 def _objects(values: list[Any]) -> NDArray[Any]:
     column = np.empty(len(values), dtype=object)
@@ -246,8 +250,7 @@ class FaceStage:
     def __init__(self, ctx: IngestContext) -> None:
         cv2.setNumThreads(1)  # the pool runs in parallel; OpenCV's own threads would only contend
         self.ctx = ctx
-        stores = ctx.settings.stores
-        self.meta = MetaStore(ctx.mongo_uri, stores.mongo_db, attempts=stores.store_retries)
+        self.meta = ctx.open_meta()
         self.detector = load_detector(ctx.settings)
         self.embedder = load_embedder(ctx.settings)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from facecluster.engine.projection import VectorSpace
 from facecluster.ingest.stages import Batch, IngestContext, write_batch
 from facecluster.store.connection import open_space
-from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import QdrantConfig
 from facecluster.store.versions import active_space, active_version
 
@@ -18,7 +17,7 @@ class Writer:
     def __init__(self, ctx: IngestContext, qdrant: QdrantConfig, space: VectorSpace) -> None:
         self.ctx = ctx
         self.qdrant = qdrant
-        self.meta = MetaStore(ctx.mongo_uri, ctx.settings.stores.mongo_db, attempts=ctx.settings.stores.store_retries)
+        self.meta = ctx.open_meta()
         self.space = space
         self.vectors = open_space(qdrant, space, ctx.settings.stores.store_retries)
 
