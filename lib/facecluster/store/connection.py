@@ -55,10 +55,10 @@ class LocalQdrantOwner:
         self.stores: dict[str, QdrantVectors] = {}
 
     def call(self, config: QdrantConfig, method: str, *args: Any) -> Any:
-        from facecluster.store.qdrant import QdrantVectors
-
         store = self.stores.get(config.collection)
         if store is None:
+            from facecluster.store.qdrant import QdrantVectors
+
             store = self.stores[config.collection] = QdrantVectors(config, client=self.client)
         return getattr(store, method)(*args)
 
