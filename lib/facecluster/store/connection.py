@@ -37,11 +37,16 @@ def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreCon
     qdrant = QdrantConfig(
         url=settings.stores.qdrant_url,
         api_key=settings.stores.qdrant_api_key.get_secret_value() if settings.stores.qdrant_api_key else None,
-        path=None if settings.stores.qdrant_url else str(settings.general.data_dir / "qdrant"),
+        path=local_qdrant_path(settings),
         collection=collection,
         dim=dim,
     )
     return StoreConfig(mongo, settings.stores.mongo_db, qdrant, settings.stores.store_retries)
+
+
+def local_qdrant_path(settings: Settings) -> str | None:
+    """Qdrant's local storage folder under the data directory; None when `QDRANT_URL` names a server."""
+    return None if settings.stores.qdrant_url else str(settings.general.data_dir / "qdrant")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
@@ -63,16 +68,21 @@ class LocalQdrantOwner:
         return getattr(store, method)(*args)
 
 
+def local_qdrant_owner(path: str) -> Any:
+    """The owner actor of the local storage at `path`, started when it does not run (it outlives jobs)."""
+    name = "facecluster-qdrant-" + hashlib.sha1(path.encode(), usedforsecurity=False).hexdigest()[:12]
+    return LocalQdrantOwner.options(  # type: ignore[attr-defined]
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(path)
+
+
 class OwnedVectors:
     """`Vectors` whose calls run in the `LocalQdrantOwner` actor of the storage folder."""
 
     def __init__(self, config: QdrantConfig) -> None:
         assert config.path is not None
-        name = "facecluster-qdrant-" + hashlib.sha1(config.path.encode(), usedforsecurity=False).hexdigest()[:12]
         self.config = config
-        self.owner = LocalQdrantOwner.options(  # type: ignore[attr-defined]
-            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-        ).remote(config.path)
+        self.owner = local_qdrant_owner(config.path)
 
     def _call(self, method: str, *args: Any) -> Any:
         return ray.get(self.owner.call.remote(self.config, method, *args))
