@@ -93,3 +93,43 @@ def test_config_check_names_each_unreachable_backend(models_dir: Path, tmp_path:
     assert checks["models"]["ok"]
     assert "p%40ss" not in out and "p@ss" not in out and "s3cret" not in out
     assert not (tmp_path / "data" / "mongo").exists()  # nothing embedded was started in its place
+
+
+ATTACH = """
+import json, os, ray
+from facecluster.runtime import init_ray
+from facecluster.settings import Settings
+
+init_ray(Settings())
+seen = ray.get(ray.remote(lambda: os.environ.get("FACECLUSTER_READ_BATCH_SIZE")).remote())
+actors = sorted(actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True))
+print(json.dumps({"runtime_env": ray.get_runtime_context().runtime_env, "seen": seen, "actors": actors}))
+"""
+
+
+def attach(env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", ATTACH], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_the_embedded_head_starts_with_the_services_and_settings_its_jobs_use(models_dir: Path, tmp_path: Path) -> None:
+    """The command that starts the data directory's Ray starts with it Ray Data's actors and the Qdrant
+    storage's owner, which every ingest uses, and gives its workers this command's settings: a later command
+    with the same settings adds no runtime env (each actor of its jobs starts a second sooner), one with
+    other settings sends them along."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "FACECLUSTER_"))}
+    env |= {"FACECLUSTER_MODELS_DIR": str(models_dir), "FACECLUSTER_DATA_DIR": str(tmp_path / "data")}
+    try:
+        first = attach(env | {"FACECLUSTER_READ_BATCH_SIZE": "7"})
+        services = {"datasets_stats_actor", "AutoscalingCoordinator", "ActorLocationTracker"}
+        assert services <= set(first["actors"]), first["actors"]
+        assert any(name.startswith("facecluster-qdrant-") for name in first["actors"]), first["actors"]
+        assert first["seen"] == "7" and "env_vars" not in first["runtime_env"]
+        same = attach(env | {"FACECLUSTER_READ_BATCH_SIZE": "7"})
+        assert same["seen"] == "7" and "env_vars" not in same["runtime_env"]
+        other = attach(env | {"FACECLUSTER_READ_BATCH_SIZE": "9"})
+        assert other["seen"] == "9" and other["runtime_env"]["env_vars"]["FACECLUSTER_READ_BATCH_SIZE"] == "9"
+    finally:
+        finished(cli(env, "stop"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -31,16 +32,19 @@ NAMESPACE = "facecluster"
 
 @dataclass(frozen=True)
 class Head:
-    """A running Ray head of a data directory: what `ray.init` takes, its dashboard, its process."""
+    """A running Ray head of a data directory: what `ray.init` takes, its dashboard, its process, and the
+    digest of the worker environment it was started with."""
 
     gcs: str
     dashboard: str
     pid: int
+    worker_env_digest: str = ""
 
 
 def init_ray(settings: Settings) -> None:
-    """Attach to `RAY_ADDRESS` when set, else to the data directory's Ray head (started when none runs);
-    once per process. On the embedded head this process's settings travel as the job's runtime env."""
+    """Attach to `RAY_ADDRESS` when set, else to the data directory's Ray head (started when none runs, with
+    its services); once per process. On the embedded head this process's settings reach its workers in
+    the head's environment when they are the ones it started with, else as the job's runtime env."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -49,13 +53,44 @@ def init_ray(settings: Settings) -> None:
     if configured:
         ray.init(address=configured, namespace=NAMESPACE, logging_level=level, log_to_driver=True)
         return
-    head = ensure_head(settings)
+    env = worker_env(settings, secrets_dir=head_folder(settings.general.data_dir) / "secrets")
+    head, started = ensure_head(settings, env)
     os.environ.update(head_auth(settings.general.data_dir))
     ray._raylet.Config.initialize("")  # type: ignore[attr-defined]  # Ray read its auth mode at import
-    env = worker_env(settings, secrets_dir=head_folder(settings.general.data_dir) / "secrets")
-    ray.init(
-        address=head.gcs, namespace=NAMESPACE, logging_level=level, log_to_driver=True, runtime_env={"env_vars": env}
-    )
+    # The head's workers inherit the environment it was started with: with the same settings a runtime env
+    # would change nothing in them, and it adds a second to the start of every actor.
+    same = head.worker_env_digest == env_digest(env)
+    runtime_env = None if same else {"env_vars": env}
+    ray.init(address=head.gcs, namespace=NAMESPACE, logging_level=level, log_to_driver=True, runtime_env=runtime_env)
+    if started:
+        start_head_services(settings)
+
+
+def env_digest(env: dict[str, str]) -> str:
+    """A digest of a worker environment (no secrets are in one), to tell whether a head was started with it."""
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
+
+
+def start_head_services(settings: Settings) -> None:
+    """Start, with the embedded head, the actors every ingest on it uses: Ray Data's statistics, autoscaling
+    and actor-location actors (detached: the first Ray Data job would start them and they stay) and the
+    owner of Qdrant's local storage. Each is a process that imports Ray Data or Qdrant's client, seconds
+    of CPU apiece, which would otherwise compete with the first job's model actors while they start."""
+    from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+    from ray.data._internal.execution.node_trackers import get_or_create_actor_location_tracker
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    from facecluster.store.connection import local_qdrant_owner, local_qdrant_path
+
+    actors = [
+        get_or_create_stats_actor(),
+        get_or_create_autoscaling_coordinator(),  # type: ignore[no-untyped-call]
+        get_or_create_actor_location_tracker(),  # type: ignore[no-untyped-call]
+    ]
+    path = local_qdrant_path(settings)
+    if path is not None:
+        actors.append(local_qdrant_owner(path))
+    ray.get([actor.__ray_ready__.remote() for actor in actors])
 
 
 def worker_env(settings: Settings, *, secrets_dir: Path | None = None) -> dict[str, str]:
@@ -151,41 +186,43 @@ def running_head(data_dir: Path) -> Head | None:
     return head if _alive(head.pid) and _answers(head.gcs) else None
 
 
-def ensure_head(settings: Settings, *, timeout: float = 120.0) -> Head:
+def ensure_head(settings: Settings, env: dict[str, str], *, timeout: float = 120.0) -> tuple[Head, bool]:
     """The data directory's Ray head, started (detached; dashboard on loopback, every connection needing
-    the data directory's token) when none runs."""
+    the data directory's token; `env`, the worker environment, in its environment) when none runs; and
+    whether this call started it."""
     folder = head_folder(settings.general.data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "start.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; the others attach to its head
         head = running_head(settings.general.data_dir)
         if head is not None:
-            return head
+            return head, False
         gcs, dashboard = free_port(), 8265 if _free(8265) else free_port()
         cpus = settings.general.embedded_ray_cpus or max(4, os.cpu_count() or 1)
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | head_auth(settings.general.data_dir)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        head_env = inherited | env | head_auth(settings.general.data_dir)
+        head_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{head_env.get('PATH', '')}"
         # Its work runs in actors (model actors, writers, Serve replicas, trainers), which get processes of
         # their own: idle workers started ahead for each job only take CPU and memory from them.
-        env = {"RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"} | env
+        head_env = {"RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"} | head_env
         log.info("starting the Ray of %s on 127.0.0.1:%d (dashboard :%d)", settings.general.data_dir, gcs, dashboard)
         with (folder / "head.log").open("ab") as out:
             process = subprocess.Popen(
                 head_command(gcs, dashboard, cpus),
-                env=env,
+                env=head_env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 start_new_session=True,  # outlives this command; `facecluster stop` ends it
             )
-        head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", process.pid)
+        head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", process.pid, env_digest(env))
         deadline = time.monotonic() + timeout
         while not _answers(head.gcs):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the embedded Ray did not start; see {folder / 'head.log'}")
             time.sleep(0.2)
         (folder / "head.json").write_text(json.dumps(asdict(head)))
-        return head
+        return head, True
 
 
 def _free(port: int) -> bool:
