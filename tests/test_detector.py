@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facecluster.engine.detector import Detection, letterbox, nms
-from facecluster.engine.faces import FaceEngine, load_detector
+from facecluster.engine.faces import FaceEngine, detect_batch_size, load_detector
 from facecluster.engine.registry import load_registry
 from facecluster.eval.accuracy import detection_recall, read_boxes
 from facecluster.settings import Settings
@@ -110,3 +110,11 @@ def test_a_users_own_yolo_file_is_decoded_as_its_signature_says(settings: Settin
     assert fixed.spec.family == "yunet" and fixed.size == 640 and len(fixed.detect([group])[0]) == 6
     with pytest.raises(ModelContractError, match="not a face detector this service decodes"):
         load_detector(settings.updated(detector_path=models / "mobilefacenet_foamliu_dyn.onnx"))
+
+
+def test_the_detector_runs_photo_by_photo_on_cpu_unless_told(settings: Settings) -> None:
+    """On CPU batches of canvases only add memory traffic; a configured batch size is kept."""
+    detector = load_detector(settings)
+    assert detector.session.get_providers()[0] == "CPUExecutionProvider"
+    assert detect_batch_size(settings, detector) == 1
+    assert detect_batch_size(settings.updated(detect_batch_size=4), detector) == 4

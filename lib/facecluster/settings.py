@@ -166,7 +166,13 @@ class ImagesSettings(Section):
 class DetectionSettings(Section):
     """Detection and embedding batches and thresholds; the detector runs at a low floor and these apply after it."""
 
-    detect_batch_size: int = Field(default=8, gt=0, validation_alias=_env("DETECT_BATCH_SIZE"))
+    detect_batch_size: int = Field(
+        default=0,
+        ge=0,
+        validation_alias=_env("DETECT_BATCH_SIZE"),
+        description="Photos per detector run; 0: 8 on a GPU, 1 on CPU, where one canvas's activations already "
+        "outgrow the caches and batches only add memory traffic (BENCHMARKS.md).",
+    )
     detect_tiles: int = Field(
         default=1,
         ge=1,

@@ -299,7 +299,7 @@ def cmd_detect(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.engine.faces import FaceEngine
 
     engine = FaceEngine.from_settings(settings)
-    for chunk in _chunks(iter_image_files(args.paths), settings.detection.detect_batch_size * 4):
+    for chunk in _chunks(iter_image_files(args.paths), engine.detect_batch_size * 4):
         results: list[dict[str, Any]] = []
         decoded: list[tuple[dict[str, Any], NDArray[np.uint8]]] = []
         for path in chunk:

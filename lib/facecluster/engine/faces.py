@@ -112,6 +112,14 @@ def load_detector(settings: Settings, name: str | None = None) -> FaceDetector:
     return build_detector(spec, session)
 
 
+def detect_batch_size(settings: Settings, detector: FaceDetector) -> int:
+    """Photos per detector run: `detect_batch_size`, else 8 on a GPU and 1 on CPU."""
+    configured = settings.detection.detect_batch_size
+    if configured:
+        return configured
+    return 8 if detector.session.get_providers()[0] == "CUDAExecutionProvider" else 1
+
+
 def load_embedder(settings: Settings, name: str | None = None) -> FaceEmbedder:
     spec: EmbedderSpec = load_registry().embedder(name or settings.models.embedder)
     return FaceEmbedder(spec, _session_for(settings, spec))
@@ -131,6 +139,10 @@ class FaceEngine:
         return cls(settings, load_detector(settings), load_embedder(settings))
 
     @property
+    def detect_batch_size(self) -> int:
+        return detect_batch_size(self.settings, self.detector)
+
+    @property
     def min_confidence(self) -> float:
         return min_confidence(self.settings, self.detector.spec)
 
@@ -140,7 +152,7 @@ class FaceEngine:
         """Faces of each image with their quality, at least `min_confidence` and `min_size` pixels."""
         floor = self.min_confidence if min_confidence is None else min_confidence
         smallest = self.settings.detection.min_face_size if min_size is None else min_size
-        batch, score_floor = self.settings.detection.detect_batch_size, min(floor, self.detector.spec.score_floor)
+        batch, score_floor = self.detect_batch_size, min(floor, self.detector.spec.score_floor)
         found = self.detector.detect(images, batch_size=batch, score_floor=score_floor)
         tiles = self.settings.detection.detect_tiles
         found = self.detector.add_tiles(found, images, tiles=tiles, batch_size=batch, score_floor=score_floor)

@@ -161,7 +161,7 @@ def bench_ingest(
     items = list(itertools.islice(source.items(s3), limit))
     engine = FaceEngine.from_settings(settings)
     detector, embedder = engine.detector, engine.embedder
-    batch = settings.detection.detect_batch_size
+    batch = settings.ingest.read_batch_size  # photos per chunk, as the pipeline's model actors get them
 
     def faces_of(found: list[Detection], scale: float = 1.0) -> list[Detection]:
         size = settings.detection.min_face_size
@@ -175,7 +175,7 @@ def bench_ingest(
 
     def models(works: list[tuple[NDArray[np.uint8], float]]) -> int:
         """Detect, align and embed a chunk of working copies as the pipeline's model actor does."""
-        found = detector.detect([w for w, _ in works], batch_size=batch)
+        found = detector.detect([w for w, _ in works], batch_size=engine.detect_batch_size)
         crops = [
             crop_faces(w, faces_of(f, scale), embedder.size, embedder.alignment)
             for (w, scale), f in zip(works, found, strict=True)

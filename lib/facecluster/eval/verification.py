@@ -107,7 +107,7 @@ def embed_central_faces(
                 continue
             images.append(decoded.pixels)
             kept.append(path)
-        found = engine.detector.detect(images, batch_size=engine.settings.detection.detect_batch_size)
+        found = engine.detector.detect(images, batch_size=engine.detect_batch_size)
         crops, owners = [], []
         for path, image, faces in zip(kept, images, found, strict=True):
             face = central_face(faces, image.shape[1], image.shape[0])

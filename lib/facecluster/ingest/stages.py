@@ -21,7 +21,14 @@ from facecluster.engine.align import crop_faces
 from facecluster.engine.decode import ImageDecodeError, decode_photo
 from facecluster.engine.detector import Detection, FaceDetector, Letterbox, letterbox
 from facecluster.engine.embedder import FaceEmbedder
-from facecluster.engine.faces import assess_faces, keep_faces, load_detector, load_embedder, quality_weights
+from facecluster.engine.faces import (
+    assess_faces,
+    detect_batch_size,
+    keep_faces,
+    load_detector,
+    load_embedder,
+    quality_weights,
+)
 from facecluster.engine.quality import QUALITY_FIELDS
 from facecluster.engine.registry import Alignment
 from facecluster.ingest.relabel import LABEL_FIELDS, Relabelling, carry_labels, is_erased
@@ -173,7 +180,7 @@ def detect_batch(batch: Batch, detector: FaceDetector, ctx: IngestContext) -> Ba
         )
         for i in ok
     ]
-    batch_size = ctx.settings.detection.detect_batch_size
+    batch_size = detect_batch_size(ctx.settings, detector)
     found = detector.detect_letterboxed(boxes, batch_size=batch_size)
     works = [batch["work"][i] for i in ok]
     found = detector.retry_weak(found, works, batch_size=batch_size)
