@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from facecluster.engine.decode import decode_image
 from facecluster.engine.faces import FaceEngine
-from facecluster.runtime import free_port, head_command
+from facecluster.runtime import free_port, free_ports, head_command
 from facecluster.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -154,7 +154,7 @@ class RayHead(NamedTuple):
 @pytest.fixture
 def ray_head() -> Iterator[RayHead]:
     """`ray start --head --block` on free loopback ports, stopped by SIGTERM (never `ray stop`)."""
-    dashboard, gcs = free_port(), free_port()
+    dashboard, gcs = free_ports(2)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     command = head_command(gcs, dashboard, cpus=4, object_store_bytes=512 * 1024**2)

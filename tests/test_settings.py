@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from facecluster.runtime import worker_env
+from facecluster.runtime import free_ports, worker_env
 from facecluster.settings import SECTION_OF, SECTIONS, Settings
 
 pytestmark = pytest.mark.fast
@@ -111,3 +111,10 @@ def test_a_setting_may_come_from_a_file_and_only_the_reference_travels(
     env = worker_env(settings)
     assert env["FACECLUSTER_API_KEYS_FILE"] == str(clean_env / "keys")
     assert "s3cret" not in repr(env) and "pw@" not in repr(env)
+
+
+def test_free_ports_are_different_and_avoid_the_taken_ones() -> None:
+    """A Ray head given one port for two of its components does not start: the ports asked for at once differ."""
+    taken = set(free_ports(5))
+    ports = free_ports(50, taken=taken)
+    assert len(set(ports)) == 50 and not taken & set(ports)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,21 +135,35 @@ def head_auth(data_dir: Path) -> dict[str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
+    """`count` different ports free on loopback, none of them in `taken`. The sockets are held open until
+    all are chosen: a port just closed may be handed out again, and a Ray head given one port for two of
+    its components does not start."""
+    with contextlib.ExitStack() as sockets:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = sockets.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in taken:
+                ports.append(port)
+        return ports
 
 
 def head_command(gcs_port: int, dashboard_port: int, cpus: int, object_store_bytes: int | None = None) -> list[str]:
     """`ray start --head --block` with its dashboard on loopback: the given GCS and dashboard ports, free
     ports for the agents (their defaults clash with any other Ray on the machine)."""
     ray_script = Path(sys.executable).with_name("ray")
+    agent, agent_grpc, runtime_env_agent, metrics = free_ports(4, taken={gcs_port, dashboard_port})
     command = [
         str(ray_script), "start", "--head", "--block", "--disable-usage-stats",
         "--port", str(gcs_port),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--num-cpus", str(cpus),
-        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--runtime-env-agent-port", str(runtime_env_agent), "--metrics-export-port", str(metrics),
     ]  # fmt: skip
     if object_store_bytes:
         command += ["--object-store-memory", str(object_store_bytes)]
@@ -197,7 +211,8 @@ def ensure_head(settings: Settings, env: dict[str, str], *, timeout: float = 120
         head = running_head(settings.general.data_dir)
         if head is not None:
             return head, False
-        gcs, dashboard = free_port(), 8265 if _free(8265) else free_port()
+        gcs, other = free_ports(2, taken={8265})
+        dashboard = 8265 if _free(8265) else other
         cpus = settings.general.embedded_ray_cpus or max(4, os.cpu_count() or 1)
         inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         head_env = inherited | env | head_auth(settings.general.data_dir)
