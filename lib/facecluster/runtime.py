@@ -80,7 +80,8 @@ def start_head_services(settings: Settings) -> None:
     from ray.data._internal.execution.node_trackers import get_or_create_actor_location_tracker
     from ray.data._internal.stats import get_or_create_stats_actor
 
-    from facecluster.store.connection import local_qdrant_owner, local_qdrant_path
+    from facecluster.store.connection import local_qdrant_owner
+    from facecluster.store.embedded import local_qdrant_path
 
     actors = [
         get_or_create_stats_actor(),

@@ -14,7 +14,7 @@ from facecluster.engine.faces import load_embedder, model_version
 from facecluster.engine.projection import VectorSpace
 from facecluster.runtime import NAMESPACE, init_ray
 from facecluster.settings import Settings
-from facecluster.store.embedded import mongo_uri
+from facecluster.store.embedded import local_qdrant_path, mongo_uri
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import QdrantConfig, Vectors, collection_name
 from facecluster.store.versions import VersionedVectors, active_space, active_version, trained_versions
@@ -42,11 +42,6 @@ def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreCon
         dim=dim,
     )
     return StoreConfig(mongo, settings.stores.mongo_db, qdrant, settings.stores.store_retries)
-
-
-def local_qdrant_path(settings: Settings) -> str | None:
-    """Qdrant's local storage folder under the data directory; None when `QDRANT_URL` names a server."""
-    return None if settings.stores.qdrant_url else str(settings.general.data_dir / "qdrant")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)

@@ -1,4 +1,5 @@
-"""The embedded MongoDB-wire server (nx-27017 on SQLite), started on demand under the data directory."""
+"""The embedded stores under the data directory: the MongoDB-wire server (nx-27017 on SQLite), started on
+demand, and the folder of Qdrant's local storage."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from facecluster.runtime import free_port
 from facecluster.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def local_qdrant_path(settings: Settings) -> str | None:
+    """Qdrant's local storage folder under the data directory; None when `QDRANT_URL` names a server."""
+    return None if settings.stores.qdrant_url else str(settings.general.data_dir / "qdrant")
 
 
 def _port_file(folder: Path) -> Path:
