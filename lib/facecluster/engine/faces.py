@@ -16,7 +16,7 @@ from facecluster.engine.detector import Detection, FaceDetector, build_detector,
 from facecluster.engine.embedder import FaceEmbedder
 from facecluster.engine.quality import Quality, QualityWeights, assess
 from facecluster.engine.registry import DetectorSpec, EmbedderSpec, ModelSpec, load_registry
-from facecluster.engine.sessions import cached_session, select_providers
+from facecluster.engine.sessions import cached_session, runs_on_gpu, select_providers
 from facecluster.errors import Unavailable
 from facecluster.settings import Settings
 
@@ -117,7 +117,7 @@ def detect_batch_size(settings: Settings, detector: FaceDetector) -> int:
     configured = settings.detection.detect_batch_size
     if configured:
         return configured
-    return 8 if detector.session.get_providers()[0] == "CUDAExecutionProvider" else 1
+    return 8 if runs_on_gpu(detector.session) else 1
 
 
 def load_embedder(settings: Settings, name: str | None = None) -> FaceEmbedder:

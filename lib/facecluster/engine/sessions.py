@@ -59,6 +59,11 @@ def select_providers(
     return chosen
 
 
+def runs_on_gpu(session: ort.InferenceSession) -> bool:
+    """Whether the session's first provider, the one its models run on, is CUDA."""
+    return bool(session.get_providers()[0] == _PROVIDER_NAMES["cuda"])
+
+
 def create_session(
     path: Path,
     providers: Sequence[str],
