@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from facecluster.ingest.pipeline import run_ingest
 from facecluster.settings import Settings
 from facecluster.store.connection import connect
 
-from .conftest import stop_embedded
+from .conftest import started_head, stop_embedded
 
 LIBRARY = "my-bucket/my-sub"
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie")
@@ -449,6 +451,38 @@ def test_openapi_fuzzing_finds_no_server_error(services: Services, keys: str) ->
 
         call()
     assert not failures, failures[:5]
+
+
+def test_jobs_on_a_token_protected_head_take_rays_token(
+    client: TestClient, services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dashboard that needs Ray's token this process does not have is a 503 that names it and the
+    setting to fix; with the token where Ray documents it, the job is queued and its state read."""
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    job_data = tmp_path / "job-data"  # what the queued job would open: not this module's stores
+    with started_head(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token)) as head:
+        settings = services.settings.updated(ray_dashboard_url=head.dashboard, data_dir=job_data)
+        app = create_app(settings, dataclasses.replace(services, settings=settings, jobs=JobRunner(settings)))
+        with TestClient(app) as guarded:
+            refused = guarded.post("/cluster-bucket-persons/my-bucket/my-sub")
+            assert refused.status_code == 503, refused.text
+            detail = refused.json()["detail"]
+            assert head.dashboard in detail and "RAY_AUTH_TOKEN" in detail and "token" in detail, detail
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        app = create_app(settings, dataclasses.replace(services, settings=settings, jobs=JobRunner(settings)))
+        with TestClient(app) as given:
+            queued = given.post("/cluster-bucket-persons/my-bucket/my-sub")
+            assert queued.status_code == 202, queued.text
+            job = given.get(queued.json()["status_url"])
+            assert job.status_code == 200 and job.json()["status"] in ("PENDING", "RUNNING", "SUCCEEDED"), job.text
+            stopped = given.delete(queued.json()["status_url"])
+            assert stopped.status_code == 200, stopped.text
+            deadline = time.monotonic() + 60
+            while given.get(queued.json()["status_url"]).json()["status"] not in ("STOPPED", "FAILED", "SUCCEEDED"):
+                assert time.monotonic() < deadline
+                time.sleep(1)
+    stop_embedded(job_data)
 
 
 def test_cleanup_undoes_the_run_erasure_and_library_deletion_remove_data(

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,15 @@ def side_by_side(env: dict[str, str], base: str, root: Path, photos_dir: Path) -
     # What the CLI wrote, the API reads: same MongoDB, same Qdrant storage, same Ray.
     clusters = get_json(f"{base}/api/v1/faces/clusters?library={LIBRARY}")
     assert len(clusters["clusters"]) == 5
+    # A job the API queues goes to the data directory's head (token authentication on), not to port 8265.
+    request = urllib.request.Request(f"{base}/cluster-bucket-persons/{LIBRARY}", method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        queued = json.loads(response.read())
+    deadline = time.monotonic() + 300
+    while (job := get_json(f"{base}/api/v1/jobs/{queued['job_id']}"))["status"] not in ("SUCCEEDED", "FAILED"):
+        assert time.monotonic() < deadline, job
+        time.sleep(2)
+    assert job["status"] == "SUCCEEDED", job
     training = cli(env, "train", "--epochs", "1")
     _, err = training.communicate(timeout=600)
     assert training.returncode == 2 and "labelled persons" in err, err[-2000:]

@@ -124,10 +124,25 @@ def head_folder(data_dir: Path) -> Path:
     return data_dir / "ray"
 
 
+def head_token_path(data_dir: Path) -> Path:
+    """Where the data directory's head keeps Ray's token (this user only)."""
+    return head_folder(data_dir) / "auth_token"
+
+
+def ray_auth_token() -> str | None:
+    """Ray's authentication token where Ray documents it: `RAY_AUTH_TOKEN`, the file `RAY_AUTH_TOKEN_PATH`
+    names, or `~/.ray/auth_token`."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named) if named else Path.home() / ".ray" / "auth_token"
+    return path.read_text().strip() if path.is_file() else None
+
+
 def head_auth(data_dir: Path) -> dict[str, str]:
     """Ray's token authentication for the data directory's head: every process that starts or attaches to
     it reads the token from a file there (this user only); the GCS and dashboard refuse anyone without it."""
-    token = head_folder(data_dir) / "auth_token"
+    token = head_token_path(data_dir)
     if not token.exists():
         token.parent.mkdir(parents=True, exist_ok=True)
         token.touch(mode=0o600)
@@ -212,8 +227,9 @@ def ensure_head(settings: Settings, env: dict[str, str], *, timeout: float = 120
         head = running_head(settings.general.data_dir)
         if head is not None:
             return head, False
-        gcs, other = free_ports(2, taken={8265})
-        dashboard = 8265 if _free(8265) else other
+        preferred = settings.general.embedded_dashboard_port
+        gcs, other = free_ports(2, taken={preferred})
+        dashboard = preferred if preferred and _free(preferred) else other
         cpus = settings.general.embedded_ray_cpus or max(4, os.cpu_count() or 1)
         inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         head_env = inherited | env | head_auth(settings.general.data_dir)

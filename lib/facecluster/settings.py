@@ -79,6 +79,14 @@ class GeneralSettings(Section):
         description="Logical CPUs of the data directory's own Ray (no RAY_ADDRESS); 0: the machine's, at least 4, "
         "so the API's idle replicas leave room for an ingest next to them.",
     )
+    embedded_dashboard_port: int = Field(
+        default=8265,
+        ge=0,
+        lt=65536,
+        validation_alias=_env("EMBEDDED_DASHBOARD_PORT"),
+        description="The dashboard port the data directory's own Ray takes when it is free (else any free port); "
+        "0: always a free port.",
+    )
 
 
 class ModelsSettings(Section):
@@ -366,10 +374,11 @@ class ServeSettings(Section):
         validation_alias=_env("THUMBNAIL_CACHE_BYTES"),
         description="Memory for face thumbnails served recently, per API replica.",
     )
-    ray_dashboard_url: str = Field(
-        default="http://127.0.0.1:8265",
+    ray_dashboard_url: str | None = Field(
+        default=None,
         validation_alias=_env("RAY_DASHBOARD_URL", "RAY_JOB_ADDRESS"),
-        description="Where the API submits its Ray jobs (the Job Submission API of the head node).",
+        description="Where the API submits its Ray jobs (the Job Submission API of the head node); unset: the "
+        "data directory's Ray head, else port 8265 of RAY_ADDRESS's host.",
     )
     engine_batch_size: int = Field(default=8, gt=0, validation_alias=_env("ENGINE_BATCH_SIZE"))
     engine_batch_wait_s: float = Field(default=0.02, ge=0.0, validation_alias=_env("ENGINE_BATCH_WAIT_S"))
