@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,17 +18,127 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import psutil
 import pytest
 from numpy.typing import NDArray
 
 from facecluster.engine.decode import decode_image
 from facecluster.engine.faces import FaceEngine
 from facecluster.runtime import free_port, free_ports, head_command
-from facecluster.settings import Settings
+from facecluster.settings import SECTIONS, Settings, variable_names
+
+from .isolation import isolation_guard
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACECLUSTER_SHARED", ROOT.parent / "shared"))
+
+
+def isolate() -> Path:
+    """Keep the suite off what the person running it has running. Every service a test needs is started
+    on free ports under the run's own scratch folder (returned); every setting that names a store, a Ray
+    cluster or the data directory is dropped from the environment, so the defaults point at that folder
+    or at nothing; Ray's sessions live there too. The guard refuses, in this process and in every Python
+    process the run starts, any read of the user's data directory and any use of a default port."""
+    user_data_dirs = {Path.home() / ".local" / "share" / "facecluster"}
+    if os.environ.get("FACECLUSTER_DATA_DIR"):
+        user_data_dirs.add(Path(os.environ["FACECLUSTER_DATA_DIR"]).expanduser())
+    user_ray = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+    keep = {"FACECLUSTER_MODELS_DIR", "DEEPFACE_HOME", "FACECLUSTER_SHARED"}  # inputs the run reads, not services
+    settings_variables = {
+        name for section in SECTIONS.values() for info in section.model_fields.values() for name in variable_names(info)
+    }
+    ray_variables = {
+        "RAY_ADDRESS",
+        "RAY_JOB_ADDRESS",
+        "RAY_API_SERVER_ADDRESS",
+        "RAY_AUTH_TOKEN",
+        "RAY_AUTH_TOKEN_PATH",
+    }
+    for name in list(os.environ):
+        if name in keep:
+            continue
+        if name in settings_variables | ray_variables or name.removesuffix("_FILE") in settings_variables:
+            del os.environ[name]
+    scratch = Path(tempfile.mkdtemp(prefix="fc-tests-"))
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = str(scratch)  # every tmp_path, so every test's data directory
+    os.environ["RAY_TMPDIR"] = str(scratch)  # Ray's sessions and its record of the current cluster
+    os.environ["FACECLUSTER_DATA_DIR"] = str(scratch / "data")
+    os.environ["FACECLUSTER_EMBEDDED_DASHBOARD_PORT"] = "0"
+    os.environ[isolation_guard.VARIABLE] = json.dumps(
+        {
+            "forbidden_dirs": sorted(str(path.resolve()) for path in {*user_data_dirs, user_ray}),
+            "ports": list(isolation_guard.DEFAULT_PORTS),
+            "log": str(scratch / "guard.log"),
+        }
+    )
+    guard = str(Path(isolation_guard.__file__).parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [guard, os.environ.get("PYTHONPATH")]))
+    isolation_guard.install()
+    return scratch
+
+
+SCRATCH = isolate()
+GUARD_LOG = SCRATCH / "guard.log"
+
+
+def guard_violations(start: int = 0) -> list[dict[str, Any]]:
+    """What the guard refused since byte `start` of its log."""
+    if not GUARD_LOG.exists():
+        return []
+    with GUARD_LOG.open() as log:
+        log.seek(start)
+        return [json.loads(line) for line in log if line.strip()]
+
+
+@pytest.fixture(autouse=True)
+def _guarded() -> Iterator[None]:
+    """Fails a test that read the user's data directory or used a default port, in any of its processes."""
+    start = GUARD_LOG.stat().st_size if GUARD_LOG.exists() else 0
+    yield
+    refused = guard_violations(start)
+    if refused:
+        pytest.fail(
+            "the test reached the user's services or data: "
+            + "; ".join(f"{v['what']} (pid {v['pid']}, {' '.join(v['argv'])})\n{v['stack']}" for v in refused[:3])
+        )
+
+
+def survivors() -> list[psutil.Process]:
+    """Processes of this run (their command line or environment names its scratch folder), this one aside."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if str(SCRATCH) in " ".join(process.cmdline()) or str(SCRATCH) in process.environ().get("RAY_TMPDIR", ""):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run fails when the guard refused anything or a process it started outlives it (those are
+    killed), and leaves its scratch folder behind only then."""
+    import shutil
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    deadline = time.monotonic() + 30  # Ray's processes end a few seconds after their head
+    while (left := survivors()) and time.monotonic() < deadline:
+        time.sleep(1)
+    problems = [f"the guard refused: {v['what']} (pid {v['pid']}, {' '.join(v['argv'])})" for v in guard_violations()]
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            problems.append(f"a process of the run survived it: pid {process.pid}, {' '.join(process.cmdline())[:200]}")
+            process.kill()
+    if problems:
+        if reporter is not None:
+            for problem in problems:
+                reporter.write_line(f"ISOLATION: {problem}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 def _need(path: Path) -> Path:
@@ -77,19 +190,18 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # Ray Train's
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    """One local Ray for the whole session; never a cluster `ray start`ed on the machine."""
+    """One Ray head of the run's own for the whole session, this process its driver; never a cluster the
+    machine already runs."""
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=4,  # logical: keeps actor pools from starving the read tasks on 2 cores
-        include_dashboard=False,
-        object_store_memory=512 * 1024**2,
-        namespace="facecluster",
-        log_to_driver=os.environ.get("TEST_RAY_LOGS") == "1",
-    )
-    yield
-    ray.shutdown()
+    with started_head() as head:
+        ray.init(
+            address=head.gcs,
+            namespace="facecluster",
+            log_to_driver=os.environ.get("TEST_RAY_LOGS") == "1",
+        )
+        yield
+        ray.shutdown()
 
 
 def stop_embedded(data_dir: Path) -> None:
@@ -151,11 +263,13 @@ class RayHead(NamedTuple):
     gcs: str  # what RAY_ADDRESS takes
 
 
-@pytest.fixture
-def ray_head() -> Iterator[RayHead]:
-    """`ray start --head --block` on free loopback ports, stopped by SIGTERM (never `ray stop`)."""
+@contextmanager
+def started_head(**env_extra: str) -> Iterator[RayHead]:
+    """`ray start --head --block` on free loopback ports (4 logical CPUs: keeps actor pools from starving the
+    read tasks on 2 cores), `env_extra` in its environment, stopped by SIGTERM (never `ray stop`)."""
     dashboard, gcs = free_ports(2)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env |= env_extra
     env.pop("RAY_ADDRESS", None)
     command = head_command(gcs, dashboard, cpus=4, object_store_bytes=512 * 1024**2)
     head = subprocess.Popen(
@@ -172,14 +286,26 @@ def ray_head() -> Iterator[RayHead]:
             with urllib.request.urlopen(f"{address}/api/version", timeout=2) as response:
                 if response.status == 200:
                     break
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:  # up, and asking for Ray's token
+                break
         except OSError:
             pass
         assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
         time.sleep(0.5)
-    yield RayHead(address, f"127.0.0.1:{gcs}")
-    os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # its graceful stop takes about 30 s; the test is over
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=30)
+        yield RayHead(address, f"127.0.0.1:{gcs}")
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # its graceful stop takes about 30 s; the test is over
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+
+
+@pytest.fixture
+def ray_head() -> Iterator[RayHead]:
+    """A Ray head of the test's own (`started_head`)."""
+    with started_head() as head:
+        yield head
