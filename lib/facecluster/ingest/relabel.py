@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from facecluster.store.documents import LABEL_FIELDS
+
 #: A new face inherits an old face's labels when their boxes overlap at least this much.
 MIN_IOU = 0.5
-#: What a face carries over to the face that replaces it.
-LABEL_FIELDS = ("person_id", "cluster_id", "label_source", "rejected_persons", "person_similarity")
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -31,10 +31,10 @@ from facecluster.engine.faces import (
 )
 from facecluster.engine.quality import QUALITY_FIELDS
 from facecluster.engine.registry import Alignment
-from facecluster.ingest.relabel import LABEL_FIELDS, Relabelling, carry_labels, is_erased
+from facecluster.ingest.relabel import Relabelling, carry_labels, is_erased
 from facecluster.ingest.sources import S3Options, read_uri
 from facecluster.settings import Settings
-from facecluster.store.documents import FaceDoc, face_payload
+from facecluster.store.documents import FaceDoc, face_document, face_payload
 from facecluster.store.meta import FINAL_STATES, MetaStore
 
 if TYPE_CHECKING:  # the model actors import this module: Qdrant's client stays out of them
@@ -302,23 +302,20 @@ def write_batch(batch: Batch, ctx: IngestContext, meta: MetaStore, vectors: Vect
             fid = face_id(ctx.library, key, etag, index, ctx.detector_version)
             quality = dict(zip(QUALITY_FIELDS, (round(float(v), 4) for v in batch["quality"][i][index]), strict=True))
             labels = relabelled.inherited[position] or {}
-            face = {
-                "_id": fid,
-                "library": ctx.library,
-                "image": key,
-                "image_id": image_id(ctx.library, key),
-                "face_index": index,
-                "bbox": boxes[index],
-                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in batch["landmarks"][i][index]],
-                "score": round(float(batch["scores"][i][index]), 4),
-                "quality": quality,
-                "detector": ctx.detector_version,
-                "embedder": ctx.embedder_version,
-                "collection": ctx.collection,
-                "updated_at": now,
-                **{name: labels.get(name) for name in LABEL_FIELDS},
-                "rejected_persons": labels.get("rejected_persons") or [],
-            }
+            face = face_document(
+                face_id=fid,
+                library=ctx.library,
+                image=key,
+                image_id=image_id(ctx.library, key),
+                index=index,
+                bbox=boxes[index],
+                landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in batch["landmarks"][i][index]],
+                score=round(float(batch["scores"][i][index]), 4),
+                quality=quality,
+                versions=(ctx.detector_version, ctx.embedder_version, ctx.collection),
+                labels=labels,
+                at=now,
+            )
             ids.append(fid)
             rows.append(batch["vectors"][i][index])
             face_docs.append(face)

@@ -14,6 +14,8 @@ from typing import Any, Literal, TypedDict
 
 ImageStatus = Literal["done", "no_face", "error"]
 LabelSource = Literal["human", "auto"]
+#: A face's labels: what a re-read photo's new faces inherit from the faces they replace.
+LABEL_FIELDS = ("person_id", "cluster_id", "label_source", "rejected_persons", "person_similarity")
 
 
 class _Document(TypedDict):
@@ -179,6 +181,43 @@ class JobDoc(_Document, total=False):
     queued_at: dt.datetime
     started_at: dt.datetime
     finished_at: dt.datetime
+
+
+def face_document(
+    *,
+    face_id: str,
+    library: str,
+    image: str,
+    image_id: str,
+    index: int,
+    bbox: list[float],
+    landmarks: list[list[float]],
+    score: float,
+    quality: Mapping[str, float],
+    versions: tuple[str, str, str],
+    labels: Mapping[str, Any],
+    at: dt.datetime,
+) -> dict[str, Any]:
+    """A face as the ingest stores it: where it is, what the detector saw, the model versions (detector,
+    embedder, collection) and the labels it carries over from the face it replaces (none for a new one)."""
+    detector, embedder, collection = versions
+    return {
+        "_id": face_id,
+        "library": library,
+        "image": image,
+        "image_id": image_id,
+        "face_index": index,
+        "bbox": bbox,
+        "landmarks": landmarks,
+        "score": score,
+        "quality": dict(quality),
+        "detector": detector,
+        "embedder": embedder,
+        "collection": collection,
+        "updated_at": at,
+        **{name: labels.get(name) for name in LABEL_FIELDS},
+        "rejected_persons": labels.get("rejected_persons") or [],
+    }
 
 
 def face_payload(face: Mapping[str, Any]) -> dict[str, Any]:
