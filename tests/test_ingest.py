@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import shutil
 import socket
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,12 +96,10 @@ def test_ingest_records_every_photo_and_every_face(
     assert job is not None and job["status"] == "succeeded" and job["result"]["faces"] == 10
     exported = list(export_faces(meta, "event"))
     assert len(exported) == 10
-    # Qdrant's local storage commits through a write-ahead log (`journal_local_writes`).
-    databases = list((fault_settings.general.data_dir / "qdrant").rglob("storage.sqlite"))
-    for database in databases:
-        with contextlib.closing(sqlite3.connect(database)) as connection:
-            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",), database
-    assert databases
+    # The vectors are in the data directory's Qdrant Edge shards, with a write-ahead log each.
+    shards = fault_settings.general.data_dir / "vectors"
+    assert (shards / vectors.config.collection / "wal").is_dir()  # type: ignore[attr-defined]
+    assert not (fault_settings.general.data_dir / "qdrant").exists()
     assert set(exported[0]) == {"face_id", "image", "bbox", "score", "quality", "cluster_id", "person_id"}
 
 

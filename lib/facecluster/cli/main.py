@@ -699,7 +699,7 @@ def embedded_services(settings: Settings, *, stop: bool = False) -> dict[str, ob
     """What runs for the data directory (its Ray head, its MongoDB-wire server) and where the configured
     stores are; with `stop`, the embedded services are stopped first."""
     from facecluster.runtime import head_status, stop_embedded
-    from facecluster.store.embedded import embedded_status, local_qdrant_path
+    from facecluster.store.embedded import embedded_status, local_vectors_path
     from facecluster.store.mongo import mongo_hosts
 
     data_dir = settings.general.data_dir
@@ -709,7 +709,7 @@ def embedded_services(settings: Settings, *, stop: bool = False) -> dict[str, ob
     return {
         "data_dir": str(data_dir),
         "mongodb": mongo_hosts(configured.get_secret_value()) if configured else "embedded",
-        "qdrant": settings.stores.qdrant_url or f"embedded ({local_qdrant_path(settings)})",
+        "qdrant": settings.stores.qdrant_url or f"embedded Qdrant Edge ({local_vectors_path(settings)})",
         "ray": os.environ.get("RAY_ADDRESS") or "embedded",
         "embedded_ray": head_status(data_dir),
         "embedded_mongodb": embedded_status(data_dir),

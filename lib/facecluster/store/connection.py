@@ -1,26 +1,19 @@
 """Both stores at the active vector version: the configured servers, or the embedded ones under the data
-directory (Qdrant's local storage through the one actor that may open it)."""
+directory (the Qdrant Edge shards through the one actor that may open them)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
-
-import ray
 
 from facecluster.engine.embedder import FaceEmbedder
 from facecluster.engine.faces import load_embedder, model_version
 from facecluster.engine.projection import VectorSpace
-from facecluster.runtime import NAMESPACE, init_ray
+from facecluster.runtime import init_ray
 from facecluster.settings import Settings
-from facecluster.store.embedded import local_qdrant_path, mongo_uri
+from facecluster.store.embedded import local_vectors_path, mongo_uri
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import QdrantConfig, Vectors, collection_name
 from facecluster.store.versions import VersionedVectors, active_space, active_version, trained_versions
-
-if TYPE_CHECKING:  # Qdrant's client loads where it is used: a process that only calls the owner actor skips it
-    from facecluster.store.qdrant import QdrantVectors
 
 
 @dataclass(frozen=True)
@@ -37,82 +30,18 @@ def resolve_stores(settings: Settings, *, collection: str, dim: int) -> StoreCon
     qdrant = QdrantConfig(
         url=settings.stores.qdrant_url,
         api_key=settings.stores.qdrant_api_key.get_secret_value() if settings.stores.qdrant_api_key else None,
-        path=local_qdrant_path(settings),
+        path=local_vectors_path(settings),
         collection=collection,
         dim=dim,
     )
     return StoreConfig(mongo, settings.stores.mongo_db, qdrant, settings.stores.store_retries)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
-class LocalQdrantOwner:
-    """The one process that opens Qdrant's local storage; jobs and the API call it by name."""
-
-    def __init__(self, path: str) -> None:
-        from qdrant_client import QdrantClient
-
-        self.client = QdrantClient(path=path)
-        self.stores: dict[str, QdrantVectors] = {}
-
-    def call(self, config: QdrantConfig, method: str, *args: Any) -> Any:
-        store = self.stores.get(config.collection)
-        if store is None:
-            from facecluster.store.qdrant import QdrantVectors
-
-            store = self.stores[config.collection] = QdrantVectors(config, client=self.client)
-        return getattr(store, method)(*args)
-
-
-def local_qdrant_owner(path: str) -> Any:
-    """The owner actor of the local storage at `path`, started when it does not run (it outlives jobs)."""
-    name = "facecluster-qdrant-" + hashlib.sha1(path.encode(), usedforsecurity=False).hexdigest()[:12]
-    return LocalQdrantOwner.options(  # type: ignore[attr-defined]
-        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote(path)
-
-
-class OwnedVectors:
-    """`Vectors` whose calls run in the `LocalQdrantOwner` actor of the storage folder."""
-
-    def __init__(self, config: QdrantConfig) -> None:
-        assert config.path is not None
-        self.config = config
-        self.owner = local_qdrant_owner(config.path)
-
-    def _call(self, method: str, *args: Any) -> Any:
-        return ray.get(self.owner.call.remote(self.config, method, *args))
-
-    def ensure_collection(self) -> None:
-        self._call("ensure_collection")
-
-    def upsert(self, ids: Any, vectors: Any, payloads: Any) -> None:
-        self._call("upsert", ids, vectors, payloads)
-
-    def delete(self, ids: Any) -> int:
-        return int(self._call("delete", ids))
-
-    def ids(self, library: str | None = None) -> set[str]:
-        return set(self._call("ids", library))
-
-    def count(self) -> int:
-        return int(self._call("count"))
-
-    def fetch(self, ids: Any) -> Any:
-        return self._call("fetch", ids)
-
-    def set_payloads(self, updates: Any) -> None:
-        self._call("set_payloads", updates)
-
-    def search(self, queries: Any, limit: int, library: str | None = None) -> Any:
-        return self._call("search", queries, limit, library)
-
-    def delete_library(self, library: str) -> int:
-        return int(self._call("delete_library", library))
-
-
 def open_vectors(config: QdrantConfig, attempts: int) -> Vectors:
-    """A server client of its own, or the single owner of the local storage (Ray must be up)."""
+    """A server client of its own, or the owner of the embedded shards (Ray must be up)."""
     if config.local:
+        from facecluster.store.owner import OwnedVectors
+
         return OwnedVectors(config)
     from facecluster.store.qdrant import QdrantVectors
 
@@ -187,8 +116,8 @@ def open_space(base: QdrantConfig, space: VectorSpace, attempts: int) -> Vectors
 
 
 def open_qdrant(settings: Settings, config: StoreConfig, space: VectorSpace) -> tuple[Vectors, Vectors]:
-    """The faces and profiles collections of `space`, created when missing; Ray is started when the local
-    Qdrant storage needs its owner actor."""
+    """The faces and profiles collections of `space`, created when missing; Ray is started when the embedded
+    shards need their owner actor."""
     if config.qdrant.local:
         init_ray(settings)
     vectors = open_space(config.qdrant, space, settings.stores.store_retries)

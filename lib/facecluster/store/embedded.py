@@ -1,5 +1,5 @@
 """The embedded stores under the data directory: the MongoDB-wire server (nx-27017 on SQLite), started on
-demand, and the folder of Qdrant's local storage."""
+demand, and the folder of the Qdrant Edge shards."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ from facecluster.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def local_qdrant_path(settings: Settings) -> str | None:
-    """Qdrant's local storage folder under the data directory; None when `QDRANT_URL` names a server."""
-    return None if settings.stores.qdrant_url else str(settings.general.data_dir / "qdrant")
+def local_vectors_path(settings: Settings) -> str | None:
+    """The folder of the embedded Qdrant Edge shards under the data directory; None when `QDRANT_URL` names a
+    server."""
+    return None if settings.stores.qdrant_url else str(settings.general.data_dir / "vectors")
 
 
 def _port_file(folder: Path) -> Path:

@@ -1,9 +1,9 @@
-"""Face vectors in Qdrant, a server or the local mode: typed payloads, retried calls."""
+"""Face vectors on a Qdrant server (`QDRANT_URL`), or in qdrant-client's local mode as its stand-in in tests:
+typed payloads, retried calls."""
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -16,18 +16,14 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from facecluster.store.backoff import with_retries
-from facecluster.store.vectors import Hit, MissingVectors, QdrantConfig
+from facecluster.store.vectors import INDEXED_FIELDS, Hit, MissingVectors, QdrantConfig
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: Payload fields with an index (on a Qdrant server; the local mode has none).
+#: The indexed payload fields as a Qdrant server's schema types (the local mode indexes nothing).
 PAYLOAD_INDEXES: dict[str, models.PayloadSchemaType] = {
-    "library": models.PayloadSchemaType.KEYWORD,
-    "image": models.PayloadSchemaType.KEYWORD,
-    "person_id": models.PayloadSchemaType.KEYWORD,
-    "cluster_id": models.PayloadSchemaType.KEYWORD,
-    "quality": models.PayloadSchemaType.FLOAT,
+    field: models.PayloadSchemaType(kind) for field, kind in INDEXED_FIELDS.items()
 }
 _TRANSIENT = (ResponseHandlingException, httpx.TransportError, ConnectionError, TimeoutError)
 
@@ -38,39 +34,19 @@ def _library_filter(library: str | None) -> models.Filter | None:
     return models.Filter(must=[models.FieldCondition(key="library", match=models.MatchValue(value=library))])
 
 
-def journal_local_writes(client: QdrantClient) -> None:
-    """Qdrant's local mode commits every point in a SQLite transaction of its own, which waits for the disk
-    twice in the default journal: a thousand faces took 1.8 s, mostly waiting. Its collections' databases
-    are switched to write-ahead logging with `synchronous=NORMAL` (0.4 s): a crashed process loses nothing
-    committed and the files stay consistent; a power cut may lose the last commits, which `facecluster
-    check --repair` finds and restores. A client whose internals differ is left as it is."""
-    collections = getattr(getattr(client, "_client", None), "collections", None)
-    for collection in (collections or {}).values():
-        database = getattr(getattr(collection, "storage", None), "storage", None)
-        if isinstance(database, sqlite3.Connection):
-            database.execute("PRAGMA journal_mode=WAL")
-            database.execute("PRAGMA synchronous=NORMAL")
-
-
 class QdrantVectors:
     """`Vectors` on a Qdrant client; calls to a server are retried with backoff."""
 
-    def __init__(
-        self, config: QdrantConfig, *, attempts: int = 5, batch: int = 256, client: QdrantClient | None = None
-    ) -> None:
+    def __init__(self, config: QdrantConfig, *, attempts: int = 5, batch: int = 256) -> None:
         self.config = config
         self.attempts = attempts
         self.batch = batch
-        if client is not None:
-            self.client = client
-        elif config.local:
+        if config.local:  # the server client's own stand-in, for tests of this class without a server
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # local mode's advice to use a server for large sets
                 self.client = QdrantClient(path=config.path)
         else:
             self.client = QdrantClient(url=config.url, api_key=config.api_key, timeout=30)
-        if config.local:
-            journal_local_writes(self.client)
 
     def _call(self, call: Callable[[], T]) -> T:
         where = "local storage" if self.config.local else self.config.url
@@ -89,9 +65,7 @@ class QdrantVectors:
         except (UnexpectedResponse, ValueError) as exc:  # created meanwhile by another writer
             if not self.client.collection_exists(name):
                 raise exc
-        if self.config.local:
-            journal_local_writes(self.client)
-        else:
+        if not self.config.local:
             for field, schema in PAYLOAD_INDEXES.items():
                 self._call(partial(self.client.create_payload_index, name, field, schema, wait=True))
 

@@ -19,6 +19,16 @@ class MissingVectors(Conflict):
     """Faces stored in MongoDB whose vectors Qdrant lacks (`facecluster check --repair` mends them)."""
 
 
+#: Payload fields every vector store indexes, and their kinds: the filters searches, scrolls and deletions use.
+INDEXED_FIELDS: dict[str, str] = {
+    "library": "keyword",
+    "image": "keyword",
+    "person_id": "keyword",
+    "cluster_id": "keyword",
+    "quality": "float",
+}
+
+
 def collection_name(model_id: str, dim: int, kind: str = "faces") -> str:
     """The collection for one embedding model version: `faces_<model>_<dim>d` (`profiles_…` for profiles)."""
     slug = re.sub(r"[^a-z0-9]+", "_", model_id.lower()).strip("_")
@@ -36,7 +46,8 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class QdrantConfig:
-    """Where the vectors live: a server URL, or a folder for the local (embedded) mode."""
+    """Where the vectors live: a server URL, or the folder of the embedded Qdrant Edge shards (one shard
+    per collection)."""
 
     url: str | None
     api_key: str | None

@@ -1,0 +1,180 @@
+"""The embedded vector store's owner: the one process that opens the data directory's Qdrant Edge shards
+(an actor on the data directory's Ray head, called by name by jobs, the API and the CLI), which also
+builds each shard's HNSW index in a task of its own when enough points are unindexed, and swaps it in."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from facecluster.runtime import NAMESPACE
+from facecluster.store.edge import EdgeVectors, build_index
+from facecluster.store.migration import migrate_local_mode
+from facecluster.store.vectors import QdrantConfig
+
+log = logging.getLogger(__name__)
+
+#: Unindexed points past which a shard's index is built once writes pause (a brute-force search over this
+#: many 128-d vectors takes a few milliseconds).
+INDEX_THRESHOLD = 20_000
+#: Seconds without a write to a shard before its index is built; past `INDEX_FORCE` unindexed points it is
+#: built during writes too, unless a build was outrun by writes in the last `INDEX_BACKOFF_S`.
+INDEX_QUIET_S = 10.0
+INDEX_FORCE = 200_000
+INDEX_BACKOFF_S = 300.0
+#: Writes kept for replay on the copy being indexed; past this the build is dropped.
+MAX_PENDING_OPERATIONS = 512
+FLUSH_EVERY_S = 30.0
+_WRITES = {"upsert", "delete", "set_payloads", "delete_library"}
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def _build(staging: str) -> None:
+    build_index(staging)
+
+
+class _Shard:
+    """A shard the owner serves, with its writes' times and its index build."""
+
+    def __init__(self, store: EdgeVectors) -> None:
+        self.store = store
+        self.written_at = 0.0
+        self.flushed_at = time.monotonic()
+        self.build: Any = None  # the running build task's ref
+        self.abandoned_at = -INDEX_BACKOFF_S
+        self.left_unindexed = 0  # after the last build: segments too small for Qdrant to index stay so
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
+class LocalVectorsOwner:
+    """Serves `Vectors` calls on the shards under `root`; on its first start, copies a data directory's
+    earlier local-mode collections into shards."""
+
+    def __init__(self, root: str) -> None:
+        migrate_local_mode(Path(root))
+        self.root = root
+        self.shards: dict[str, _Shard] = {}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._housekeeping, name="vectors-housekeeping", daemon=True).start()
+
+    def _shard(self, config: QdrantConfig) -> _Shard:
+        shard = self.shards.get(config.collection)
+        if shard is None:
+            shard = self.shards[config.collection] = _Shard(EdgeVectors(config))
+        return shard
+
+    def call(self, config: QdrantConfig, method: str, *args: Any) -> Any:
+        with self.lock:
+            shard = self._shard(config)
+            result = getattr(shard.store, method)(*args)
+            if method in _WRITES:
+                shard.written_at = time.monotonic()
+                if shard.store.pending is not None and len(shard.store.pending) > MAX_PENDING_OPERATIONS:
+                    self._abandon(shard, "writes outran it")
+            return result
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each open shard's points, unindexed points and whether its index is being built."""
+        with self.lock:
+            return {
+                name: {"points": s.store.count(), "unindexed": s.store.unindexed(), "building": s.build is not None}
+                for name, s in self.shards.items()
+            }
+
+    def _abandon(self, shard: _Shard, why: str) -> None:
+        log.info("the index build of %s is dropped: %s", shard.store.folder, why)
+        ray.cancel(shard.build, force=True)
+        shard.build = None
+        shard.abandoned_at = time.monotonic()
+        shard.store.abandon_indexing()
+
+    def _housekeeping(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self.lock:
+                for shard in self.shards.values():
+                    try:
+                        self._tend(shard)
+                    except Exception:  # the shard keeps serving without its index; the next round tries again
+                        log.exception("housekeeping of %s failed", shard.store.folder)
+
+    def _tend(self, shard: _Shard) -> None:
+        """Swap in a finished index, start a due one, flush what was written since the last flush."""
+        now = time.monotonic()
+        if shard.build is not None:
+            ready, _ = ray.wait([shard.build], timeout=0)
+            if ready:
+                try:
+                    ray.get(shard.build)
+                except Exception as exc:
+                    self._abandon(shard, f"it failed: {exc}")
+                else:
+                    shard.build = None
+                    shard.store.finish_indexing()
+                    shard.flushed_at = now
+                    shard.left_unindexed = shard.store.unindexed()
+        elif shard.written_at and (unindexed := shard.store.unindexed()) - shard.left_unindexed >= INDEX_THRESHOLD:
+            quiet = now - shard.written_at >= INDEX_QUIET_S
+            forced = unindexed >= INDEX_FORCE and now - shard.abandoned_at >= INDEX_BACKOFF_S
+            if quiet or forced:
+                log.info("building the HNSW index of %s (%d points unindexed)", shard.store.folder, unindexed)
+                shard.build = _build.remote(str(shard.store.start_indexing()))
+        if shard.written_at > shard.flushed_at and now - shard.flushed_at >= FLUSH_EVERY_S:
+            shard.store.flush()  # the write-ahead log already holds every write; this keeps its replay short
+            shard.flushed_at = now
+
+
+def owner_name(root: str) -> str:
+    return "facecluster-qdrant-" + hashlib.sha1(root.encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+def local_vectors_owner(root: str) -> Any:
+    """The owner actor of the shards under `root`, started when it does not run (it outlives jobs)."""
+    return LocalVectorsOwner.options(  # type: ignore[attr-defined]
+        name=owner_name(root), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(root)
+
+
+class OwnedVectors:
+    """`Vectors` whose calls run in the owner actor of the embedded shards."""
+
+    def __init__(self, config: QdrantConfig) -> None:
+        assert config.path is not None
+        self.config = config
+        self.owner = local_vectors_owner(config.path)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return ray.get(self.owner.call.remote(self.config, method, *args))
+
+    def ensure_collection(self) -> None:
+        self._call("ensure_collection")
+
+    def upsert(self, ids: Any, vectors: Any, payloads: Any) -> None:
+        self._call("upsert", ids, vectors, payloads)
+
+    def delete(self, ids: Any) -> int:
+        return int(self._call("delete", ids))
+
+    def ids(self, library: str | None = None) -> set[str]:
+        return set(self._call("ids", library))
+
+    def count(self) -> int:
+        return int(self._call("count"))
+
+    def fetch(self, ids: Any) -> Any:
+        return self._call("fetch", ids)
+
+    def set_payloads(self, updates: Any) -> None:
+        self._call("set_payloads", updates)
+
+    def search(self, queries: Any, limit: int, library: str | None = None) -> Any:
+        return self._call("search", queries, limit, library)
+
+    def delete_library(self, library: str) -> int:
+        return int(self._call("delete_library", library))

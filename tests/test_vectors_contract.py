@@ -1,0 +1,196 @@
+"""One contract for both vector stores: the embedded Qdrant Edge shards and the Qdrant server client (on
+qdrant-client's local mode, which speaks the server client's API), so the `QDRANT_URL` path keeps its
+coverage. Then what only the Edge store does: indexes built off the request path, and recovery."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from facecluster.store.edge import STAGING_SUFFIX, SWAP_SUFFIX, EdgeVectors, ShardUnavailable, build_index
+from facecluster.store.migration import MIGRATING_FOLDER, migrate_local_mode
+from facecluster.store.qdrant import QdrantVectors
+from facecluster.store.vectors import MissingVectors, QdrantConfig
+
+pytestmark = pytest.mark.fast
+DIM = 8
+Store = EdgeVectors | QdrantVectors
+
+
+def config(folder: Path, collection: str = "faces_test_8d") -> QdrantConfig:
+    return QdrantConfig(url=None, api_key=None, path=str(folder), collection=collection, dim=DIM)
+
+
+@pytest.fixture(params=["edge", "server client"])
+def vectors(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store: Store = EdgeVectors(config(tmp_path)) if request.param == "edge" else QdrantVectors(config(tmp_path))
+    store.ensure_collection()
+    yield store
+    store.close()
+
+
+def unit(rows: int, seed: int = 0) -> NDArray[np.float32]:
+    vectors = np.random.default_rng(seed).normal(size=(rows, DIM)).astype(np.float32)
+    normed: NDArray[np.float32] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return normed
+
+
+def ids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def fill(store: Store, n: int = 10) -> tuple[list[str], NDArray[np.float32]]:
+    """`n` points, the even ones in library `a`, the odd ones in `b`."""
+    points, vectors = ids(n), unit(n)
+    store.upsert(points, vectors, [{"library": "ab"[i % 2], "image": f"{i}.jpg"} for i in range(n)])
+    return points, vectors
+
+
+def test_points_are_counted_listed_and_fetched_in_order(vectors: Store) -> None:
+    points, rows = fill(vectors)
+    assert vectors.count() == 10
+    assert vectors.ids() == set(points)
+    assert vectors.ids("a") == set(points[0::2]) and vectors.ids("nobody") == set()
+    order = [points[3], points[0], points[7]]
+    assert np.allclose(vectors.fetch(order), rows[[3, 0, 7]], atol=1e-6)
+    with pytest.raises(MissingVectors, match="1 faces have no vector"):
+        vectors.fetch([points[0], str(uuid.uuid4())])
+    vectors.upsert(points[:2], unit(2, seed=1), [{"library": "a"}, {"library": "b"}])  # same ids: replaced
+    assert vectors.count() == 10 and np.allclose(vectors.fetch(points[:2]), unit(2, seed=1), atol=1e-6)
+    vectors.ensure_collection()  # again: nothing changes
+    assert vectors.count() == 10
+
+
+def test_search_finds_the_nearest_within_a_library_with_payloads(vectors: Store) -> None:
+    points, rows = fill(vectors)
+    hits = vectors.search(rows[[2, 3]], limit=3, library="a")
+    assert [len(h) for h in hits] == [3, 3]
+    assert hits[0][0].id == points[2] and hits[0][0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert hits[0][0].payload == {"library": "a", "image": "2.jpg"}
+    assert all(hit.payload["library"] == "a" for hit in hits[1])
+    assert hits[0][0].similarity >= hits[0][1].similarity >= hits[0][2].similarity
+    assert vectors.search(rows[:2], limit=0) == [[], []]
+    assert vectors.search(rows[:0], limit=3) == []
+
+
+def test_payloads_are_set_on_the_points_named(vectors: Store) -> None:
+    points, rows = fill(vectors)
+    vectors.set_payloads([({"cluster_id": "clu_1"}, points[:2]), ({"person_id": "per_1"}, [points[2]]), ({}, [])])
+    found = {hit.id: hit.payload for hit in vectors.search(rows[:3], limit=1)[0] + vectors.search(rows[1:3], 1)[1]}
+    assert found[points[0]]["cluster_id"] == "clu_1" and found[points[0]]["library"] == "a"
+    assert found[points[2]]["person_id"] == "per_1"
+
+
+def test_deletions_say_how_many_points_there_were(vectors: Store) -> None:
+    points, _ = fill(vectors)
+    assert vectors.delete([points[0], points[1], str(uuid.uuid4())]) == 2
+    assert vectors.delete([]) == 0
+    assert vectors.count() == 8 and points[0] not in vectors.ids()
+    assert vectors.delete_library("a") == 4
+    assert vectors.ids() == set(points[3::2]) and vectors.delete_library("a") == 0
+
+
+def test_a_collection_never_created_holds_nothing(tmp_path: Path) -> None:
+    for store in (EdgeVectors(config(tmp_path / "edge")), QdrantVectors(config(tmp_path / "local"))):
+        assert store.delete([str(uuid.uuid4())]) == 0 and store.delete_library("a") == 0
+        store.set_payloads([({"cluster_id": "clu_1"}, [str(uuid.uuid4())])])
+        store.close()
+
+
+def test_edge_points_survive_a_reopen(tmp_path: Path) -> None:
+    store = EdgeVectors(config(tmp_path))
+    points, rows = fill(store, 50)
+    store.close()
+    again = EdgeVectors(config(tmp_path))
+    assert again.ids() == set(points) and np.allclose(again.fetch(points), rows, atol=1e-6)
+    again.close()
+
+
+def test_writes_during_an_index_build_are_replayed_on_the_indexed_copy(tmp_path: Path) -> None:
+    store = EdgeVectors(config(tmp_path))
+    points, rows = fill(store, 3000)
+    staging = store.start_indexing()
+    more, more_rows = ids(5), unit(5, seed=2)
+    store.upsert(more, more_rows, [{"library": "c"}] * 5)  # while the copy is being indexed
+    assert store.delete(points[:10]) == 10
+    store.set_payloads([({"cluster_id": "clu_9"}, [points[10]])])
+    build_index(str(staging))
+    store.finish_indexing()
+    assert store.count() == 3000 - 10 + 5
+    assert store.ids("c") == set(more) and np.allclose(store.fetch(more), more_rows, atol=1e-6)
+    assert store.search(rows[10:11], limit=1)[0][0].payload["cluster_id"] == "clu_9"
+    assert not staging.exists() and not any(p.name.endswith((".old", SWAP_SUFFIX)) for p in tmp_path.iterdir())
+    store.close()
+
+
+def test_a_half_done_swap_is_finished_or_undone_on_open(tmp_path: Path) -> None:
+    store = EdgeVectors(config(tmp_path))
+    points, _ = fill(store, 20)
+    staging = store.start_indexing()
+    store.upsert(ids(1), unit(1), [{"library": "a"}])  # acknowledged, not in the copy
+    store.close()  # killed here: no swap mark, so the copy is dropped and the shard has every write
+    again = EdgeVectors(config(tmp_path))
+    assert again.count() == 21 and not staging.exists()
+    staging = again.start_indexing()
+    again.pending = None
+    again.close()
+    Path(str(staging).removesuffix(STAGING_SUFFIX) + SWAP_SUFFIX).touch()  # killed after marking the copy complete
+    third = EdgeVectors(config(tmp_path))
+    assert third.ids() >= set(points) and third.count() == 21 and not staging.exists()
+    third.close()
+
+
+def test_a_shard_that_does_not_open_is_named_never_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "faces_test_8d"
+    folder.mkdir()
+    (folder / "wal").write_text("not a write-ahead log")
+    with pytest.raises(ShardUnavailable, match="faces_test_8d"):
+        EdgeVectors(config(tmp_path)).ensure_collection()
+    assert (folder / "wal").read_text() == "not a write-ahead log"
+
+
+def local_mode_folder(data: Path) -> dict[str, tuple[list[str], NDArray[np.float32]]]:
+    """A data directory's vectors as the code before Qdrant Edge stored them: qdrant-client's local mode in
+    `qdrant/`, a faces and a profiles collection, labelled faces among them."""
+    written: dict[str, tuple[list[str], NDArray[np.float32]]] = {}
+    for collection, n in (("faces_test_8d", 300), ("profiles_test_8d", 3)):
+        store = QdrantVectors(config(data / "qdrant", collection))
+        store.ensure_collection()
+        points, rows = ids(n), unit(n, seed=n)
+        payloads = [{"library": "a", "person_id": f"per_{i % 4}", "cluster_id": None} for i in range(n)]
+        store.upsert(points, rows, payloads)
+        written[collection] = (points, rows)
+        store.close()
+    return written
+
+
+def test_a_local_mode_data_directory_moves_to_edge_losing_nothing(tmp_path: Path) -> None:
+    written = local_mode_folder(tmp_path)
+    assert migrate_local_mode(tmp_path / "vectors") == 303
+    for collection, (points, rows) in written.items():
+        store = EdgeVectors(config(tmp_path / "vectors", collection))
+        assert store.ids() == set(points) and np.allclose(store.fetch(points), rows, atol=1e-6)
+        hit = store.search(rows[1:2], limit=1)[0][0]
+        assert hit.id == points[1] and hit.payload == {"library": "a", "person_id": "per_1", "cluster_id": None}
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors"]  # the local-mode copy is gone
+    assert migrate_local_mode(tmp_path / "vectors") == 0  # once
+
+
+def test_an_interrupted_migration_resumes(tmp_path: Path) -> None:
+    written = local_mode_folder(tmp_path)
+    (tmp_path / "qdrant").rename(tmp_path / MIGRATING_FOLDER)  # killed while copying the faces:
+    points, rows = written["faces_test_8d"]
+    partial = EdgeVectors(config(tmp_path / "vectors", "faces_test_8d"))
+    partial.upsert(points[:100], rows[:100], [{"library": "a"}] * 100)
+    partial.close()
+    migrate_local_mode(tmp_path / "vectors")
+    store = EdgeVectors(config(tmp_path / "vectors", "faces_test_8d"))
+    assert store.ids() == set(points) and store.search(rows[:1], limit=1)[0][0].payload["person_id"] == "per_0"
+    store.close()
+    assert not (tmp_path / MIGRATING_FOLDER).exists()
