@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 
 from facecluster.engine.decode import decode_image
 from facecluster.engine.faces import FaceEngine
-from facecluster.runtime import free_port, free_ports, head_command
+from facecluster.ports import free_port, free_ports
+from facecluster.runtime import head_command
 from facecluster.settings import SECTIONS, Settings, variable_names
 
 from .isolation import isolation_guard

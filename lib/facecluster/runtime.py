@@ -16,18 +16,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
 
+from facecluster.names import RAY_NAMESPACE
+from facecluster.ports import free_ports
 from facecluster.settings import Settings, file_references
 
 log = logging.getLogger(__name__)
-
-#: The Ray namespace of facecluster's named actors.
-NAMESPACE = "facecluster"
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def init_ray(settings: Settings) -> None:
     level = logging.getLevelNamesMapping().get(settings.general.log_level.upper(), logging.INFO)
     configured = os.environ.get("RAY_ADDRESS")
     if configured:
-        ray.init(address=configured, namespace=NAMESPACE, logging_level=level, log_to_driver=True)
+        ray.init(address=configured, namespace=RAY_NAMESPACE, logging_level=level, log_to_driver=True)
         return
     env = worker_env(settings, secrets_dir=head_folder(settings.general.data_dir) / "secrets")
     head, started = ensure_head(settings, env)
@@ -61,7 +60,9 @@ def init_ray(settings: Settings) -> None:
     # would change nothing in them, and it adds a second to the start of every actor.
     same = head.worker_env_digest == env_digest(env)
     runtime_env = None if same else {"env_vars": env}
-    ray.init(address=head.gcs, namespace=NAMESPACE, logging_level=level, log_to_driver=True, runtime_env=runtime_env)
+    ray.init(
+        address=head.gcs, namespace=RAY_NAMESPACE, logging_level=level, log_to_driver=True, runtime_env=runtime_env
+    )
     if started:
         start_head_services(settings)
 
@@ -148,25 +149,6 @@ def head_auth(data_dir: Path) -> dict[str, str]:
         token.touch(mode=0o600)
         token.write_text(secrets.token_hex(32))
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
-    """`count` different ports free on loopback, none of them in `taken`. The sockets are held open until
-    all are chosen: a port just closed may be handed out again, and a Ray head given one port for two of
-    its components does not start."""
-    with contextlib.ExitStack() as sockets:
-        ports: list[int] = []
-        while len(ports) < count:
-            sock = sockets.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-            if port not in taken:
-                ports.append(port)
-        return ports
 
 
 def head_command(gcs_port: int, dashboard_port: int, cpus: int, object_store_bytes: int | None = None) -> list[str]:

@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from facecluster.engine.decode import IMAGE_SUFFIXES
-from facecluster.runtime import free_port, scratch_data_dir
+from facecluster.ports import free_port
+from facecluster.runtime import scratch_data_dir
 from facecluster.settings import Settings
 
 ROUTES = ("/detect-face", "/api/v1/faces/search")

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from facecluster.runtime import NAMESPACE
+from facecluster.names import RAY_NAMESPACE
 from facecluster.store.edge import EdgeVectors, build_index
 from facecluster.store.migration import migrate_local_mode
 from facecluster.store.vectors import QdrantConfig
@@ -137,7 +137,7 @@ def owner_name(root: str) -> str:
 def local_vectors_owner(root: str) -> Any:
     """The owner actor of the shards under `root`, started when it does not run (it outlives jobs)."""
     return LocalVectorsOwner.options(  # type: ignore[attr-defined]
-        name=owner_name(root), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=owner_name(root), namespace=RAY_NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote(root)
 
 
