@@ -72,3 +72,32 @@ def test_the_ingest_writers_leave_qdrants_client_to_the_storage_owner() -> None:
     # On the embedded default the writer actors call the local storage's owner actor: without Qdrant's
     # client (a second of imports) they start sooner beside the model actors.
     assert loaded_with("facecluster.ingest.writer", ("qdrant_client", "facecluster.ingest.pipeline")) == []
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No import circle among facecluster's modules, imports inside functions included."""
+    names = {".".join(("facecluster", *p.relative_to(LIB).with_suffix("").parts)).removesuffix(".__init__"): p
+             for p in _modules()}  # fmt: skip
+    graph = {
+        name: {
+            target
+            for imported in _imports(path)
+            if (target := next((m for m in (imported, imported.rsplit(".", 1)[0]) if m in names), None))
+            and target != name
+            and not (name == "facecluster" or target == "facecluster")
+        }
+        for name, path in names.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != 1, " -> ".join([*trail[trail.index(nxt) :], nxt]) if nxt in trail else nxt
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
