@@ -131,9 +131,12 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         query = {} if library is None else {"library": library}
         return {doc["_id"] for doc in self.call(lambda: list(self.db.faces.find(query, {"_id": 1})))}
 
-    def iter_faces(self, library: str) -> Iterator[FaceDoc]:
-        found = self.call(lambda: list(self.db.faces.find({"library": library}).sort("_id", ASCENDING)))
-        yield from cast(list[FaceDoc], found)
+    def iter_faces(self, library: str, fields: Sequence[str] | None = None) -> Iterator[FaceDoc]:
+        """A library's faces (only `fields`, when given) in `_id` order, streamed a batch at a time: a
+        library of a million faces is never one list."""
+        projection = None if fields is None else dict.fromkeys(fields, 1)
+        cursor = self.call(lambda: self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING))
+        yield from cast(Iterator[FaceDoc], cursor.batch_size(2000))
 
     def faces_by_id(self, ids: Sequence[str]) -> list[FaceDoc]:
         return cast(list[FaceDoc], self.call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}}))))
