@@ -366,11 +366,17 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         self.put("clusters", cluster_id, doc)
 
     def recount_clusters(self, cluster_ids: Iterable[str]) -> None:
-        """Set clusters' sizes to the faces they hold now (a count, not an increment: safe to retry)."""
-        operations = [
-            UpdateOne({"_id": cluster}, {"$set": {"size": self.count("faces", {"cluster_id": cluster})}})
-            for cluster in sorted(set(cluster_ids))
+        """Set clusters' sizes to the faces they hold now (a count, not an increment: safe to retry), counted in
+        one pass over the faces (a count per cluster is a scan of every face on the embedded server)."""
+        wanted = sorted(set(cluster_ids))
+        if not wanted:
+            return
+        pipeline: list[Doc] = [
+            {"$match": {"cluster_id": {"$in": wanted}}},
+            {"$group": {"_id": "$cluster_id", "n": {"$sum": 1}}},
         ]
+        sizes = {row["_id"]: int(row["n"]) for row in self._aggregate(pipeline)}
+        operations = [UpdateOne({"_id": cluster}, {"$set": {"size": sizes.get(cluster, 0)}}) for cluster in wanted]
         if operations:
             self.call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
 
