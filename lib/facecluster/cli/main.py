@@ -244,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiling.add_argument("--tiles", type=_batch_sizes, default=[1, 2, 3])
     listing = bench_actions.add_parser("listing", help="the ingest driver's memory listing S3 vs a manifest")
     listing.add_argument("--sizes", type=_batch_sizes, default=[2_000, 20_000], help="bucket sizes, in keys")
+    scale = bench_actions.add_parser("scale", help="every library-wide operation on a library of N faces")
+    scale.add_argument("--faces", type=int, required=True, help="library size, e.g. 100000 or 1000000")
+    scale.add_argument("--images", type=_existing_path, required=True, help="photos whose faces seed the set")
+    scale.add_argument("--clients", type=int, default=8, help="concurrent face searches")
+    scale.add_argument("--search-seconds", type=float, default=30.0)
     ingest = bench_actions.add_parser("ingest", help="model-only bound vs naive loop vs the Ray pipeline")
     ingest.add_argument("source", metavar="SOURCE", help="a folder or s3://bucket/prefix")
     ingest.add_argument("--limit", type=int, default=None, help="the first N photos of the source")
@@ -683,6 +688,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from facecluster.eval.bench_listing import bench_listing
 
         emit(bench_listing(settings, args.sizes))
+        return 0
+    if args.action == "scale":
+        from facecluster.eval.bench_scale import bench_scale
+
+        emit(bench_scale(settings, args.images, args.faces, clients=args.clients, search_s=args.search_seconds))
         return 0
     if args.action == "engine":
         emit(bench_engine(settings, images=args.images, batch_sizes=args.batch_sizes, repeats=args.repeats))

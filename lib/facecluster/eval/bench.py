@@ -93,7 +93,7 @@ def bench_engine(
     }
 
 
-class _PeakMemory:
+class PeakMemory:
     """Peak memory of this process and all its descendants (Ray workers, the embedded stores) as PSS:
     pages they share (libraries, the object store) are divided among them, not counted in each. Reading
     PSS walks each process's page tables (a third of a core at two samples a second while the pipeline
@@ -120,7 +120,7 @@ class _PeakMemory:
             self.peak = max(self.peak, self._sample())
             self._stop.wait(max(self.interval, 20 * (time.perf_counter() - started)))
 
-    def __enter__(self) -> _PeakMemory:
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -202,7 +202,7 @@ def bench_ingest(
             report["ray_start_s"] = round(time.perf_counter() - start, 2)
             for run, library in (("c", None), ("cw", "bench-warm-head")):
                 if run == "c" or "cw" in runs:
-                    with _PeakMemory() as memory:
+                    with PeakMemory() as memory:
                         start = time.perf_counter()
                         summary = run_ingest(scoped, source_spec, library=library, limit=limit)
                         seconds = time.perf_counter() - start
@@ -211,13 +211,13 @@ def bench_ingest(
         report["faces"] = summary.faces
     if "a" in runs:  # (a) Model-only bound: the working copies are decoded beforehand and not timed.
         works = [w for w in map(working, (item.uri for item in items)) if w is not None]
-        with _PeakMemory() as memory:
+        with PeakMemory() as memory:
             start = time.perf_counter()
             faces = sum(models(works[first : first + batch]) for first in range(0, len(works), batch))
             report["a_model_only"] = _rates(len(works), faces, time.perf_counter() - start, memory.peak)
         del works
     if "a2" in runs:  # (a2) Decode-inclusive bound: read, reduced decode, detect, align, embed, batched.
-        with _PeakMemory() as memory:
+        with PeakMemory() as memory:
             start = time.perf_counter()
             faces = done = 0
             for first in range(0, len(items), batch):
@@ -226,7 +226,7 @@ def bench_ingest(
                 done += len(chunk)
             report["a2_decode_and_models"] = _rates(done, faces, time.perf_counter() - start, memory.peak)
     if "b" in runs:  # (b) Naive loop: read, full decode, detect one photo, embed one face at a time.
-        with _PeakMemory() as memory:
+        with PeakMemory() as memory:
             start = time.perf_counter()
             faces = done = 0
             for item in items:
@@ -295,6 +295,17 @@ def _cluster_once(vectors: NDArray[np.float32], method: Method, threshold: float
     }
 
 
+def grow(
+    base: NDArray[np.float32], size: int, rng: np.random.Generator
+) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """`size` unit vectors: the real ones first, then noisy copies of random ones at cosine ~0.8 to their
+    original, like further photos of the same person; and which real vector each one is."""
+    sigma = np.sqrt((1 / 0.8**2 - 1) / base.shape[1])
+    picks = np.concatenate([np.arange(len(base)), rng.integers(0, len(base), max(0, size - len(base)))])[:size]
+    grown = base[picks] + (np.arange(size) >= len(base))[:, None] * rng.normal(0, sigma, (size, base.shape[1]))
+    return picks, (grown / np.linalg.norm(grown, axis=1, keepdims=True)).astype(np.float32)
+
+
 def bench_cluster(
     settings: Settings, images: Path, sizes: list[int], *, method: Method | None = None
 ) -> dict[str, Any]:
@@ -312,14 +323,10 @@ def bench_cluster(
     found = embed_central_faces(engine, paths)
     base = np.stack([v for v in found.values() if v is not None]).astype(np.float32)
     rng = np.random.default_rng(0)
-    # Copies at cosine ~0.8 to their original: like further photos of the same person.
-    sigma = np.sqrt((1 / 0.8**2 - 1) / base.shape[1])
     rows = []
     context = multiprocessing.get_context("spawn")
     for size in sizes:
-        picks = np.concatenate([np.arange(len(base)), rng.integers(0, len(base), max(0, size - len(base)))])[:size]
-        grown = base[picks] + (np.arange(size) >= len(base))[:, None] * rng.normal(0, sigma, (size, base.shape[1]))
-        grown = (grown / np.linalg.norm(grown, axis=1, keepdims=True)).astype(np.float32)
+        _, grown = grow(base, size, rng)
         with context.Pool(1) as pool:
             rows.append(pool.apply(_cluster_once, (grown, chosen, spec.cluster_thresholds[chosen], 20)))
     return {

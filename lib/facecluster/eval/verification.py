@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,11 @@ def embed_central_faces(
     """The vector of the most central face of each image; None where no face was found."""
     vectors: dict[Path, NDArray[np.float32] | None] = {}
     todo = list(dict.fromkeys(paths))
+    said = time.monotonic()
     for start in range(0, len(todo), chunk):
+        if time.monotonic() - said >= 10:
+            log.info("progress: %d of %d photos embedded", start, len(todo))
+            said = time.monotonic()
         batch_paths = todo[start : start + chunk]
         images, kept = [], []
         for path in batch_paths:
