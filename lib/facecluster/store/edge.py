@@ -16,7 +16,7 @@ import qdrant_edge as edge
 from numpy.typing import NDArray
 
 from facecluster.store.backoff import BackendUnavailable
-from facecluster.store.vectors import INDEXED_FIELDS, Hit, MissingVectors, QdrantConfig
+from facecluster.store.vectors import INDEXED_FIELDS, Hit, QdrantConfig, in_order
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +183,7 @@ class EdgeVectors:
     def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]:
         """The vectors of `ids`, in order; a missing one is an error that names it."""
         found = {str(record.id): record.vector for record in self._found(ids, vectors=True)}
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise MissingVectors(
-                f"{len(missing)} faces have no vector (first: {missing[0]}); run `facecluster check --repair`"
-            )
-        return np.array([found[i] for i in ids], dtype=np.float32).reshape(len(ids), self.config.dim)
+        return in_order(found, ids, self.config.dim)
 
     def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
         """Set payload fields on groups of points: [(fields, point ids), …]; points not stored are passed over."""

@@ -16,7 +16,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from facecluster.store.backoff import with_retries
-from facecluster.store.vectors import INDEXED_FIELDS, Hit, MissingVectors, QdrantConfig
+from facecluster.store.vectors import INDEXED_FIELDS, Hit, QdrantConfig, in_order
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -128,12 +128,7 @@ class QdrantVectors:
                 partial(self.client.retrieve, self.config.collection, chunk, with_payload=False, with_vectors=True)
             )
             found.update({str(p.id): p.vector for p in points})  # type: ignore[misc]
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise MissingVectors(
-                f"{len(missing)} faces have no vector (first: {missing[0]}); run `facecluster check --repair`"
-            )
-        return np.array([found[i] for i in ids], dtype=np.float32).reshape(len(ids), self.config.dim)
+        return in_order(found, ids, self.config.dim)
 
     def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
         """Set payload fields on groups of points: [(fields, point ids), …], in batched requests."""

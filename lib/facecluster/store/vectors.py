@@ -5,7 +5,7 @@ that only holds an owner actor's handle or a protocol type stays light."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +58,16 @@ class QdrantConfig:
     @property
     def local(self) -> bool:
         return self.url is None
+
+
+def in_order(found: Mapping[str, Any], ids: Sequence[str], dim: int) -> NDArray[np.float32]:
+    """The vectors `found` (point id → vector) of `ids`, in order; a missing one is an error that names it."""
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise MissingVectors(
+            f"{len(missing)} faces have no vector (first: {missing[0]}); run `facecluster check --repair`"
+        )
+    return np.array([found[i] for i in ids], dtype=np.float32).reshape(len(ids), dim)
 
 
 class Vectors(Protocol):
