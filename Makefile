@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/MANIFEST.json),)
 export FACECLUSTER_MODELS_DIR ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual faces-train-matching faces-pipeline-full train-rollback eval-train serve assign eval-cluster bench-cluster bench-serve test test-fast lint format typecheck pytest dev models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
+.PHONY: help setup run ingest check detect faces-backfill faces-cluster faces-cluster-dual faces-assign faces-stats faces-pipeline-dual faces-train-matching faces-pipeline-full train-rollback eval-train serve assign eval-cluster bench-cluster bench-serve bench-scale test test-fast lint format typecheck pytest dev models-verify eval-verify eval-detect eval-enrol bench-engine bench-ingest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -88,6 +88,9 @@ bench-serve: setup ## 32 clients posting 1-megapixel photos to /detect-face and 
 
 bench-cluster: setup ## clustering time and memory at 10k, 30k and 100k faces
 	$(BIN)/facecluster bench cluster --images $(SHARED)/data/lfw/images
+
+bench-scale: setup ## every library-wide operation on a library of FACES faces (default 100000) grown from LFW
+	$(BIN)/facecluster bench scale --faces $(or $(FACES),100000) --images $(SHARED)/data/lfw/images
 
 bench-ingest: setup ## model-only bound vs naive loop vs the Ray pipeline on LFW
 	$(BIN)/facecluster bench ingest $(SHARED)/data/lfw/images
