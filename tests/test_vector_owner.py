@@ -6,20 +6,19 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
-from ray.util.state import list_actors
 
-from facecluster.store.owner import OwnedVectors, owner_name
+from facecluster.store.owner import OwnedVectors
 from facecluster.store.vectors import QdrantConfig
 
 from .test_vectors_contract import DIM, ids, local_mode_folder, unit
 
 
-def owner_pid(root: Path) -> int:
-    [actor] = list_actors(filters=[("name", "=", owner_name(str(root))), ("state", "=", "ALIVE")])
-    return int(actor.pid)
+def owner_pid(owner: Any) -> int:
+    return int(ray.get(owner.__ray_call__.remote(lambda _: os.getpid())))
 
 
 def test_acknowledged_points_survive_a_killed_owner(ray_cluster: None, tmp_path: Path) -> None:
@@ -33,8 +32,9 @@ def test_acknowledged_points_survive_a_killed_owner(ray_cluster: None, tmp_path:
         store.upsert(points, unit(2000, seed=batch), [{"library": "a"}] * 2000)
         acknowledged += points
     late = ids(2000)
+    pid = owner_pid(store.owner)
     in_flight = store.owner.call.remote(config, "upsert", late, unit(2000, seed=9), [{"library": "b"}] * 2000)
-    os.kill(owner_pid(root), signal.SIGKILL)  # during that upsert, or just before it
+    os.kill(pid, signal.SIGKILL)  # during that upsert, or just before it
     ray.get(in_flight)  # the restarted owner replays its log and takes the call again
     assert store.ids() == set(acknowledged) | set(late)
     assert np.allclose(store.fetch(late[:3]), unit(2000, seed=9)[:3], atol=1e-6)
