@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from facecluster.eval import INGEST_RUNS
 from facecluster.jobs import KINDS
+from facecluster.logs import configure_logging
 from facecluster.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -729,11 +730,7 @@ def embedded_services(settings: Settings, *, stop: bool = False) -> dict[str, ob
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.general.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.general.log_level)
     if args.command == "config":
         if args.action == "check":
             from facecluster.cli.config_check import config_check

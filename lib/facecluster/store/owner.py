@@ -13,7 +13,9 @@ from typing import Any
 
 import ray
 
+from facecluster.logs import configure_logging
 from facecluster.names import RAY_NAMESPACE
+from facecluster.settings import get_settings
 from facecluster.store.edge import EdgeVectors, build_index
 from facecluster.store.migration import migrate_local_mode
 from facecluster.store.vectors import QdrantConfig
@@ -57,6 +59,7 @@ class LocalVectorsOwner:
     earlier local-mode collections into shards."""
 
     def __init__(self, root: str) -> None:
+        configure_logging(get_settings().general.log_level)  # a migration's progress, in the actor's log
         migrate_local_mode(Path(root))
         self.root = root
         self.shards: dict[str, _Shard] = {}
