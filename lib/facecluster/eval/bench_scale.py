@@ -172,7 +172,7 @@ def label_persons(stores: Connection, faces: list[str], truth: dict[str, str], s
 def search_latencies(
     stores: Connection, queries: NDArray[np.float32], clients: int, seconds: float
 ) -> dict[str, float]:
-    """The store's share of a face search (faces and profiles, as the search route asks) with `clients` at
+    """The store's share of a face search (`Connection.nearest`, as the search route asks) with `clients` at
     once: milliseconds at p50 and p99."""
     times: list[float] = []
     stop = time.monotonic() + seconds
@@ -183,8 +183,7 @@ def search_latencies(
         while time.monotonic() < stop:
             query = queries[n % len(queries)][None, :]
             start = time.perf_counter()
-            stores.vectors.search(query, 10, LIBRARY)
-            stores.profiles.search(query, 5)
+            stores.nearest(query, 10, LIBRARY)
             with lock:
                 times.append(time.perf_counter() - start)
             n += clients

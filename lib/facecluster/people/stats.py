@@ -11,20 +11,21 @@ BINS = (("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-9", 5, 9), ("10-19", 10, 19
 
 
 def library_stats(meta: MetaStore, library: str | None = None) -> dict[str, Any]:
-    """Counts by aggregation in MongoDB: no face document is loaded here, whatever the library's size."""
-    totals = meta.face_totals(library)
-    sizes = meta.identity_sizes(library)
+    """Counts by aggregation in MongoDB: no face document is loaded here but those with a person."""
+    counts = meta.identity_counts(library)
+    sizes = counts.sizes
     return {
         "library": library,
-        "faces": totals["faces"],
+        # A face has a person, else a cluster, else neither.
+        "faces": sum(sizes.values()) + counts.unclustered,
         "persons": sum(1 for who in sizes if not who.startswith("clu_")),
         "clusters": sum(1 for who in sizes if who.startswith("clu_")),
-        "unclustered": totals["unclustered"],
-        "human_labelled": totals["human_labelled"],
-        "auto_assigned": totals["auto_assigned"],
+        "unclustered": counts.unclustered,
+        "human_labelled": counts.sources.get("human", 0),
+        "auto_assigned": counts.sources.get("auto", 0),
         "faces_per_person": {
             label: sum(1 for n in sizes.values() if n >= low and (high is None or n <= high))
             for label, low, high in BINS
         },
-        "multi_person_images": meta.multi_identity_photos(library),
+        "multi_person_images": counts.multi_identity_photos,
     }

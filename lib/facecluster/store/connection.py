@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+from numpy.typing import NDArray
+
 from facecluster.engine.embedder import FaceEmbedder
 from facecluster.engine.faces import load_embedder, model_version
 from facecluster.engine.projection import VectorSpace
@@ -12,7 +15,7 @@ from facecluster.runtime import init_ray
 from facecluster.settings import Settings
 from facecluster.store.embedded import local_vectors_path, mongo_uri
 from facecluster.store.meta import MetaStore
-from facecluster.store.vectors import QdrantConfig, Vectors, collection_name
+from facecluster.store.vectors import Hit, QdrantConfig, Vectors, collection_name
 from facecluster.store.versions import VersionedVectors, active_space, active_version, trained_versions
 
 
@@ -64,6 +67,10 @@ def open_stores(settings: Settings) -> tuple[StoreConfig, FaceEmbedder, str]:
     )
 
 
+#: Profiles a search answers with, at most.
+PROFILE_HITS = 5
+
+
 @dataclass(frozen=True)
 class Connection:
     """Both stores of the configured embedder's active vector version, ready to use."""
@@ -79,6 +86,23 @@ class Connection:
     def version(self) -> str:
         """The active vector version: the embedder version, or it plus a trained head."""
         return self.space.id
+
+    def nearest(
+        self, queries: NDArray[np.float32], limit: int, library: str | None = None
+    ) -> tuple[list[list[Hit]], list[list[Hit]]]:
+        """The `limit` nearest faces (of `library`, or of every library) and the nearest profiles of each
+        query (vectors of the active space): on the embedded store, one round trip to its owner."""
+        from facecluster.store.owner import OwnedVectors
+
+        profiles = min(limit, PROFILE_HITS)
+        if isinstance(self.vectors, OwnedVectors) and isinstance(self.profiles, OwnedVectors):
+            asked = [
+                (self.vectors, "search", (queries, limit, library)),
+                (self.profiles, "search", (queries, profiles)),
+            ]
+            face_hits, profile_hits = OwnedVectors.together(asked)
+            return face_hits, profile_hits
+        return self.vectors.search(queries, limit, library), self.profiles.search(queries, profiles)
 
     @property
     def own_vectors(self) -> Vectors:

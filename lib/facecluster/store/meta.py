@@ -9,7 +9,8 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypedDict, cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError
@@ -33,11 +34,14 @@ class Busy(Conflict):
     """A named lock that another process holds."""
 
 
-class FaceTotals(TypedDict):
-    faces: int
-    unclustered: int
-    human_labelled: int
-    auto_assigned: int
+@dataclass
+class IdentityCounts:
+    """What a library's statistics are made of (`MetaStore.identity_counts`)."""
+
+    sizes: dict[str, int] = field(default_factory=dict)  # faces per person or cluster
+    sources: dict[str | None, int] = field(default_factory=dict)  # faces with a person, per label source
+    unclustered: int = 0
+    multi_identity_photos: int = 0
 
 
 class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
@@ -277,41 +281,35 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         rows: list[Doc] = self.call(lambda: list(self.db.faces.aggregate(pipeline)))
         return rows
 
-    def face_totals(self, library: str | None) -> FaceTotals:
-        """How many faces, unclustered, labelled by people and assigned by the machine: one aggregation."""
-
-        def where(condition: Doc) -> Doc:
-            return {"$sum": {"$cond": [condition, 1, 0]}}
-
-        unlabelled = {"$and": [{"$eq": ["$person_id", None]}, {"$eq": ["$cluster_id", None]}]}
-        group = {
-            "_id": None,
-            "faces": {"$sum": 1},
-            "unclustered": where(unlabelled),
-            "human_labelled": where({"$eq": ["$label_source", "human"]}),
-            "auto_assigned": where({"$eq": ["$label_source", "auto"]}),
-        }
-        rows = self._aggregate([{"$match": self._face_query(library, None, None, None)}, {"$group": group}])
-        totals = rows[0] if rows else {}
-        return {key: int(totals.get(key, 0)) for key in FaceTotals.__annotations__}  # type: ignore[return-value]
-
-    def identity_sizes(self, library: str | None) -> dict[str, int]:
-        """Faces per identity: a face counts for its person, else for its cluster."""
-        match = {
-            **self._face_query(library, None, None, None),
-            "$or": [{"person_id": {"$ne": None}}, {"cluster_id": {"$ne": None}}],
-        }
-        group = {"_id": {"$ifNull": ["$person_id", "$cluster_id"]}, "n": {"$sum": 1}}
-        return {str(row["_id"]): int(row["n"]) for row in self._aggregate([{"$match": match}, {"$group": group}])}
-
-    def multi_identity_photos(self, library: str | None) -> int:
-        """Photos showing more than one identity (person or cluster), from one row per photo."""
-        group = {
-            "_id": {"$concat": ["$library", "/", "$image"]},
-            "who": {"$addToSet": {"$ifNull": ["$person_id", "$cluster_id"]}},
-        }
-        rows = self._aggregate([{"$match": self._face_query(library, None, None, None)}, {"$group": group}])
-        return sum(1 for row in rows if len({who for who in row["who"] if who}) > 1)
+    def identity_counts(self, library: str | None) -> IdentityCounts:
+        """Faces per identity (a face counts for its person, else for its cluster), faces in none, faces named
+        by people and by the machine, and photos showing more than one identity: in queries simple enough for
+        the embedded MongoDB-wire server to run in SQL, each a scan at most, and no face loaded but the named."""
+        counts = IdentityCounts()
+        photos: dict[tuple[str, str], set[str]] = {}
+        named = {**self._face_query(library), "person_id": {"$ne": None}}
+        for face in self.call(lambda: self.db.faces.find(named, ["library", "image", "person_id", "label_source"])):
+            counts.sizes[face["person_id"]] = counts.sizes.get(face["person_id"], 0) + 1
+            counts.sources[face.get("label_source")] = counts.sources.get(face.get("label_source"), 0) + 1
+            photos.setdefault((face["library"], face["image"]), set()).add(face["person_id"])
+        unnamed = {**self._face_query(library), "person_id": None, "cluster_id": {"$ne": None}}
+        clusters = self._aggregate([{"$match": unnamed}, {"$group": {"_id": "$cluster_id", "n": {"$sum": 1}}}])
+        counts.sizes.update({str(row["_id"]): int(row["n"]) for row in clusters})
+        counts.unclustered = self.count("faces", {**self._face_query(library), "person_id": None, "cluster_id": None})
+        # Per library, one row per photo with its clusters (of faces without a person), streamed, never held.
+        for name in [library] if library is not None else self.call(lambda: self.db.faces.distinct("library")):
+            pipeline: list[Doc] = [
+                {"$match": {**unnamed, "library": name}},
+                {"$group": {"_id": "$image", "who": {"$addToSet": "$cluster_id"}}},
+            ]
+            for row in self.call(lambda p=pipeline: self.db.faces.aggregate(p, batchSize=10_000)):  # type: ignore[misc]
+                photo = (name, str(row["_id"]))
+                if photo in photos:
+                    photos[photo] |= set(row["who"])
+                else:
+                    counts.multi_identity_photos += len(row["who"]) > 1
+        counts.multi_identity_photos += sum(1 for who in photos.values() if len(who) > 1)
+        return counts
 
     def unlabelled_faces(self, library: str, limit: int | None = None) -> list[FaceDoc]:
         """Faces with neither a person nor a cluster, best quality first."""

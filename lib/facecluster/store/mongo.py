@@ -93,7 +93,11 @@ class MongoCollections:
         return self.call(lambda: self.db[collection].find_one(query, projection(fields)))
 
     def count(self, collection: str, query: Doc) -> int:
-        return int(self.call(lambda: self.db[collection].count_documents(query)))
+        """How many documents match `query`, by `$match` and `$count`: the embedded server answers
+        `count_documents`' `$group` on a constant with nothing when the query holds a null."""
+        pipeline: list[Doc] = [{"$match": query}, {"$count": "n"}]
+        rows = self.call(lambda: list(self.db[collection].aggregate(pipeline)))
+        return int(rows[0]["n"]) if rows else 0
 
     def put(self, collection: str, key: str, doc: Mapping[str, Any] | None) -> None:
         """Replace (or insert) the document `key`; None deletes it."""

@@ -82,6 +82,16 @@ class LocalVectorsOwner:
                     self._abandon(shard, "writes outran it")
             return result
 
+    def calls(self, batch: list[tuple[QdrantConfig, str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        """Several `call`s in one round trip, in order: each one's result, or the error it raised."""
+        outcomes: list[tuple[bool, Any]] = []
+        for config, method, args in batch:
+            try:
+                outcomes.append((True, self.call(config, method, *args)))
+            except Exception as exc:  # the caller that asked for it raises it
+                outcomes.append((False, exc))
+        return outcomes
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Each open shard's points, unindexed points and whether its index is being built."""
         with self.lock:
@@ -154,6 +164,16 @@ class OwnedVectors:
 
     def _call(self, method: str, *args: Any) -> Any:
         return ray.get(self.owner.call.remote(self.config, method, *args))
+
+    @staticmethod
+    def together(calls: list[tuple[OwnedVectors, str, tuple[Any, ...]]]) -> list[Any]:
+        """Calls on collections of one owner (a face search and a profile search) in one round trip."""
+        owner = calls[0][0].owner
+        outcomes = ray.get(owner.calls.remote([(vectors.config, method, args) for vectors, method, args in calls]))
+        for ok, value in outcomes:
+            if not ok:
+                raise value
+        return [value for _, value in outcomes]
 
     def ensure_collection(self) -> None:
         self._call("ensure_collection")

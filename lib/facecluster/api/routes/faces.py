@@ -431,8 +431,7 @@ async def search(
         return {"faces": []}
     stores = services.stores
     queries = stores.space.project(np.stack([f.vector for f in faces]))
-    face_hits = await run_in_threadpool(stores.vectors.search, queries, limit, name)
-    profile_hits = await run_in_threadpool(stores.profiles.search, queries, min(limit, 5))
+    face_hits, profile_hits = await run_in_threadpool(stores.nearest, queries, limit, name)
     persons = await run_in_threadpool(_person_names, services, face_hits)
     out = []
     for face, hits, profiles in zip(faces, face_hits, profile_hits, strict=True):

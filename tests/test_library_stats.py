@@ -1,0 +1,51 @@
+"""Library statistics on the real MongoDB-wire server agree with the same counts taken in Python."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from typing import Any
+
+from facecluster.people.stats import BINS, library_stats
+from facecluster.settings import Settings
+from facecluster.store.connection import open_meta
+
+
+def expected(faces: list[dict[str, Any]], library: str | None) -> dict[str, Any]:
+    mine = [f for f in faces if library is None or f["library"] == library]
+    sizes = Counter(f["person_id"] or f["cluster_id"] for f in mine if f["person_id"] or f["cluster_id"])
+    photos: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for f in mine:
+        if f["person_id"] or f["cluster_id"]:
+            photos[(f["library"], f["image"])].add(f["person_id"] or f["cluster_id"])
+    return {
+        "library": library,
+        "faces": len(mine),
+        "persons": sum(1 for who in sizes if who.startswith("per_")),
+        "clusters": sum(1 for who in sizes if who.startswith("clu_")),
+        "unclustered": sum(1 for f in mine if not f["person_id"] and not f["cluster_id"]),
+        "human_labelled": sum(1 for f in mine if f["label_source"] == "human"),
+        "auto_assigned": sum(1 for f in mine if f["label_source"] == "auto"),
+        "faces_per_person": {
+            label: sum(1 for n in sizes.values() if low <= n <= (high or n)) for label, low, high in BINS
+        },
+        "multi_person_images": sum(1 for who in photos.values() if len(who) > 1),
+    }
+
+
+def test_statistics_match_a_count_in_python(store_settings: Settings) -> None:
+    rng = random.Random(7)
+    faces = []
+    for n in range(1500):
+        named, clustered = rng.random() < 0.1, rng.random() < 0.8
+        faces.append({
+            "_id": f"f{n:05d}", "library": rng.choice(["a", "b"]), "image": f"p{rng.randrange(400):04d}.jpg",
+            "person_id": f"per_{rng.randrange(12)}" if named else None,
+            # A face a person labelled keeps the cluster it was in: it counts for its person.
+            "cluster_id": f"clu_{rng.randrange(60)}" if clustered else None,
+            "label_source": "human" if named and rng.random() < 0.7 else ("auto" if named else None),
+        })  # fmt: skip
+    meta = open_meta(store_settings)
+    meta.write_faces(faces)
+    for library in ("a", "b", None):
+        assert library_stats(meta, library) == expected(faces, library)
