@@ -24,8 +24,7 @@ from numpy.typing import NDArray
 
 from facecluster.engine.decode import decode_image
 from facecluster.engine.faces import FaceEngine
-from facecluster.ports import free_port, free_ports
-from facecluster.runtime import head_command
+from facecluster.runtime import free_port, free_ports, head_command
 from facecluster.settings import SECTIONS, Settings, variable_names
 
 from .isolation import isolation_guard
@@ -207,7 +206,7 @@ def ray_cluster() -> Iterator[None]:
 
 def stop_embedded(data_dir: Path) -> None:
     """What `facecluster stop` does: end the data directory's Ray head and MongoDB-wire server."""
-    from facecluster.runtime import stop_embedded as stop
+    from facecluster.deployment import stop_embedded as stop
 
     stop(data_dir, grace_s=5)
 

@@ -107,7 +107,7 @@ def test_config_check_names_each_unreachable_backend(models_dir: Path, tmp_path:
 
 ATTACH = """
 import json, os, ray
-from facecluster.runtime import init_ray
+from facecluster.deployment import init_ray
 from facecluster.settings import Settings
 
 init_ray(Settings())

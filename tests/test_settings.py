@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from facecluster.ports import free_ports
-from facecluster.runtime import worker_env
+from facecluster.deployment import worker_env
+from facecluster.runtime import free_ports
 from facecluster.settings import SECTION_OF, SECTIONS, Settings
 
 pytestmark = pytest.mark.fast

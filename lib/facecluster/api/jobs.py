@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from facecluster.deployment import worker_env
 from facecluster.errors import NotFound
 from facecluster.jobs import KINDS, Options, job_library
-from facecluster.runtime import head_token_path, ray_auth_token, running_head, worker_env
+from facecluster.runtime import head_token_path, ray_auth_token, running_head
 from facecluster.settings import Settings
 from facecluster.store.backoff import BackendUnavailable
 from facecluster.store.documents import JobDoc

@@ -14,9 +14,9 @@ from ray.serve.handle import DeploymentHandle
 from facecluster.api import create_app
 from facecluster.api.jobs import JobRunner
 from facecluster.api.services import Services, set_process_services
+from facecluster.deployment import worker_env
 from facecluster.engine.analysis import ImageAnalysis, analyze_uploads
 from facecluster.engine.faces import FaceEngine
-from facecluster.runtime import worker_env
 from facecluster.settings import Settings, get_settings
 from facecluster.store.connection import connect
 
@@ -106,8 +106,8 @@ def bound_host() -> str:
 
 def run(current: Settings, host: str, port: int, *, blocking: bool = True) -> None:
     """Start Serve on `host:port` with the application (`facecluster serve`)."""
+    from facecluster.deployment import init_ray
     from facecluster.engine.faces import require_models
-    from facecluster.runtime import init_ray
 
     check_bind(current, host)
     require_models(current)

@@ -709,7 +709,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def embedded_services(settings: Settings, *, stop: bool = False) -> dict[str, object]:
     """What runs for the data directory (its Ray head, its MongoDB-wire server) and where the configured
     stores are; with `stop`, the embedded services are stopped first."""
-    from facecluster.runtime import head_status, stop_embedded
+    from facecluster.deployment import stop_embedded
+    from facecluster.runtime import head_status
     from facecluster.store.embedded import embedded_status, local_vectors_path
     from facecluster.store.mongo import mongo_hosts
 

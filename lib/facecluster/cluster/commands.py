@@ -14,8 +14,8 @@ from facecluster.cluster.assignment import AssignReport, Strategy, assign_cluste
 from facecluster.cluster.knn import KnnGraph, knn_graph, knn_rows
 from facecluster.cluster.matching import MatchSummary, match_new_faces
 from facecluster.cluster.run import RunSummary, run_clustering, run_options
+from facecluster.deployment import init_ray
 from facecluster.ingest.sources import validate_library
-from facecluster.runtime import init_ray
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, connect
 

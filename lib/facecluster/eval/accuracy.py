@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from facecluster.deployment import scratch_data_dir
 from facecluster.engine.decode import IMAGE_SUFFIXES, decode_photo
 from facecluster.engine.faces import FaceEngine
 from facecluster.engine.projection import unit
 from facecluster.eval.metrics import ClusterScores, score_clustering, tar_at_far
-from facecluster.runtime import scratch_data_dir
 from facecluster.settings import Settings
 from facecluster.store.meta import MetaStore
 

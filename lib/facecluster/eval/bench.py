@@ -20,12 +20,12 @@ import psutil
 from numpy.typing import NDArray
 
 from facecluster.cluster.methods import Method
+from facecluster.deployment import scratch_data_dir
 from facecluster.engine.align import crop_faces
 from facecluster.engine.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_photo
 from facecluster.engine.detector import Detection
 from facecluster.engine.faces import load_detector, load_embedder
 from facecluster.eval import INGEST_RUNS
-from facecluster.runtime import scratch_data_dir
 from facecluster.settings import Settings
 
 
@@ -150,11 +150,11 @@ def bench_ingest(
     timed (one process, batched, no stores), (b) a naive per-image, per-face loop as a plain script runs
     it (full-size decode), (c) the Ray pipeline end to end into throw-away embedded stores, its Ray
     start-up timed apart, and (cw) the pipeline once more on the Ray head (c) started (cw runs c too)."""
+    from facecluster.deployment import init_ray
     from facecluster.engine.faces import FaceEngine, keep_faces
     from facecluster.ingest.pipeline import run_ingest
     from facecluster.ingest.sources import S3Options, parse_source, read_uri
     from facecluster.ingest.stages import working_copy
-    from facecluster.runtime import init_ray
 
     source = parse_source(source_spec)
     s3 = S3Options.from_settings(settings)

@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from facecluster.ports import free_port
-from facecluster.runtime import init_ray, scratch_data_dir
+from facecluster.deployment import init_ray, scratch_data_dir
+from facecluster.runtime import free_port
 from facecluster.settings import Settings
 
 BUCKET = "listing-bench"

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from facecluster.deployment import scratch_data_dir
 from facecluster.engine.decode import IMAGE_SUFFIXES
 from facecluster.engine.quality import QUALITY_FIELDS
 from facecluster.eval.bench import PeakMemory, grow
 from facecluster.eval.metrics import score_clustering
-from facecluster.runtime import scratch_data_dir
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, connect
 from facecluster.store.documents import face_document, face_payload

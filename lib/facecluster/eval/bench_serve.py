@@ -17,9 +17,9 @@ import aiohttp
 import numpy as np
 from PIL import Image
 
+from facecluster.deployment import scratch_data_dir
 from facecluster.engine.decode import IMAGE_SUFFIXES
-from facecluster.ports import free_port
-from facecluster.runtime import scratch_data_dir
+from facecluster.runtime import free_port
 from facecluster.settings import Settings
 
 ROUTES = ("/detect-face", "/api/v1/faces/search")

@@ -24,6 +24,7 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
+from facecluster.deployment import init_ray
 from facecluster.engine.faces import load_detector, min_confidence, model_version
 from facecluster.engine.projection import VectorSpace
 from facecluster.errors import InvalidInput
@@ -31,7 +32,6 @@ from facecluster.ingest.sources import S3Options, Source, parse_source, validate
 from facecluster.ingest.stages import Batch, FaceStage, IngestContext
 from facecluster.ingest.writer import Writer
 from facecluster.people.erasure import remove_images
-from facecluster.runtime import init_ray
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, open_metadata, open_qdrant
 from facecluster.store.vectors import QdrantConfig

@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from facecluster.deployment import init_ray
 from facecluster.engine.embedder import FaceEmbedder
 from facecluster.engine.faces import load_embedder, model_version
 from facecluster.engine.projection import VectorSpace
-from facecluster.runtime import init_ray
 from facecluster.settings import Settings
 from facecluster.store.embedded import local_vectors_path, mongo_uri
 from facecluster.store.meta import MetaStore

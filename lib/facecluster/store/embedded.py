@@ -17,7 +17,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from facecluster.ports import free_port
+from facecluster.runtime import free_port
 from facecluster.settings import Settings
 
 log = logging.getLogger(__name__)

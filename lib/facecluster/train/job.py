@@ -26,10 +26,10 @@ from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from facecluster.cluster.run import mend_clusters
+from facecluster.deployment import init_ray
 from facecluster.engine.projection import VectorSpace, unit, weights_from_bytes, weights_to_bytes
 from facecluster.eval.metrics import tar_at_far
 from facecluster.people.profiles import ProfileStore
-from facecluster.runtime import init_ray
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, connect, open_vectors, space_config
 from facecluster.store.documents import face_payload
