@@ -142,8 +142,7 @@ def test_hnsw_graph_finds_the_exact_neighbours(lfw_people: tuple[np.ndarray, lis
 def test_labels_survive_and_ids_stay_across_runs(store_settings: Settings, lfw_dir: Path, tmp_path: Path) -> None:
     from facecluster.cluster.commands import run_cluster
     from facecluster.ingest.pipeline import run_ingest
-    from facecluster.store.connection import open_stores
-    from facecluster.store.meta import MetaStore
+    from facecluster.store.connection import open_meta
 
     people = ["Alejandro_Toledo", "Ariel_Sharon", "Colin_Powell", "Hugo_Chavez"]
     folder = tmp_path / "library"
@@ -152,8 +151,7 @@ def test_labels_survive_and_ids_stay_across_runs(store_settings: Settings, lfw_d
     first = run_cluster(store_settings, "family", method="dual")
     assert first.clusters >= 4 and first.persons == 0
 
-    stores, _, _ = open_stores(store_settings)
-    meta = MetaStore(stores.mongo_uri, stores.mongo_db)
+    meta = open_meta(store_settings)
     faces = list(meta.db.faces.find({"library": "family"}))
     by_cluster = Counter(f["cluster_id"] for f in faces if f.get("cluster_id"))
     assert all(count >= 3 for count in by_cluster.values())

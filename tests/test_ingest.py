@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from facecluster.engine.faces import load_embedder
 from facecluster.ingest.maintenance import check_stores, export_faces, repair_stores
 from facecluster.ingest.pipeline import IngestSummary, run_ingest
 from facecluster.settings import Settings
-from facecluster.store.connection import open_stores, open_vectors
+from facecluster.store.connection import connect, open_meta
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import Vectors
 
@@ -61,10 +62,9 @@ def fault_settings(store_settings: Settings) -> Settings:
 
 @pytest.fixture
 def stores(fault_settings: Settings) -> Iterator[tuple[MetaStore, Vectors]]:
-    config, _, _ = open_stores(fault_settings)
-    meta = MetaStore(config.mongo_uri, config.mongo_db)
-    yield meta, open_vectors(config.qdrant, attempts=2)
-    meta.close()
+    connection = connect(fault_settings)
+    yield connection.meta, connection.vectors
+    connection.meta.close()
 
 
 def test_ingest_records_every_photo_and_every_face(
@@ -148,8 +148,7 @@ def test_check_finds_and_repairs_missing_vectors_and_orphans(
     report = check_stores(meta, vectors, "event")
     assert report.missing_vectors == [victim["_id"]] and report.orphan_points == [orphan]
 
-    _, embedder, _ = open_stores(fault_settings)
-    repair_stores(report, meta, vectors, embedder, fault_settings)
+    repair_stores(report, meta, vectors, load_embedder(fault_settings), fault_settings)
     after = check_stores(meta, vectors, "event")
     assert after.consistent and after.faces == after.points == 10
 
@@ -189,8 +188,7 @@ def test_s3_source_and_manifest(store_settings: Settings, photos_dir: Path, s3_s
     assert summary.library == "wedding-photos/2024/ceremony"
     assert (summary.images, summary.faces, summary.failed) == (3, 8, 1)
 
-    config, _, _ = open_stores(settings)
-    meta = MetaStore(config.mongo_uri, config.mongo_db)
+    meta = open_meta(settings)
     stored = meta.images_by_key(summary.library, ["2024/ceremony/insightface_t1.jpg"])[
         "2024/ceremony/insightface_t1.jpg"
     ]
@@ -264,8 +262,7 @@ def test_a_twelve_megapixel_photo_gives_the_faces_of_its_original(
     (folder / "twelve.jpg").write_bytes(data)
     summary = run_ingest(store_settings, str(folder), library="sizes")
     assert summary.images == 2 and summary.failed == 0
-    config, _, _ = open_stores(store_settings)
-    meta = MetaStore(config.mongo_uri, config.mongo_db)
+    meta = open_meta(store_settings)
     images = meta.images_by_key("sizes", ["original.jpg", "twelve.jpg"])
     with Image.open(folder / "twelve.jpg") as big:
         assert (images["twelve.jpg"]["width"], images["twelve.jpg"]["height"]) == big.size

@@ -45,7 +45,7 @@ class Services:
     def stores(self) -> Connection:
         """The stores at the active vector version: a training job may switch it while the API runs."""
         if time.monotonic() - self.checked_at >= VERSION_CHECK_S:
-            self.connection = current(self.settings, self.connection)
+            self.connection = current(self.connection)
             self.checked_at = time.monotonic()
         return self.connection
 

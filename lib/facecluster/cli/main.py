@@ -489,14 +489,15 @@ def cmd_job(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     import ray
 
+    from facecluster.engine.faces import load_embedder
     from facecluster.ingest.maintenance import check_stores, repair_stores
     from facecluster.store.connection import connect
 
     stores = connect(settings)
-    meta, vectors, embedder = stores.meta, stores.vectors, stores.embedder
+    meta, vectors = stores.meta, stores.vectors
     report = check_stores(meta, vectors, args.library)
     if args.repair and not report.consistent:
-        repair_stores(report, meta, vectors, embedder, settings)
+        repair_stores(report, meta, vectors, load_embedder(settings), settings)
         after = check_stores(meta, vectors, args.library)
         emit({**report.to_dict(), "after": after.to_dict()})
         report = after

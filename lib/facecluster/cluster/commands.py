@@ -41,7 +41,7 @@ def run_cluster(
     per library at a time: another one meanwhile is `Busy`."""
     library = validate_library(library)
     stores = stores or connect(settings)
-    options = run_options(settings, stores.embedder.spec, stores.version, **overrides)
+    options = run_options(settings, stores.embedder, stores.version, **overrides)
     neighbours: Callable[[Any, int], KnnGraph] = knn_graph
     if shards > 1:
         init_ray(settings)
@@ -60,7 +60,7 @@ def run_match(
 ) -> MatchSummary:
     """Incremental assignment of a library's new faces (`facecluster match`, `POST /api/v1/faces/assign`)
     at the run thresholds the settings and the embedder give."""
-    options = run_options(settings, stores.embedder.spec, stores.version, person_threshold=person_threshold)
+    options = run_options(settings, stores.embedder, stores.version, person_threshold=person_threshold)
     library = validate_library(library)
     with stores.meta.library_lock(library, settings.clustering.cluster_lock_s):
         return match_new_faces(
@@ -85,7 +85,7 @@ def run_assignment(
     overwrite: bool = False,
 ) -> AssignReport:
     """Assign a library's clusters to profiles (`facecluster assign`, `POST /assignments/…`)."""
-    options = assign_options(settings, stores.embedder.spec, strategy=strategy, threshold=threshold)
+    options = assign_options(settings, stores.embedder, strategy=strategy, threshold=threshold)
     library = validate_library(library)
     with stores.meta.library_lock(library):
         return assign_clusters(

@@ -136,13 +136,12 @@ def evaluate_clustering(
     """Ingest `images` into a throw-away library, then run and score every method in turn."""
     from facecluster.cluster.commands import run_cluster
     from facecluster.ingest.pipeline import run_ingest
-    from facecluster.store.connection import open_stores
+    from facecluster.store.connection import open_meta
 
     with scratch_data_dir("facecluster-eval-") as scratch:
         scoped = settings.updated(data_dir=scratch)
         ingest = run_ingest(scoped, str(images), library="eval", limit=limit)
-        stores, _, _ = open_stores(scoped)
-        meta = MetaStore(stores.mongo_uri, stores.mongo_db)
+        meta = open_meta(scoped)
         truth = labelled_faces(meta, "eval")
         yield {"ingest": ingest.to_dict(), "labelled_faces": len(truth), "identities": len(set(truth.values()))}
         for method in methods:

@@ -25,16 +25,14 @@ import ray
 from ray.data import ActorPoolStrategy, Dataset
 
 from facecluster.deployment import init_ray
-from facecluster.engine.faces import load_detector, min_confidence, model_version
-from facecluster.engine.projection import VectorSpace
+from facecluster.engine.faces import load_detector, load_embedder, min_confidence, model_version
 from facecluster.errors import InvalidInput
 from facecluster.ingest.sources import S3Options, Source, parse_source, validate_library
 from facecluster.ingest.stages import Batch, FaceStage, IngestContext
 from facecluster.ingest.writer import Writer
 from facecluster.people.erasure import remove_images
 from facecluster.settings import Settings
-from facecluster.store.connection import Connection, open_metadata, open_qdrant
-from facecluster.store.vectors import QdrantConfig
+from facecluster.store.connection import Connection, connect
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +156,9 @@ def run_ingest(
         raise InvalidInput("--prune needs the whole source: it cannot go with --limit")
     started = time.monotonic()
     init_ray(settings)
-    detector = load_detector(settings)
-    config, meta, embedder, space = open_metadata(settings)
+    detector, embedder = load_detector(settings), load_embedder(settings)
+    stores = connect(settings)
+    config, meta, space = stores.config, stores.meta, stores.space
     s3 = S3Options.from_settings(settings)
     ctx = IngestContext(
         # Several model processes share the CPUs here: their ONNX threads sleep rather than spin.
@@ -184,7 +183,7 @@ def run_ingest(
     # Qdrant opens (on the embedded default, its owner actor starts) while the photos are listed and the
     # model actors start; an unreachable Qdrant is named from here rather than by a failed writer.
     opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open-qdrant")
-    qdrant_ready = opening.submit(open_qdrant, settings, config, space)
+    qdrant_ready = opening.submit(lambda: (stores.vectors, stores.profiles))
     opening.shutdown(wait=False)
     try:
         ds, total = source_dataset(source, s3, limit)
@@ -195,11 +194,11 @@ def run_ingest(
             (progress or partial(log.info, "progress: %s"))(text)
 
         try:
-            processed = _execute(_build(ds, ctx, config.qdrant, space, settings), summary, settings, started, report)
+            processed = _execute(_build(ds, ctx, stores, settings), summary, settings, started, report)
         except Exception:
             qdrant_ready.result()  # the store that could not be opened, named, before the workers' failure
             raise
-        stores = Connection(config, meta, *qdrant_ready.result(), embedder, space)
+        qdrant_ready.result()
         summary.images = total
         summary.skipped = total - processed
         if prune:
@@ -246,10 +245,10 @@ def face_pool(settings: Settings) -> tuple[ActorPoolStrategy, float, float, int]
     return pool(count, count), ingest.actor_cpus, 0.0, threads
 
 
-def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, space: VectorSpace, settings: Settings) -> Dataset:
+def _build(ds: Dataset, ctx: IngestContext, stores: Connection, settings: Settings) -> Dataset:
     pool, actor_cpus, actor_gpus, threads = face_pool(settings)
     read_batch = settings.ingest.read_batch_size
-    writers = 1 if qdrant.local else settings.ingest.write_streams
+    writers = 1 if stores.config.qdrant.local else settings.ingest.write_streams
 
     return (
         # A class of the stages module, not a closure here: the model actors import only what they run.
@@ -262,7 +261,12 @@ def _build(ds: Dataset, ctx: IngestContext, qdrant: QdrantConfig, space: VectorS
             num_gpus=actor_gpus,
         ).map_batches(
             Writer,
-            fn_constructor_kwargs={"ctx": ctx, "qdrant": qdrant, "space": space},
+            fn_constructor_kwargs={
+                "ctx": ctx,
+                "config": stores.config,
+                "embedder": stores.embedder,
+                "space": stores.space,
+            },
             batch_size=settings.ingest.write_batch_size,
             compute=ActorPoolStrategy(size=writers),
             num_cpus=0.25,

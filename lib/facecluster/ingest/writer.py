@@ -4,25 +4,19 @@
 from __future__ import annotations
 
 from facecluster.engine.projection import VectorSpace
+from facecluster.engine.registry import EmbedderSpec
 from facecluster.ingest.stages import Batch, IngestContext, write_batch
-from facecluster.store.connection import open_space
-from facecluster.store.vectors import QdrantConfig
-from facecluster.store.versions import active_space, active_version
+from facecluster.store.connection import Connection, StoreConfig, current
 
 
 class Writer:
     """Stores the model actors' batches: vectors in Qdrant, faces and image status in MongoDB
     (`stages.write_batch`), in the active vector version even when it switches during the ingest."""
 
-    def __init__(self, ctx: IngestContext, qdrant: QdrantConfig, space: VectorSpace) -> None:
+    def __init__(self, ctx: IngestContext, config: StoreConfig, embedder: EmbedderSpec, space: VectorSpace) -> None:
         self.ctx = ctx
-        self.qdrant = qdrant
-        self.meta = ctx.open_meta()
-        self.space = space
-        self.vectors = open_space(qdrant, space, ctx.settings.stores.store_retries)
+        self.stores = Connection(ctx.settings, config, ctx.open_meta(), embedder, space)
 
     def __call__(self, batch: Batch) -> Batch:
-        if active_version(self.meta, self.space.base) != self.space.id:  # switched while the ingest runs
-            self.space = active_space(self.meta, self.space.base, self.space.dim)
-            self.vectors = open_space(self.qdrant, self.space, self.ctx.settings.stores.store_retries)
-        return write_batch(batch, self.ctx, self.meta, self.vectors)
+        self.stores = current(self.stores)  # the version may switch while the ingest runs
+        return write_batch(batch, self.ctx, self.stores.meta, self.stores.vectors)

@@ -18,7 +18,7 @@ from typing import Any
 from facecluster.cluster.run import mend_clusters
 from facecluster.errors import InvalidInput, NotFound
 from facecluster.people.profiles import point_id
-from facecluster.store.connection import Connection, every_version
+from facecluster.store.connection import Connection
 from facecluster.store.documents import FaceDoc, audit_entry
 from facecluster.store.meta import MetaStore, now
 from facecluster.store.vectors import Vectors
@@ -62,7 +62,7 @@ def _erase_faces(
     ]
     meta.add_tombstones(tombstones)
     counts.add(counts.mongodb, "tombstones", len(tombstones))
-    for collection in collections if collections is not None else every_version(stores, "faces"):
+    for collection in collections if collections is not None else stores.every_version("faces"):
         counts.add(counts.qdrant, "face_points", collection.delete(ids))
     counts.add(counts.mongodb, "faces", meta.delete_faces(ids))
     gone = mend_clusters(meta, stores.vectors, {str(f["cluster_id"]) for f in faces if f.get("cluster_id")})
@@ -145,7 +145,7 @@ def _erase(
         if meta.profile(user_id) is None and not meta.assignments(user_id=user_id):
             raise NotFound(f"user {user_id} has no profile and no assignments")
         where, scope, target = "", "user", user_id
-        for collection in every_version(stores, "profiles"):
+        for collection in stores.every_version("profiles"):
             counts.add(counts.qdrant, "profile_points", collection.delete([point_id(user_id)]))
         counts.add(counts.mongodb, "profiles", int(meta.profile(user_id) is not None))
         meta.put_profile(user_id, None)
@@ -159,7 +159,7 @@ def remove_images(stores: Connection, library: str, listed: set[str]) -> tuple[i
     (no tombstone: a photo that comes back is ingested again); how many photos and faces went."""
     gone = sorted({str(doc["key"]) for doc in stores.meta.images(library)} - listed)
     counts = Counts()
-    collections = every_version(stores, "faces") if gone else []  # opened once for every photo that goes
+    collections = stores.every_version("faces") if gone else []  # opened once for every photo that goes
     for key in gone:
         _erase_faces(stores, stores.meta.faces_of_image(library, key), counts, collections=collections, tombstone=False)
         counts.add(counts.mongodb, "images", stores.meta.delete_image(library, key))
@@ -171,7 +171,7 @@ def delete_library(stores: Connection, library: str, *, actor: str) -> dict[str,
     The audit stays (with an entry for this deletion)."""
     counts = Counts()
     with stores.meta.library_lock(library):
-        for collection in every_version(stores, "faces"):
+        for collection in stores.every_version("faces"):
             counts.add(counts.qdrant, "face_points", collection.delete_library(library))
         for name, count in stores.meta.delete_library(library).items():
             counts.add(counts.mongodb, name, count)
@@ -217,7 +217,7 @@ def cleanup_clustering(
     with meta.library_lock(library):
         meta.update_faces(list(states.items()))
         if qdrant:
-            for collection in every_version(stores, "faces"):
+            for collection in stores.every_version("faces"):
                 collection.set_payloads([({"cluster_id": None, "person_id": None}, [f["_id"] for f in auto])])
                 collection.set_payloads([({"cluster_id": None}, [f["_id"] for f in members])])
         for cluster_id in clusters:

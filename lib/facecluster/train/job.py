@@ -31,7 +31,7 @@ from facecluster.engine.projection import VectorSpace, unit, weights_from_bytes,
 from facecluster.eval.metrics import tar_at_far
 from facecluster.people.profiles import ProfileStore
 from facecluster.settings import Settings
-from facecluster.store.connection import Connection, connect, open_vectors, space_config
+from facecluster.store.connection import Connection, connect, open_collection
 from facecluster.store.documents import face_payload
 from facecluster.store.meta import MetaStore
 from facecluster.store.vectors import QdrantConfig
@@ -164,8 +164,9 @@ class _Reproject:
 
     def __init__(self, settings: Settings, mongo: tuple[str, str], base: QdrantConfig, space: VectorSpace) -> None:
         self.meta = MetaStore(*mongo, attempts=settings.stores.store_retries)
-        self.base = open_vectors(base, settings.stores.store_retries)
-        self.target = open_vectors(space_config(base, space), settings.stores.store_retries)
+        retries = settings.stores.store_retries
+        self.base = open_collection(base, VectorSpace(space.base, space.base, space.dim), attempts=retries)
+        self.target = open_collection(base, space, attempts=retries)
         self.space = space
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -186,8 +187,7 @@ def reproject(
     faces that are gone are removed."""
     init_ray(settings)
     base = stores.config.qdrant
-    target = open_vectors(space_config(base, space), settings.stores.store_retries)
-    target.ensure_collection()
+    target = stores.collection(space)
     ids = sorted(stores.own_vectors.ids())
     todo = sorted(set(ids) - target.ids()) if missing_only else ids
     chunks = [{"ids": todo[i : i + chunk]} for i in range(0, len(todo), chunk)]
@@ -206,9 +206,7 @@ def reproject(
         )
         written = sum(int(row["points"]) for row in ds.iter_rows())
     target.delete(sorted(target.ids() - set(ids)))
-    profiles = open_vectors(space_config(base, space, "profiles"), settings.stores.store_retries)
-    profiles.ensure_collection()
-    count = ProfileStore(stores.meta, profiles, space).reproject()
+    count = ProfileStore(stores.meta, stores.collection(space, "profiles"), space).reproject()
     log.info("re-projected %d faces and %d profiles into %s", written, count, space.id)
     return written, count
 

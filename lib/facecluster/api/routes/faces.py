@@ -223,7 +223,7 @@ def split_cluster(
     body = body or SplitRequest()
     library = owning_library(services, "clusters", cluster_id, "cluster")
     stores = services.stores
-    options = run_options(services.settings, stores.embedder.spec, stores.version, unknown_method="graph")
+    options = run_options(services.settings, stores.embedder, stores.version, unknown_method="graph")
     threshold = body.threshold if body.threshold is not None else min(0.95, options.unknown.threshold + 0.1)
     params = ClusterParams(
         method="graph",
