@@ -116,19 +116,24 @@ def write_library(stores: Connection, start: int, vectors: NDArray[np.float32]) 
     return written
 
 
-def settle_index(stores: Connection, timeout_s: float = 3600) -> None:
-    """Wait until the embedded store's owner has built the index it is due to build (no-op on a server)."""
+def shards(stores: Connection) -> dict[str, dict[str, Any]] | None:
+    """Each embedded shard's points, unindexed points and whether its index is being built, from its owner;
+    None on a server (or an owner that builds no index of its own)."""
     status = getattr(getattr(stores.own_vectors, "owner", None), "status", None)
-    if status is None:  # a server, or an owner that builds no index of its own
-        return
+    if status is None:
+        return None
     import ray
 
+    return dict(ray.get(status.remote()))
+
+
+def settle_index(stores: Connection, timeout_s: float = 3600) -> None:
+    """Wait until the embedded store's owner has built the index it is due to build (no-op on a server)."""
     from facecluster.store.owner import INDEX_THRESHOLD
 
     deadline, said = time.monotonic() + timeout_s, time.monotonic()
-    while time.monotonic() < deadline:
-        shards = ray.get(status.remote())
-        pending = {k: v for k, v in shards.items() if v["building"] or v["unindexed"] >= INDEX_THRESHOLD}
+    while time.monotonic() < deadline and (state := shards(stores)) is not None:
+        pending = {k: v for k, v in state.items() if v["building"] or v["unindexed"] >= INDEX_THRESHOLD}
         if not pending:
             return
         if time.monotonic() - said >= 10:
@@ -139,12 +144,8 @@ def settle_index(stores: Connection, timeout_s: float = 3600) -> None:
 
 def unindexed(stores: Connection) -> int | None:
     """Points of the embedded store's shards outside their HNSW index (None on a server)."""
-    status = getattr(getattr(stores.own_vectors, "owner", None), "status", None)
-    if status is None:
-        return None
-    import ray
-
-    return sum(int(shard["unindexed"]) for shard in ray.get(status.remote()).values())
+    state = shards(stores)
+    return None if state is None else sum(int(shard["unindexed"]) for shard in state.values())
 
 
 def bcubed(stores: Connection, truth: dict[str, str]) -> float:
