@@ -3,10 +3,16 @@ does to a face, when an undo is safe, and how clusters are assigned to profiles.
 
 from __future__ import annotations
 
+import logging
+import time
+
+import numpy as np
 import pytest
 
 from facecluster.cluster.assignment import AssignOptions, decide_centroid, decide_vote
+from facecluster.cluster.methods import UNCLUSTERED, label_members
 from facecluster.cluster.run import choose_faces, held_in_photo, next_states
+from facecluster.logs import Progress
 from facecluster.people.decisions import changed_since, cleared, face_state, labelled, shared_photo
 from facecluster.store.vectors import Hit
 
@@ -114,3 +120,23 @@ def test_a_person_never_gets_two_faces_of_one_photo() -> None:
     assert shared_photo([{"_id": "j1", "image": "p2"}], members) == "p2"
     assert shared_photo([{"_id": "m1", "image": "p1"}], members) is None  # a face already theirs
     assert shared_photo([{"_id": "j1", "image": "p9"}, {"_id": "j2", "image": "p9"}], []) == "p9"
+
+
+def test_label_members_groups_faces_by_label_in_one_pass() -> None:
+    labels = np.array([2, UNCLUSTERED, 0, 2, 0, UNCLUSTERED, 1])
+    assert [m.tolist() for m in label_members(labels)] == [[2, 4], [6], [0, 3]]
+    assert label_members(np.full(3, UNCLUSTERED)) == []
+
+
+def test_a_long_step_reports_itself_while_it_lasts(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="facecluster.progress")
+    with Progress("cluster L", interval_s=0.05) as progress:
+        progress.step("reading faces")
+        assert list(progress.counted(range(3))) == [0, 1, 2]
+        time.sleep(0.2)
+        progress.step("writing labels")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "cluster L: reading faces"
+    assert any(line.startswith("cluster L: reading faces, 3 done, ") for line in lines)
+    assert "cluster L: writing labels" in lines
+    assert progress.seconds["reading faces"] >= 0.2 and "writing labels" in progress.seconds

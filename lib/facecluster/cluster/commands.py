@@ -16,6 +16,7 @@ from facecluster.cluster.matching import MatchSummary, match_new_faces
 from facecluster.cluster.run import RunSummary, run_clustering, run_options
 from facecluster.deployment import init_ray
 from facecluster.ingest.sources import validate_library
+from facecluster.logs import Progress
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, connect
 
@@ -46,8 +47,11 @@ def run_cluster(
     if shards > 1:
         init_ray(settings)
         neighbours = partial(sharded_knn, shards=shards)
-    with stores.meta.library_lock(library, settings.clustering.cluster_lock_s):
-        return run_clustering(stores.meta, stores.vectors, library, options, neighbours)
+    with (
+        stores.meta.library_lock(library, settings.clustering.cluster_lock_s),
+        Progress(f"cluster {library}", settings.ingest.progress_interval_s) as progress,
+    ):
+        return run_clustering(stores.meta, stores.vectors, library, options, neighbours, progress)
 
 
 def run_match(

@@ -7,6 +7,7 @@ and faces that fit nowhere get the label UNCLUSTERED (-1), never a cluster of th
 
 from __future__ import annotations
 
+import itertools
 import uuid
 import warnings
 from collections import Counter, defaultdict
@@ -55,7 +56,7 @@ class _Groups:
 
     def __init__(self, vectors: NDArray[np.float32], images: Sequence[str]) -> None:
         self.parent = np.arange(len(vectors))
-        self.sums = vectors.astype(np.float64)
+        self.sums = vectors.astype(np.float32, copy=True)  # float32: 1M faces in 0.5 GB
         self.images: list[set[str]] = [{image} for image in images]
 
     def find(self, i: int) -> int:
@@ -181,12 +182,21 @@ def agglomerative_labels(vectors: NDArray[np.float32], knn: KnnGraph, params: Cl
     return _per_component(knn, params, fit)
 
 
+def label_members(labels: Labels) -> list[NDArray[np.intp]]:
+    """The indices holding each label 0, 1, … up to the largest (UNCLUSTERED left out), found with one
+    sort rather than one scan of every label per label."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(labels.max(initial=-1) + 2))
+    return [order[start:stop] for start, stop in itertools.pairwise(bounds.tolist())]
+
+
 def enforce_rules(labels: Labels, vectors: NDArray[np.float32], images: Sequence[str], min_cluster_size: int) -> Labels:
     """One face per photo per cluster (the one nearest the centroid stays), then the minimum size.
     Returns labels renumbered 0..C-1 by decreasing size, UNCLUSTERED elsewhere."""
     labels = labels.copy()
-    for value in np.unique(labels[labels >= 0]):
-        members = np.flatnonzero(labels == value)
+    for members in label_members(labels):
+        if not len(members):
+            continue
         centroid = unit(vectors[members].sum(axis=0))
         by_image: dict[str, list[int]] = defaultdict(list)
         for m in members.tolist():

@@ -13,21 +13,32 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from facecluster.cluster.knn import KnnGraph, knn_graph
-from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, Method, cluster, match_known, stable_ids
+from facecluster.cluster.methods import (
+    UNCLUSTERED,
+    ClusterParams,
+    Method,
+    cluster,
+    label_members,
+    match_known,
+    stable_ids,
+)
 from facecluster.engine.projection import unit
 from facecluster.engine.registry import EmbedderSpec
+from facecluster.logs import Progress
 from facecluster.settings import Settings, first_set
 from facecluster.store.documents import FaceDoc
 from facecluster.store.meta import Doc, MetaStore
 from facecluster.store.vectors import Vectors
 
+#: Faces read or written in one request of a run: bounded memory in the client and the servers.
+LABEL_CHUNK = 20_000
 RunMethod = Literal["dual", "graph", "hdbscan", "dbscan", "agglomerative"]
 
 
@@ -51,6 +62,7 @@ class RunSummary:
     unclustered: int
     seconds: float
     kept: int = 0  # faces outside the run's limits (quality, max faces): left as they were
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,17 +128,22 @@ def run_clustering(
     library: str,
     options: RunOptions,
     neighbours: Callable[[NDArray[np.float32], int], KnnGraph] = knn_graph,
+    progress: Progress | None = None,
 ) -> RunSummary:
-    """One run; `neighbours` builds the k-NN graph (a Ray job passes a sharded builder)."""
+    """One run; `neighbours` builds the k-NN graph (a Ray job passes a sharded builder); `progress` hears
+    each step."""
     started = time.monotonic()
     run_id = f"run_{uuid.uuid4().hex[:12]}"
-    faces = meta.clustering_faces(library)
+    progress = progress or Progress(f"cluster {library}")
+    progress.step("reading faces")
+    faces = list(progress.counted(meta.clustering_faces(library)))
     human, others = choose_faces(faces, options.min_quality, options.max_faces)
     considered = human + others
     ids = [f["_id"] for f in considered]
     chosen = set(ids)
     untouched = [f for f in faces if f["_id"] not in chosen]  # outside the limits: they keep their labels
-    matrix = unit(vectors.fetch(ids)).astype(np.float32) if ids else np.zeros((0, 1), np.float32)
+    progress.step("reading vectors")
+    matrix = read_vectors(vectors, ids, progress)
     human_vectors, other_vectors = matrix[: len(human)], matrix[len(human) :]
     other_images = [f["image"] for f in others]
 
@@ -142,16 +159,16 @@ def run_clustering(
     assigned = np.full(len(others), UNCLUSTERED, dtype=np.int64)
     similarity = np.zeros(len(others), np.float32)
     if options.method == "dual":
+        progress.step("matching known persons")
         assigned, similarity = match_known(other_vectors, other_images, centroids, options.person_threshold, rejected)
     unknown = np.flatnonzero(assigned == UNCLUSTERED)
     unknown_vectors = other_vectors[unknown]
+    progress.step("building the k-NN graph")
     graph = neighbours(unknown_vectors, options.unknown.k) if len(unknown) > 1 else None
+    progress.step(f"clustering ({options.unknown.method})")
     labels = cluster(unknown_vectors, [other_images[i] for i in unknown], options.unknown, knn=graph)
 
-    groups = [
-        [others[unknown[i]]["_id"] for i in np.flatnonzero(labels == value)]
-        for value in range(labels.max(initial=-1) + 1)
-    ]
+    groups = [[others[unknown[i]]["_id"] for i in members.tolist()] for members in label_members(labels)]
     # A cluster with faces outside the limits keeps them and its id; new groups never take it over.
     kept = {str(f["cluster_id"]) for f in untouched if f.get("cluster_id")}
     previous: dict[str, set[str]] = defaultdict(set)
@@ -165,7 +182,9 @@ def run_clustering(
         for index in np.flatnonzero(assigned >= 0).tolist()
     }
     new_state = next_states(considered, auto, dict(zip(cluster_ids, groups, strict=True)))
-    write_labels(meta, vectors, considered, new_state)
+    progress.step("writing labels")
+    write_labels(meta, vectors, considered, new_state, progress)
+    progress.step("writing clusters")
 
     now = dt.datetime.now(dt.UTC)
     everyone = {**{f["_id"]: face_labels(f) for f in untouched}, **new_state}
@@ -173,6 +192,7 @@ def run_clustering(
     meta.replace_clusters(library, docs, keep=Counter(str(f["cluster_id"]) for f in untouched if f.get("cluster_id")))
     persons = {s["person_id"] for s in new_state.values() if s.get("person_id")}
     unclustered = sum(1 for s in new_state.values() if not s["person_id"] and not s["cluster_id"])
+    progress.step("recording the run")
     summary = RunSummary(
         run_id=run_id,
         method=options.method,
@@ -182,6 +202,7 @@ def run_clustering(
         unclustered=unclustered,
         seconds=round(time.monotonic() - started, 3),
         kept=len(untouched),
+        steps=dict(progress.seconds),
     )
     meta.record_run(
         {
@@ -210,25 +231,48 @@ def person_centroids(persons: list[str], vectors: NDArray[np.float32]) -> tuple[
     return person_ids, unit(np.stack([vectors[members[p]].sum(axis=0) for p in person_ids])).astype(np.float32)
 
 
+def read_vectors(vectors: Vectors, ids: Sequence[str], progress: Progress | None = None) -> NDArray[np.float32]:
+    """The unit vectors of `ids`, in order, read `LABEL_CHUNK` at a time into one matrix."""
+    if not ids:
+        return np.zeros((0, 1), np.float32)
+    first = unit(vectors.fetch(ids[:LABEL_CHUNK])).astype(np.float32)
+    matrix = np.empty((len(ids), first.shape[1]), np.float32)
+    matrix[: len(first)] = first
+    for start in range(len(first), len(ids), LABEL_CHUNK):
+        chunk = ids[start : start + LABEL_CHUNK]
+        matrix[start : start + len(chunk)] = unit(vectors.fetch(chunk))
+        if progress:
+            progress.advance(len(chunk))
+    return matrix
+
+
 def write_labels(
-    meta: MetaStore, vectors: Vectors, faces: Sequence[Mapping[str, Any]], new_state: dict[str, dict[str, Any]]
+    meta: MetaStore,
+    vectors: Vectors,
+    faces: Sequence[Mapping[str, Any]],
+    new_state: dict[str, dict[str, Any]],
+    progress: Progress | None = None,
 ) -> None:
-    """Write only what changed, to MongoDB and to the Qdrant payloads."""
-    changed: list[tuple[str, dict[str, Any]]] = []
-    for face in faces:
-        state = new_state[face["_id"]]
-        if any(face.get(key) != value for key, value in state.items()):
-            changed.append((face["_id"], state))
-    meta.update_faces(changed)
-    by_payload: dict[tuple[Any, Any], list[str]] = defaultdict(list)
-    for face_id, state in changed:
-        by_payload[(state["cluster_id"], state["person_id"])].append(face_id)
-    vectors.set_payloads(
-        [
-            ({"cluster_id": cluster_id, "person_id": person_id}, ids)
-            for (cluster_id, person_id), ids in by_payload.items()
-        ]
-    )
+    """Write only what changed, to MongoDB and to the Qdrant payloads, `LABEL_CHUNK` faces at a time."""
+    changed = [
+        (face["_id"], state)
+        for face, state in ((face, new_state[face["_id"]]) for face in faces)
+        if any(face.get(key) != value for key, value in state.items())
+    ]
+    for start in range(0, len(changed), LABEL_CHUNK):
+        chunk = changed[start : start + LABEL_CHUNK]
+        meta.update_faces(chunk)
+        by_payload: dict[tuple[Any, Any], list[str]] = defaultdict(list)
+        for face_id, state in chunk:
+            by_payload[(state["cluster_id"], state["person_id"])].append(face_id)
+        vectors.set_payloads(
+            [
+                ({"cluster_id": cluster_id, "person_id": person_id}, ids)
+                for (cluster_id, person_id), ids in by_payload.items()
+            ]
+        )
+        if progress:
+            progress.advance(len(chunk))
 
 
 def cluster_docs(

@@ -10,6 +10,7 @@ import resource
 import statistics
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -103,21 +104,25 @@ class PeakMemory:
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.peak = 0.0
+        self.parts: dict[str, float] = {}  # MiB per process name at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> float:
+    def _sample(self) -> dict[str, float]:
         me = psutil.Process()
-        total = 0
+        parts: dict[str, float] = defaultdict(float)
         for process in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += process.memory_full_info().pss
-        return total / 2**20
+                parts[process.name()] += process.memory_full_info().pss / 2**20
+        return parts
 
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.perf_counter()
-            self.peak = max(self.peak, self._sample())
+            parts = self._sample()
+            if (total := sum(parts.values())) > self.peak:
+                self.peak = total
+                self.parts = {name: round(mib, 1) for name, mib in sorted(parts.items(), key=lambda p: -p[1])}
             self._stop.wait(max(self.interval, 20 * (time.perf_counter() - started)))
 
     def __enter__(self) -> PeakMemory:

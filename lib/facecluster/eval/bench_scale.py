@@ -247,8 +247,10 @@ def bench_scale(
         truth = dict(zip(written, truth_of[:faces], strict=True))
         timed(results, "index", lambda: settle_index(stores))
         with PeakMemory() as peak:
-            timed(results, "cluster", lambda: run_cluster(run, LIBRARY, stores=stores))
+            clustered = timed(results, "cluster", lambda: run_cluster(run, LIBRARY, stores=stores))
         results["cluster_peak_pss_mib"] = round(peak.peak, 1)
+        results["cluster_peak_pss_by_process_mib"] = peak.parts
+        results["cluster_steps_seconds"] = clustered.steps
         results["bcubed_f"] = bcubed(stores, truth)
         labelled = label_persons(stores, written, truth, 0.01)
         results["labelled_persons"] = len(labelled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -145,15 +146,19 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
     def faces_by_id(self, ids: Sequence[str]) -> list[FaceDoc]:
         return cast(list[FaceDoc], self.call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}}))))
 
-    def clustering_faces(self, library: str) -> list[FaceDoc]:
-        projection = {
-            "_id": 1, "image": 1, "quality": 1, "person_id": 1, "label_source": 1,
-            "rejected_persons": 1, "cluster_id": 1,
-        }  # fmt: skip
-        return cast(
-            list[FaceDoc],
-            self.call(lambda: list(self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING))),
-        )
+    def clustering_faces(self, library: str) -> Iterator[FaceDoc]:
+        """What a clustering run reads of each face of a library, in `_id` order, streamed and small (a
+        million faces in about half a gigabyte): the quality score alone, photo and label ids shared
+        between faces, no empty field."""
+        fields = ["image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id"]
+        for doc in self.iter_faces(library, fields):
+            face: dict[str, Any] = {"_id": doc["_id"], "quality": {"score": doc.get("quality", {}).get("score", 0.0)}}
+            for name in ("image", "person_id", "label_source", "cluster_id"):
+                if (value := doc.get(name)) is not None:
+                    face[name] = sys.intern(str(value))
+            if rejected := doc.get("rejected_persons"):
+                face["rejected_persons"] = rejected
+            yield cast(FaceDoc, face)
 
     def library_lock(self, library: str, ttl_s: float = 60.0) -> AbstractContextManager[None]:
         """The lock every change to a library's faces, persons or clusters holds (clustering runs,
