@@ -27,6 +27,7 @@ _PAGE = 4096
 STAGING_SUFFIX = ".indexing"
 SWAP_SUFFIX = ".swap"
 OLD_SUFFIX = ".old"
+MOVED_SUFFIX = ".moved"
 
 
 class ShardUnavailable(BackendUnavailable):
@@ -103,6 +104,12 @@ class EdgeVectors:
         self.folder = Path(config.path) / config.collection
         self._shard: edge.EdgeShard | None = None
         self.pending: list[edge.UpdateOperation] | None = None
+        # Points written since the shard's index was built: Qdrant Edge moves every upserted point and every
+        # point whose payload is set (a label) out of the HNSW segment, and its `indexed_vectors_count` keeps
+        # counting them there. Kept beside the shard across restarts (as of the last flush).
+        self.moved_file = self.folder.with_name(self.folder.name + MOVED_SUFFIX)
+        self.moved = int(self.moved_file.read_text()) if self.moved_file.exists() else 0
+        self._moved_at_start = 0
 
     def _opened(self, *, create: bool = False) -> edge.EdgeShard | None:
         if self._shard is None:
@@ -119,12 +126,17 @@ class EdgeVectors:
     def close(self) -> None:
         if self._shard is not None:
             self._shard.flush()
+            self._save_moved()
             self._shard.close()
             self._shard = None
 
     def flush(self) -> None:
         if self._shard is not None:
             self._shard.flush()
+            self._save_moved()
+
+    def _save_moved(self) -> None:
+        self.moved_file.write_text(str(self.moved))
 
     def ensure_collection(self) -> None:
         self._opened(create=True)
@@ -134,6 +146,7 @@ class EdgeVectors:
         for start in range(0, len(ids), _PAGE):
             points = [edge.Point(ids[i], rows[i], payloads[i]) for i in range(start, min(start + _PAGE, len(ids)))]
             self._update(edge.UpdateOperation.upsert_points(points))
+            self.moved += len(points)
 
     def _found(self, ids: Sequence[str], *, vectors: bool) -> Iterator[edge.Record]:
         shard = self._opened()
@@ -173,12 +186,14 @@ class EdgeVectors:
         return 0 if shard is None else int(shard.count(edge.CountRequest(exact=True)))
 
     def unindexed(self) -> int:
-        """Points outside the HNSW index (searched by brute force)."""
+        """Points outside the HNSW index (searched by brute force): those written since it was built, or
+        more where Qdrant says so."""
         shard = self._opened()
         if shard is None:
             return 0
         info = shard.info()
-        return max(0, int(info.points_count) - int(info.indexed_vectors_count))
+        points = int(info.points_count)
+        return min(points, max(points - int(info.indexed_vectors_count), self.moved))
 
     def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]:
         """The vectors of `ids`, in order; a missing one is an error that names it."""
@@ -193,6 +208,7 @@ class EdgeVectors:
             present = [str(record.id) for record in self._found(points, vectors=False)]
             if present:
                 self._update(edge.UpdateOperation.set_payload(present, fields))  # type: ignore[arg-type]
+                self.moved += len(present)
 
     def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
         """The `limit` nearest points of each query vector, planned as one batch."""
@@ -230,6 +246,7 @@ class EdgeVectors:
         self.flush()
         shutil.copytree(self.folder, staging)
         self.pending = []
+        self._moved_at_start = self.moved
         return staging
 
     def abandon_indexing(self) -> None:
@@ -246,6 +263,7 @@ class EdgeVectors:
         built.flush()
         built.close()
         self.pending = None
+        self.moved -= self._moved_at_start  # the copy holds in its index what was written before the build
         self.folder.with_name(self.folder.name + SWAP_SUFFIX).touch()  # the copy is complete: recover() keeps it
         self.close()
         recover(self.folder)
