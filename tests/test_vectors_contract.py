@@ -4,6 +4,10 @@ coverage. Then what only the Edge store does: indexes built off the request path
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +39,11 @@ def vectors(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def unit(rows: int, seed: int = 0) -> NDArray[np.float32]:
-    vectors = np.random.default_rng(seed).normal(size=(rows, DIM)).astype(np.float32)
-    normed: NDArray[np.float32] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit_rows(np.random.default_rng(seed).normal(size=(rows, DIM)).astype(np.float32))
+
+
+def unit_rows(rows: NDArray[np.float32]) -> NDArray[np.float32]:
+    normed: NDArray[np.float32] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     return normed
 
 
@@ -216,3 +223,38 @@ def test_an_interrupted_migration_resumes(tmp_path: Path) -> None:
     assert store.ids() == set(points) and store.search(rows[:1], limit=1)[0][0].payload["person_id"] == "per_0"
     store.close()
     assert not (tmp_path / MIGRATING_FOLDER).exists()
+
+
+_BUILD_THEN_DIE = """
+import sys, uuid, numpy as np
+from facecluster.store.edge import EdgeVectors, build_index
+from facecluster.store.vectors import QdrantConfig
+store = EdgeVectors(QdrantConfig(url=None, api_key=None, path=sys.argv[1], collection="faces_128d", dim=128))
+points = [str(uuid.UUID(int=i + 1)) for i in range(30_000)]
+rows = np.random.default_rng(0).normal(size=(len(points), 128)).astype(np.float32)
+store.upsert(points, rows, [{"library": "a"}] * len(points))
+staging = store.start_indexing()
+print("building", flush=True)
+build_index(str(staging))
+print("built", flush=True)
+sys.stdin.read()  # killed here at the latest: before the swap
+"""
+
+
+def test_a_shard_killed_during_its_index_build_reopens_with_every_point(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BUILD_THEN_DIE, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline() == "building\n"
+    time.sleep(1.0)  # inside the HNSW build (a few seconds for 30,000 points)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    store = EdgeVectors(QdrantConfig(url=None, api_key=None, path=str(tmp_path), collection="faces_128d", dim=128))
+    points = [str(uuid.UUID(int=i + 1)) for i in range(30_000)]
+    rows = np.random.default_rng(0).normal(size=(len(points), 128)).astype(np.float32)
+    assert store.count() == 30_000 and np.allclose(store.fetch(points[::997]), unit_rows(rows[::997]), atol=1e-5)
+    assert not (tmp_path / f"faces_128d{STAGING_SUFFIX}").exists()  # the half-built copy is dropped
+    build_index(str(store.start_indexing()))  # and the next build finishes the work
+    store.finish_indexing()
+    assert store.unindexed() == 0 and store.search(rows[5:6], limit=1)[0][0].id == points[5]
+    store.close()

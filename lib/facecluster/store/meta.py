@@ -297,22 +297,24 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
             counts.sizes[face["person_id"]] = counts.sizes.get(face["person_id"], 0) + 1
             counts.sources[face.get("label_source")] = counts.sources.get(face.get("label_source"), 0) + 1
             photos.setdefault((face["library"], face["image"]), set()).add(face["person_id"])
-        unnamed = {**self._face_query(library), "person_id": None, "cluster_id": {"$ne": None}}
-        clusters = self._aggregate([{"$match": unnamed}, {"$group": {"_id": "$cluster_id", "n": {"$sum": 1}}}])
-        counts.sizes.update({str(row["_id"]): int(row["n"]) for row in clusters})
-        counts.unclustered = self.count("faces", {**self._face_query(library), "person_id": None, "cluster_id": None})
-        # Per library, one row per photo with its clusters (of faces without a person), streamed, never held.
+        # Per library, one row per photo with its faces without a person and their clusters: streamed, never
+        # held, and one scan for the cluster sizes, the unclustered faces and the photos' identities.
+        unnamed = {**self._face_query(library), "person_id": None}
         for name in [library] if library is not None else self.call(lambda: self.db.faces.distinct("library")):
             pipeline: list[Doc] = [
                 {"$match": {**unnamed, "library": name}},
-                {"$group": {"_id": "$image", "who": {"$addToSet": "$cluster_id"}}},
+                {"$group": {"_id": "$image", "faces": {"$sum": 1}, "clusters": {"$push": "$cluster_id"}}},
             ]
             for row in self.call(lambda p=pipeline: self.db.faces.aggregate(p, batchSize=10_000)):  # type: ignore[misc]
+                clusters = [str(c) for c in row["clusters"] if c is not None]
+                counts.unclustered += int(row["faces"]) - len(clusters)
+                for cluster in clusters:
+                    counts.sizes[cluster] = counts.sizes.get(cluster, 0) + 1
                 photo = (name, str(row["_id"]))
                 if photo in photos:
-                    photos[photo] |= set(row["who"])
+                    photos[photo].update(clusters)
                 else:
-                    counts.multi_identity_photos += len(row["who"]) > 1
+                    counts.multi_identity_photos += len(set(clusters)) > 1
         counts.multi_identity_photos += sum(1 for who in photos.values() if len(who) > 1)
         return counts
 
