@@ -258,3 +258,35 @@ def test_a_shard_killed_during_its_index_build_reopens_with_every_point(tmp_path
     store.finish_indexing()
     assert store.unindexed() == 0 and store.search(rows[5:6], limit=1)[0][0].id == points[5]
     store.close()
+
+
+_WRITE_UNTIL_FULL = """
+import resource, signal, sys, uuid, numpy as np
+from facecluster.store.edge import EdgeVectors, ShardWriteFailed
+from facecluster.store.vectors import QdrantConfig
+store = EdgeVectors(QdrantConfig(url=None, api_key=None, path=sys.argv[1], collection="faces_test_8d", dim=8))
+store.count()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**21, 2**21))  # files past 2 MiB cannot grow: the disk is full
+try:
+    for batch in range(1000):
+        points = [str(uuid.UUID(int=10**6 + batch * 1000 + i)) for i in range(1000)]
+        store.upsert(points, np.ones((1000, 8), np.float32), [{"library": "b", "image": "x" * 200}] * 1000)
+        print(batch, flush=True)
+except ShardWriteFailed as exc:
+    print("failed:", exc, flush=True)
+"""
+
+
+def test_a_full_disk_is_an_error_that_loses_nothing_stored(tmp_path: Path) -> None:
+    store = EdgeVectors(config(tmp_path))
+    points, rows = fill(store, 100)
+    store.close()
+    child = subprocess.run([sys.executable, "-c", _WRITE_UNTIL_FULL, str(tmp_path)], capture_output=True, text=True)
+    lines = child.stdout.splitlines()
+    assert child.returncode == 0 and lines[-1].startswith("failed: writing to the Qdrant Edge shard at ")
+    assert "File too large" in lines[-1]
+    acknowledged = {str(uuid.UUID(int=10**6 + int(b) * 1000 + i)) for b in lines[:-1] for i in range(1000)}
+    again = EdgeVectors(config(tmp_path))
+    assert set(points) | acknowledged <= again.ids() and np.allclose(again.fetch(points), rows, atol=1e-6)
+    again.close()

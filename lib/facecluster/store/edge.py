@@ -34,6 +34,10 @@ class ShardUnavailable(BackendUnavailable):
     """A shard folder that exists but cannot be opened: never replaced by an empty one."""
 
 
+class ShardWriteFailed(BackendUnavailable):
+    """A write the shard could not take (a full disk): what it acknowledged before stays stored."""
+
+
 def _library_filter(library: str | None) -> edge.Filter | None:
     if library is None:
         return None
@@ -119,7 +123,10 @@ class EdgeVectors:
     def _update(self, operation: edge.UpdateOperation) -> None:
         shard = self._opened(create=True)
         assert shard is not None
-        shard.update(operation)
+        try:
+            shard.update(operation)
+        except Exception as exc:  # the binding raises plain Exception: a full disk, a file it cannot write
+            raise ShardWriteFailed(f"writing to the Qdrant Edge shard at {self.folder} failed: {exc}") from exc
         if self.pending is not None:
             self.pending.append(operation)
 
