@@ -510,10 +510,14 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from facecluster.ingest.maintenance import export_faces
     from facecluster.ingest.sources import validate_library
+    from facecluster.logs import Progress
     from facecluster.store.connection import open_meta
 
-    for record in export_faces(open_meta(settings), validate_library(args.library)):
-        emit(record)
+    library = validate_library(args.library)
+    with Progress(f"export faces {library}", settings.ingest.progress_interval_s) as progress:
+        progress.step("writing faces")
+        for record in progress.counted(export_faces(open_meta(settings), library)):
+            emit(record)
     return 0
 
 

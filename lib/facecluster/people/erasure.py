@@ -17,6 +17,7 @@ from typing import Any
 
 from facecluster.cluster.run import mend_clusters
 from facecluster.errors import InvalidInput, NotFound
+from facecluster.logs import Progress
 from facecluster.people.profiles import point_id
 from facecluster.store.connection import Connection
 from facecluster.store.documents import FaceDoc, audit_entry
@@ -170,9 +171,11 @@ def delete_library(stores: Connection, library: str, *, actor: str) -> dict[str,
     """Remove a whole library: photos, faces, vectors of every version, persons, clusters, runs, assignments.
     The audit stays (with an entry for this deletion)."""
     counts = Counts()
-    with stores.meta.library_lock(library):
+    with stores.meta.library_lock(library), Progress(f"delete library {library}") as progress:
         for collection in stores.every_version("faces"):
+            progress.step("deleting face vectors")
             counts.add(counts.qdrant, "face_points", collection.delete_library(library))
+        progress.step("deleting photos, faces, persons, clusters and runs")
         for name, count in stores.meta.delete_library(library).items():
             counts.add(counts.mongodb, name, count)
     audit_id = _audit(stores.meta, library, actor, "delete_library", library, counts)
