@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facecluster.cluster.methods import UNCLUSTERED, match_known
-from facecluster.cluster.run import held_in_photo, person_centroids, write_labels
+from facecluster.cluster.run import barred_persons, held_in_photo, person_centroids, write_labels
 from facecluster.engine.projection import unit
 from facecluster.store.meta import Doc, MetaStore
 from facecluster.store.vectors import Vectors
@@ -52,10 +52,7 @@ def match_new_faces(
     photos = meta.faces_of_images(library, sorted(set(images)))
     position = {p: i for i, p in enumerate(persons)}
     barred = held_in_photo(photos, pending, "person_id")
-    rejected = [
-        {position[p] for p in {*(f.get("rejected_persons") or []), *held} if p in position}
-        for f, held in zip(pending, barred, strict=True)
-    ]
+    rejected = barred_persons(pending, barred, position)
     to_person, similarity = match_known(matrix, images, centroids, person_threshold, rejected)
     clusters = meta.clusters(library)
     rest = np.flatnonzero(to_person == UNCLUSTERED)

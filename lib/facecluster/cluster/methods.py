@@ -12,6 +12,7 @@ import uuid
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Literal
 
@@ -235,7 +236,7 @@ def match_known(
     images: Sequence[str],
     centroids: NDArray[np.float32],
     threshold: float,
-    rejected: Sequence[set[int]] = (),
+    rejected: Sequence[AbstractSet[int]] = (),
 ) -> tuple[Labels, NDArray[np.float32]]:
     """Dual mode's first phase: each face to its most similar known person at `threshold` or more,
     never to a person a human said it is not, and at most one face of a photo per person."""

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from facecluster.store.vectors import Vectors
 
 #: Faces read or written in one request of a run: bounded memory in the client and the servers.
 LABEL_CHUNK = 20_000
+NOTHING: frozenset[Any] = frozenset()
 RunMethod = Literal["dual", "graph", "hdbscan", "dbscan", "agglomerative"]
 
 
@@ -92,14 +94,27 @@ def face_labels(face: Mapping[str, Any]) -> Doc:
 
 def held_in_photo(
     context: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]], field: str
-) -> list[set[str]]:
+) -> list[AbstractSet[str]]:
     """For each target face, the values of `field` (persons or clusters) that other faces of its photo
     hold in `context`: two faces of one photo never share a person or a cluster."""
     by_image: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for face in context:
         if value := face.get(field):
             by_image[str(face["image"])].append((str(face["_id"]), str(value)))
-    return [{value for other, value in by_image[str(t["image"])] if other != t["_id"]} for t in targets]
+    return [
+        frozenset(value for other, value in by_image[str(t["image"])] if other != t["_id"]) or NOTHING for t in targets
+    ]
+
+
+def barred_persons(
+    faces: Sequence[Mapping[str, Any]], held: Sequence[AbstractSet[str]], position: Mapping[str, int]
+) -> list[AbstractSet[int]]:
+    """For each face, the known persons (by `position`) it may not join: those a human said it is not and
+    those other faces of its photo `held`. One shared empty set for the faces (nearly all) with none."""
+    return [
+        frozenset(position[p] for p in {*(f.get("rejected_persons") or []), *barred} if p in position) or NOTHING
+        for f, barred in zip(faces, held, strict=True)
+    ]
 
 
 def next_states(
@@ -151,10 +166,7 @@ def run_clustering(
     position = {p: i for i, p in enumerate(person_ids)}
     # Never a person a human said the face is not, nor one another face of its photo already is.
     taken = held_in_photo([*human, *untouched], others, "person_id")
-    rejected = [
-        {position[p] for p in {*(f.get("rejected_persons") or []), *held} if p in position}
-        for f, held in zip(others, taken, strict=True)
-    ]
+    rejected = barred_persons(others, taken, position)
 
     assigned = np.full(len(others), UNCLUSTERED, dtype=np.int64)
     similarity = np.zeros(len(others), np.float32)
