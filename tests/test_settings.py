@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,23 @@ def test_free_ports_are_different_and_avoid_the_taken_ones() -> None:
     taken = set(free_ports(5))
     ports = free_ports(50, taken=taken)
     assert len(set(ports)) == 50 and not taken & set(ports)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("QDRANT_PORT", "notaport", "QDRANT_PORT='notaport': Input should be a valid integer"),
+        ("FACECLUSTER_DECODE_MIN_SIDE", "abc", "FACECLUSTER_DECODE_MIN_SIDE='abc': Input should be a valid integer"),
+        ("FACECLUSTER_DETECTOR", "nosuch", "FACECLUSTER_DETECTOR='nosuch': unknown detector 'nosuch'; known: "),
+        ("EMBED_MODEL_NAME", "FACENET", "the facenet embedder is your own file: set EMBED_MODEL_PATH to its path"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it_never_a_traceback(
+    clean_env: Path, variable: str, value: str, said: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k.upper() != variable} | {variable: value}
+    command = [sys.executable, "-m", "facecluster.cli.main", "status"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"invalid settings: {said}" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -36,6 +36,10 @@ class Conflict(FaceclusterError):
     status = 409
 
 
+class InvalidSettings(FaceclusterError):
+    """Settings (environment variables, `.env`) that do not validate: each named with what is wrong."""
+
+
 class InvalidInput(FaceclusterError):
     """Input that cannot be used: a photo, a source, a model file's contract."""
 

@@ -20,12 +20,15 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from facecluster.errors import InvalidSettings
 
 Provider = Literal["cuda", "cpu"]
 
@@ -609,7 +612,36 @@ def first_set(*values: float | None) -> float:
     raise ValueError("none of the values is set")
 
 
+def setting_names(section: str, field: str) -> list[str]:
+    """The environment variables a setting is read from, its own name first."""
+    info = SECTIONS[section].model_fields.get(field) if section in SECTIONS else None
+    alias = info.validation_alias if info is not None else None
+    return [str(choice) for choice in alias.choices] if isinstance(alias, AliasChoices) else []
+
+
+def invalid_settings(exc: ValidationError) -> InvalidSettings:
+    """One line per setting that does not validate: the variable, the value given, what is wrong."""
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        names = setting_names(loc[0], loc[1]) if len(loc) >= 2 else []
+        names = sorted(names, key=lambda name: name not in os.environ)  # the one the user set, first
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = error.get("input")
+        if names and isinstance(given, str | int | float):
+            problems.append(f"{names[0]}={given!r}: {message}")
+        elif names:
+            problems.append(f"{names[0]}: {message}")
+        else:
+            problems.append(message)
+    return InvalidSettings("invalid settings: " + "; ".join(problems))
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return Settings()
+    """The process-wide settings, read once; settings that do not validate are an `InvalidSettings` naming
+    each variable and what is wrong with it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise invalid_settings(exc) from None

@@ -734,8 +734,15 @@ def embedded_services(settings: Settings, *, stop: bool = False) -> dict[str, ob
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from facecluster.errors import FaceclusterError
+
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except FaceclusterError as exc:
+        configure_logging("INFO")
+        log.error("%s", exc)
+        return exc.exit_code
     configure_logging(settings.general.log_level)
     if args.command == "config":
         if args.action == "check":
@@ -774,8 +781,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "erase": cmd_erase,
         "library": cmd_library,
     }
-    from facecluster.errors import FaceclusterError
-
     try:
         return handlers[args.command](settings, args)
     except FaceclusterError as exc:
