@@ -208,7 +208,7 @@ def stop_embedded(data_dir: Path) -> None:
     """What `facecluster stop` does: end the data directory's Ray head and MongoDB-wire server."""
     from facecluster.deployment import stop_embedded as stop
 
-    stop(data_dir, grace_s=5)
+    stop(data_dir)
 
 
 @pytest.fixture

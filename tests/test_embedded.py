@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from facecluster.runtime import head_processes, running
+
 from .conftest import facecluster_serve, get_json
 
 BIN = Path(sys.executable).parent
@@ -42,8 +44,12 @@ def test_serve_and_the_cli_side_by_side_then_stop(models_dir: Path, photos_dir: 
         with facecluster_serve(env, tmp_path / "serve.log") as base:
             side_by_side(env, base, root, photos_dir)
     finally:
+        head = finished(cli(env, "status"))["embedded_ray"]
+        family = head_processes(head["pid"]) if head["running"] else []
         stopped = finished(cli(env, "stop"))
     assert stopped["stopped"] == {"ray": True, "mongodb": True}
+    outlived = [p.pid for p in family if running(p)]  # the vector store's owner among them, holding its shards
+    assert len(family) > 5 and not outlived, f"Ray processes still running when `facecluster stop` returned: {outlived}"
     after = finished(cli(env, "status"))
     assert not after["embedded_ray"]["running"] and not after["embedded_mongodb"]["running"]
     time.sleep(1)

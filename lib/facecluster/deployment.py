@@ -104,7 +104,7 @@ def worker_env(settings: Settings, *, secrets_dir: Path | None = None) -> dict[s
     return {**env, **references}
 
 
-def stop_embedded(data_dir: Path, *, grace_s: float = 10.0) -> dict[str, bool]:
+def stop_embedded(data_dir: Path, *, grace_s: float = 3.0) -> dict[str, bool]:
     """Stop the data directory's Ray head and MongoDB-wire server (`facecluster stop`); this process
     leaves that Ray first when it is attached to it. Which of the two were running."""
     from facecluster.store.embedded import stop_mongo
@@ -124,4 +124,4 @@ def scratch_data_dir(prefix: str) -> Iterator[Path]:
         try:
             yield Path(scratch)
         finally:
-            stop_embedded(Path(scratch), grace_s=5)
+            stop_embedded(Path(scratch))

@@ -20,6 +20,8 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from facecluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -187,8 +189,11 @@ def _free(port: int) -> bool:
     return True
 
 
-def stop_head(data_dir: Path, *, grace_s: float = 10.0) -> bool:
-    """Stop the data directory's Ray head (and every actor on it); False when none ran."""
+def stop_head(data_dir: Path, *, grace_s: float = 3.0) -> bool:
+    """Stop the data directory's Ray head and every process under it (its actors: the vector store's owner,
+    which holds the shards), asked for `grace_s`, then killed (Ray's workers take longer than that to
+    heed SIGTERM; the shards' write-ahead log keeps every acknowledged write). False when none ran; when it
+    returns none of them runs."""
     record = head_folder(data_dir) / "head.json"
     if not record.exists():
         return False
@@ -196,14 +201,41 @@ def stop_head(data_dir: Path, *, grace_s: float = 10.0) -> bool:
     record.unlink()
     if not _alive(head.pid):
         return False
+    family = head_processes(head.pid)  # Ray's workers and actors too: they outlive their raylet by seconds
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _alive(head.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGKILL)
+    if alive := _until_gone(family, time.monotonic() + grace_s):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        _until_gone(alive, time.monotonic() + 5)  # the storage they held is free when this returns
     return True
+
+
+def head_processes(pid: int) -> list[psutil.Process]:
+    """The Ray head's process and every process under it."""
+    try:
+        head = psutil.Process(pid)
+        return [head, *head.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def running(process: psutil.Process) -> bool:
+    """Still running: a zombie (exited, its parent has not reaped it) is not."""
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _until_gone(processes: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+    """Wait until none of `processes` runs or the deadline passes; those still running."""
+    while (alive := [p for p in processes if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
 
 
 def head_status(data_dir: Path) -> dict[str, object]:
