@@ -36,7 +36,7 @@ FLUSH_EVERY_S = 30.0
 _WRITES = {"upsert", "delete", "set_payloads", "delete_library"}
 
 
-@ray.remote(num_cpus=1, max_retries=0)
+@ray.remote(num_cpus=1, max_retries=0, max_calls=1)  # its worker exits after: a 1M-point build leaves 1 GB behind
 def _build(staging: str) -> None:
     build_index(staging)
 
