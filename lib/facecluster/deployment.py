@@ -60,18 +60,11 @@ def start_head_services(settings: Settings) -> None:
     and actor-location actors (detached: the first Ray Data job would start them and they stay) and the
     owner of the embedded Qdrant Edge shards. Each is a process that imports Ray Data or Qdrant Edge, seconds
     of CPU apiece, which would otherwise compete with the first job's model actors while they start."""
-    from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
-    from ray.data._internal.execution.node_trackers import get_or_create_actor_location_tracker
-    from ray.data._internal.stats import get_or_create_stats_actor
-
+    from facecluster.ingest.ray_internals import start_data_actors
     from facecluster.store.embedded import local_vectors_path
     from facecluster.store.owner import local_vectors_owner
 
-    actors = [
-        get_or_create_stats_actor(),
-        get_or_create_autoscaling_coordinator(),  # type: ignore[no-untyped-call]
-        get_or_create_actor_location_tracker(),  # type: ignore[no-untyped-call]
-    ]
+    actors = start_data_actors()
     path = local_vectors_path(settings)
     if path is not None:
         actors.append(local_vectors_owner(path))

@@ -94,18 +94,10 @@ def _block(rows: list[dict[str, Any]]) -> ListingBlock:
 
 
 def _listing_dataset(blocks: list[ListingBlock]) -> Dataset:
-    """The listing's blocks as a dataset. Ray is pinned; these are its internal types."""
-    from ray.data._internal.logical.interfaces import LogicalPlan
-    from ray.data._internal.logical.operators import FromArrow
-    from ray.data._internal.stats import DatasetStats
-    from ray.data.context import DataContext
-    from ray.data.dataset import MaterializedDataset
+    """The listing's blocks as a dataset."""
+    from facecluster.ingest.ray_internals import materialized_dataset
 
-    refs, metadata = [ref for ref, _ in blocks], [meta for _, meta in blocks]
-    context = DataContext.get_current().copy()
-    stats = DatasetStats(metadata={"FromArrow": metadata}, parent=None)
-    dataset: Dataset = MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context, stats)
-    return dataset
+    return materialized_dataset([ref for ref, _ in blocks], [meta for _, meta in blocks])
 
 
 _LISTING = pa.schema([("key", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
