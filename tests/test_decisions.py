@@ -140,3 +140,8 @@ def test_a_long_step_reports_itself_while_it_lasts(caplog: pytest.LogCaptureFixt
     assert any(line.startswith("cluster L: reading faces, 3 done, ") for line in lines)
     assert "cluster L: writing labels" in lines
     assert progress.seconds["reading faces"] >= 0.2 and "writing labels" in progress.seconds
+    reported: list[str] = []  # a job's progress: its record hears each line instead of the log
+    with Progress("cluster L", interval_s=0.05, report=reported.append) as progress:
+        progress.step("reading faces")
+        time.sleep(0.2)
+    assert reported[0] == "cluster L: reading faces" and reported[1].startswith("cluster L: reading faces, ")

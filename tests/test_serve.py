@@ -112,7 +112,8 @@ def test_every_seed_curl_example_works_on_ray_serve(served: str, photos_dir: Pat
     job = wait_for_job(served, body["job_id"])
     assert job["status"] == "SUCCEEDED", job
     assert job["result"]["ingest"]["images"] == 10 and job["result"]["cluster"]["clusters"] == len(PEOPLE)
-    assert job["kind"] == "cluster-bucket-persons" and job["progress"], job  # recorded by the job itself
+    assert job["kind"] == "cluster-bucket-persons", job
+    assert job["progress"].startswith("cluster my-bucket/my-sub: recording the run"), job  # the run reports its steps
 
     runs = get(f"{served}/person-cluster-status/my-bucket/my-sub")["runs"]
     assign = next(c for route, c in by_route.items() if route.startswith("/assignments/"))

@@ -88,8 +88,7 @@ class AssignJob(Options):
 def run_cluster_job(settings: Settings, options: ClusterJob, progress: Progress) -> dict[str, Any]:
     from facecluster.cluster.commands import run_cluster
 
-    progress(f"clustering library {options.library}")
-    return run_cluster(settings, options.library, **options.cluster.model_dump()).to_dict()
+    return run_cluster(settings, options.library, report=progress, **options.cluster.model_dump()).to_dict()
 
 
 def run_train_job(settings: Settings, options: TrainOptions, progress: Progress) -> dict[str, Any]:
@@ -117,8 +116,7 @@ def run_pipeline(settings: Settings, options: PipelineJob, progress: Progress) -
         progress=progress,
     )
     library = ingest.library
-    progress(f"clustering library {library}")
-    overrides = options.cluster.model_dump()
+    overrides = {**options.cluster.model_dump(), "report": progress}
     result: dict[str, Any] = {
         "ingest": ingest.to_dict(),
         "cluster": run_cluster(settings, library, **overrides).to_dict(),

@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -22,11 +22,12 @@ def configure_logging(level: str) -> None:
 class Progress:
     """A long command's progress: the step it is in logged when it starts, and again every `interval_s`
     while it lasts (with a count where the step gives one), so no command is silent for longer; each
-    step's seconds are kept for the command's summary."""
+    step's seconds are kept for the command's summary. Each line goes to `report` where one is given (a
+    job's, which also records it), else to the log."""
 
-    def __init__(self, name: str, interval_s: float = 10.0, log: logging.Logger | None = None) -> None:
+    def __init__(self, name: str, interval_s: float = 10.0, report: Callable[[str], None] | None = None) -> None:
         self.name, self.interval_s = name, interval_s
-        self.log = log or logging.getLogger("facecluster.progress")
+        self.report = report or logging.getLogger("facecluster.progress").info
         self.seconds: dict[str, float] = {}
         self._step, self._done, self._started = "", 0, time.monotonic()
         self._lock = threading.Lock()
@@ -41,7 +42,7 @@ class Progress:
                 self.seconds[self._step] = round(now - self._started, 3)
             self._step, self._done, self._started = step, 0, now
         if step:
-            self.log.info("%s: %s", self.name, step)
+            self.report(f"{self.name}: {step}")
 
     def advance(self, count: int) -> None:
         """`count` more items of the current step are done."""
@@ -51,7 +52,7 @@ class Progress:
     def counted(self, items: Iterable[T]) -> Iterator[T]:
         """`items`, each one counted as done as it passes."""
         for item in items:
-            self._done += 1  # read by the ticker only: a late count is harmless
+            self.advance(1)
             yield item
 
     def _tick(self) -> None:
@@ -59,7 +60,7 @@ class Progress:
             with self._lock:
                 step, done, elapsed = self._step, self._done, time.monotonic() - self._started
             if step:
-                self.log.info("%s: %s, %s%.0f s", self.name, step, f"{done:,} done, " if done else "", elapsed)
+                self.report(f"{self.name}: {step}, {f'{done:,} done, ' if done else ''}{elapsed:.0f} s")
 
     def __enter__(self) -> Progress:
         self._ticker.start()

@@ -35,11 +35,17 @@ def sharded_knn(vectors: Any, k: int, shards: int) -> KnnGraph:
 
 
 def run_cluster(
-    settings: Settings, library: str, *, shards: int = 1, stores: Connection | None = None, **overrides: Any
+    settings: Settings,
+    library: str,
+    *,
+    shards: int = 1,
+    stores: Connection | None = None,
+    report: Callable[[str], None] | None = None,
+    **overrides: Any,
 ) -> RunSummary:
-    """Cluster a library's stored faces (`facecluster cluster`, the API's inline runs); overrides as
-    `run_options` takes. With `shards` > 1 the neighbour search runs as that many Ray tasks. One run
-    per library at a time: another one meanwhile is `Busy`."""
+    """Cluster a library's stored faces (`facecluster cluster`, the API's inline runs, jobs, whose `report`
+    records its progress); overrides as `run_options` takes. With `shards` > 1 the neighbour search runs as
+    that many Ray tasks. One run per library at a time: another one meanwhile is `Busy`."""
     library = validate_library(library)
     stores = stores or connect(settings)
     options = run_options(settings, stores.embedder, stores.version, **overrides)
@@ -49,7 +55,7 @@ def run_cluster(
         neighbours = partial(sharded_knn, shards=shards)
     with (
         stores.meta.library_lock(library, settings.clustering.cluster_lock_s),
-        Progress(f"cluster {library}", settings.ingest.progress_interval_s) as progress,
+        Progress(f"cluster {library}", settings.ingest.progress_interval_s, report) as progress,
     ):
         return run_clustering(stores.meta, stores.vectors, library, options, neighbours, progress)
 

@@ -24,6 +24,7 @@ from facecluster.engine.decode import IMAGE_SUFFIXES
 from facecluster.engine.quality import QUALITY_FIELDS
 from facecluster.eval.bench import PeakMemory, grow
 from facecluster.eval.metrics import score_clustering
+from facecluster.logs import Progress
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, connect
 from facecluster.store.documents import face_document, face_payload
@@ -104,15 +105,14 @@ def _faces(start: int, vectors: NDArray[np.float32], stores: Connection) -> Iter
 def write_library(stores: Connection, start: int, vectors: NDArray[np.float32]) -> list[str]:
     """Faces written as `ingest.stages.write_batch` writes them: vectors, then faces, then photos."""
     written: list[str] = []
-    said = time.monotonic()
-    for ids, docs, images, rows in _faces(start, vectors, stores):
-        stores.vectors.upsert(ids, rows, [face_payload(doc) for doc in docs])
-        stores.meta.write_faces(docs)
-        stores.meta.write_images(images)
-        written += ids
-        if time.monotonic() - said >= 10:
-            log.info("progress: %d of %d faces written", len(written), len(vectors))
-            said = time.monotonic()
+    with Progress(f"bench scale: {len(vectors):,} faces") as progress:
+        progress.step("writing faces")
+        for ids, docs, images, rows in _faces(start, vectors, stores):
+            stores.vectors.upsert(ids, rows, [face_payload(doc) for doc in docs])
+            stores.meta.write_faces(docs)
+            stores.meta.write_images(images)
+            written += ids
+            progress.advance(len(ids))
     return written
 
 

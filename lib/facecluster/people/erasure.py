@@ -171,7 +171,8 @@ def delete_library(stores: Connection, library: str, *, actor: str) -> dict[str,
     """Remove a whole library: photos, faces, vectors of every version, persons, clusters, runs, assignments.
     The audit stays (with an entry for this deletion)."""
     counts = Counts()
-    with stores.meta.library_lock(library), Progress(f"delete library {library}") as progress:
+    interval_s = stores.settings.ingest.progress_interval_s
+    with stores.meta.library_lock(library), Progress(f"delete library {library}", interval_s) as progress:
         for collection in stores.every_version("faces"):
             progress.step("deleting face vectors")
             counts.add(counts.qdrant, "face_points", collection.delete_library(library))
