@@ -6,6 +6,9 @@ import random
 from collections import Counter, defaultdict
 from typing import Any
 
+import pytest
+
+import facecluster.store.meta as meta_module
 from facecluster.people.stats import BINS, library_stats
 from facecluster.settings import Settings
 from facecluster.store.connection import open_meta
@@ -49,3 +52,22 @@ def test_statistics_match_a_count_in_python(store_settings: Settings) -> None:
     meta.write_faces(faces)
     for library in ("a", "b", None):
         assert library_stats(meta, library) == expected(faces, library)
+
+
+def test_faces_are_read_in_pages_each_once_while_faces_come_and_go(
+    store_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library read in pages while faces are deleted before the read's position (the next page's anchor
+    among them) and after it, and one is added: every face still stored comes once, the deleted unread ones
+    do not, the other library's never."""
+    monkeypatch.setattr(meta_module, "FACE_PAGE", 10)
+    meta = open_meta(store_settings)
+    meta.write_faces([{"_id": f"f{n:05d}", "library": "a" if n < 47 else "b", "image": f"p{n}.jpg"} for n in range(52)])
+    read: list[str] = []
+    for face in meta.iter_faces("a", ["image"]):
+        read.append(face["_id"])
+        if len(read) == 5:  # the first page is in hand: faces 2 and 4 were read, 9 anchors the next page
+            assert meta.delete_faces(["f00002", "f00004", "f00009", "f00030"]) == 4
+            meta.write_faces([{"_id": "f00100", "library": "a", "image": "late.jpg"}])
+    assert len(read) == len(set(read))
+    assert set(read) == {f"f{n:05d}" for n in range(47) if n != 30} | {"f00100"}

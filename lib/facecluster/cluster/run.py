@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -74,14 +75,19 @@ def _quality(face: Mapping[str, Any]) -> float:
     return float(face.get("quality", {}).get("score", 0.0))
 
 
+def _labelled(face: FaceDoc) -> bool:
+    return face.get("label_source") == "human" and bool(face.get("person_id"))
+
+
 def choose_faces(
     faces: Sequence[FaceDoc], min_quality: float, max_faces: int | None
 ) -> tuple[list[FaceDoc], list[FaceDoc]]:
     """What a run works on: every human-labelled face (they define the known persons) and the other faces
-    at or above `min_quality`, best first, so that there are at most `max_faces` in all."""
-    human = [f for f in faces if f.get("label_source") == "human" and f.get("person_id")]
-    others = [f for f in faces if not (f.get("label_source") == "human" and f.get("person_id"))]
-    others = sorted((f for f in others if _quality(f) >= min_quality), key=lambda f: -_quality(f))
+    at or above `min_quality`, best first, so that there are at most `max_faces` in all; ties and the
+    labelled faces in `_id` order, so a run does not depend on the order the store returns faces in."""
+    human = sorted((f for f in faces if _labelled(f)), key=itemgetter("_id"))
+    others = [f for f in faces if not _labelled(f) and _quality(f) >= min_quality]
+    others.sort(key=lambda f: (-_quality(f), f["_id"]))
     if max_faces is not None:
         others = others[: max(0, max_faces - len(human))]
     return human, others
@@ -266,11 +272,11 @@ def write_labels(
     progress: Progress | None = None,
 ) -> None:
     """Write only what changed, to MongoDB and to the Qdrant payloads, `LABEL_CHUNK` faces at a time."""
-    changed = [
-        (face["_id"], state)
-        for face, state in ((face, new_state[face["_id"]]) for face in faces)
-        if any(face.get(key) != value for key, value in state.items())
-    ]
+    changed: list[tuple[str, dict[str, Any]]] = []
+    for face in faces:
+        state = new_state[face["_id"]]
+        if any(face.get(key) != value for key, value in state.items()):
+            changed.append((face["_id"], state))
     for start in range(0, len(changed), LABEL_CHUNK):
         chunk = changed[start : start + LABEL_CHUNK]
         meta.update_faces(chunk)

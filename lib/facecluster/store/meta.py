@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
@@ -29,6 +30,8 @@ FINAL_STATES = ("done", "no_face")
 #: What a library holds; deleting it removes these (its audit and job records stay).
 LIBRARY_CONTENT = ("images", "faces", "clusters", "runs", "assignments", "persons")
 INSPECTABLE = (*LIBRARY_CONTENT, "audit", "jobs", "profiles", "erasures")
+#: Faces `iter_faces` reads a query at a time.
+FACE_PAGE = 50_000
 
 
 class Busy(Conflict):
@@ -137,19 +140,40 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         return {doc["_id"] for doc in self.call(lambda: list(self.db.faces.find(query, {"_id": 1})))}
 
     def iter_faces(self, library: str, fields: Sequence[str] | None = None) -> Iterator[FaceDoc]:
-        """A library's faces (only `fields`, when given) in `_id` order, streamed a batch at a time: a
-        library of a million faces is never one list."""
+        """A library's faces (only `fields`, when given) in the order they are stored, `FACE_PAGE` at a time:
+        a library of a million faces is never one list, here or in the server (the embedded MongoDB-wire
+        server holds a query's whole answer, and filters an `_id` range in Python, a scan a page; it runs
+        a position in SQL). Each page starts at the last face of the one before; when that face has moved
+        (faces before it were deleted meanwhile) the read steps back a page and passes over the faces it
+        has read, so none is missed or read twice."""
         projection = None if fields is None else dict.fromkeys(fields, 1)
-        cursor = self.call(lambda: self.db.faces.find({"library": library}, projection).sort("_id", ASCENDING))
-        yield from cast(Iterator[FaceDoc], cursor.batch_size(2000))
+
+        def page_at(start: int) -> list[FaceDoc]:
+            found = self.db.faces.find({"library": library}, projection).skip(start).limit(FACE_PAGE)
+            return cast(list[FaceDoc], list(found))
+
+        seen: set[str] = set()
+        start = 0
+        while True:
+            page = self.call(partial(page_at, start))
+            if start and (not page or page[0]["_id"] not in seen):
+                start = max(0, start - FACE_PAGE)
+                continue
+            for doc in page:
+                if doc["_id"] not in seen:
+                    seen.add(doc["_id"])
+                    yield doc
+            if len(page) < FACE_PAGE:
+                return
+            start += len(page) - 1
 
     def faces_by_id(self, ids: Sequence[str]) -> list[FaceDoc]:
         return cast(list[FaceDoc], self.call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}}))))
 
     def clustering_faces(self, library: str) -> Iterator[FaceDoc]:
-        """What a clustering run reads of each face of a library, in `_id` order, streamed and small (a
-        million faces in about half a gigabyte): the quality score alone, photo and label ids shared
-        between faces, no empty field."""
+        """What a clustering run reads of each face of a library, streamed and small (a million faces in
+        about half a gigabyte): the quality score alone, photo and label ids shared between faces, no empty
+        field."""
         fields = ["image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id"]
         for doc in self.iter_faces(library, fields):
             face: dict[str, Any] = {"_id": doc["_id"], "quality": {"score": doc.get("quality", {}).get("score", 0.0)}}
