@@ -183,11 +183,11 @@ def test_a_shard_that_does_not_open_is_named_never_replaced(tmp_path: Path) -> N
     assert (folder / "wal").read_text() == "not a write-ahead log"
 
 
-def local_mode_folder(data: Path) -> dict[str, tuple[list[str], NDArray[np.float32]]]:
+def local_mode_folder(data: Path, faces: int = 300) -> dict[str, tuple[list[str], NDArray[np.float32]]]:
     """A data directory's vectors as the code before Qdrant Edge stored them: qdrant-client's local mode in
     `qdrant/`, a faces and a profiles collection, labelled faces among them."""
     written: dict[str, tuple[list[str], NDArray[np.float32]]] = {}
-    for collection, n in (("faces_test_8d", 300), ("profiles_test_8d", 3)):
+    for collection, n in (("faces_test_8d", faces), ("profiles_test_8d", 3)):
         store = QdrantVectors(config(data / "qdrant", collection))
         store.ensure_collection()
         points, rows = ids(n), unit(n, seed=n)
@@ -223,6 +223,38 @@ def test_an_interrupted_migration_resumes(tmp_path: Path) -> None:
     assert store.ids() == set(points) and store.search(rows[:1], limit=1)[0][0].payload["person_id"] == "per_0"
     store.close()
     assert not (tmp_path / MIGRATING_FOLDER).exists()
+
+
+_MIGRATE_THEN_DIE = """
+import logging, sys
+from pathlib import Path
+from facecluster.store.migration import migrate_local_mode
+class Stop(logging.Handler):
+    def emit(self, record):
+        if "points copied" in record.getMessage():
+            print("copying", flush=True)
+            sys.stdin.read()  # killed here: the first page is in the shard, the rest is not
+logging.getLogger("facecluster.store.migration").addHandler(Stop())
+logging.getLogger("facecluster.store.migration").setLevel(logging.INFO)
+migrate_local_mode(Path(sys.argv[1]) / "vectors", progress_s=0.0)
+"""
+
+
+def test_a_migration_killed_while_copying_resumes_and_loses_nothing(tmp_path: Path) -> None:
+    written = local_mode_folder(tmp_path, faces=2500)
+    command = [sys.executable, "-c", _MIGRATE_THEN_DIE, str(tmp_path)]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "copying\n"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert (tmp_path / MIGRATING_FOLDER).exists() and not (tmp_path / "qdrant").exists()
+    assert migrate_local_mode(tmp_path / "vectors") == 2503  # the next start copies it all again, then checks
+    for collection, (points, rows) in written.items():
+        store = EdgeVectors(config(tmp_path / "vectors", collection))
+        assert store.ids() == set(points) and np.allclose(store.fetch(points), rows, atol=1e-6)
+        assert store.search(rows[2:3], limit=1)[0][0].payload["person_id"] == "per_2"
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors"]
 
 
 _BUILD_THEN_DIE = """
