@@ -71,8 +71,10 @@ def timed(results: dict[str, Any], name: str, run: Callable[[], T]) -> T:
 Chunk = tuple[list[str], list[dict[str, Any]], list[dict[str, Any]], NDArray[np.float32]]
 
 
-def _faces(start: int, vectors: NDArray[np.float32], stores: Connection) -> Iterator[Chunk]:
-    """The documents, payloads and ids of faces `start`… (photos of `FACES_PER_PHOTO` faces), in chunks."""
+def _faces(
+    start: int, vectors: NDArray[np.float32], stores: Connection, library: str, per_photo: int
+) -> Iterator[Chunk]:
+    """The documents, payloads and ids of faces `start`… (photos of `per_photo` faces), in chunks."""
     from facecluster.ingest.stages import face_id, image_id
 
     versions = ("synthetic@bench", stores.space.base, stores.config.qdrant.collection)
@@ -80,34 +82,40 @@ def _faces(start: int, vectors: NDArray[np.float32], stores: Connection) -> Iter
     for first in range(0, len(vectors), WRITE_CHUNK):
         ids, docs, images = [], [], {}
         for n in range(start + first, start + min(first + WRITE_CHUNK, len(vectors))):
-            photo, index = divmod(n, FACES_PER_PHOTO)
+            photo, index = divmod(n, per_photo)
             key = f"p{photo:08d}.jpg"
-            fid = face_id(LIBRARY, key, "etag", index, versions[0])
+            fid = face_id(library, key, "etag", index, versions[0])
             ids.append(fid)
             bbox = [20.0 + 120 * index, 40.0, 96.0, 96.0]
             landmarks = [[bbox[0] + 30, 70.0], [bbox[0] + 66, 70.0], [bbox[0] + 48, 90.0], [bbox[0] + 34, 110.0]]
             docs.append(
                 face_document(
-                    face_id=fid, library=LIBRARY, image=key, image_id=image_id(LIBRARY, key), index=index,
+                    face_id=fid, library=library, image=key, image_id=image_id(library, key), index=index,
                     bbox=bbox, landmarks=[*landmarks, [bbox[0] + 62, 110.0]], score=0.9, quality=quality,
                     versions=versions, labels={}, at=now(),
                 )
             )  # fmt: skip
             images[key] = {
-                "_id": image_id(LIBRARY, key), "library": LIBRARY, "key": key, "uri": f"bench://{key}",
+                "_id": image_id(library, key), "library": library, "key": key, "uri": f"bench://{key}",
                 "etag": "etag", "size": 0, "status": "done", "error_code": None, "error": None,
-                "faces": FACES_PER_PHOTO, "width": 640, "height": 480, "detector": versions[0],
+                "faces": per_photo, "width": 640, "height": 480, "detector": versions[0],
                 "embedder": versions[1], "job_id": "bench", "updated_at": now(),
             }  # fmt: skip
         yield ids, docs, list(images.values()), vectors[first : first + len(ids)]
 
 
-def write_library(stores: Connection, start: int, vectors: NDArray[np.float32]) -> list[str]:
+def write_library(
+    stores: Connection,
+    start: int,
+    vectors: NDArray[np.float32],
+    library: str = LIBRARY,
+    per_photo: int = FACES_PER_PHOTO,
+) -> list[str]:
     """Faces written as `ingest.stages.write_batch` writes them: vectors, then faces, then photos."""
     written: list[str] = []
-    with Progress(f"bench scale: {len(vectors):,} faces") as progress:
+    with Progress(f"bench: {len(vectors):,} faces into {library}") as progress:
         progress.step("writing faces")
-        for ids, docs, images, rows in _faces(start, vectors, stores):
+        for ids, docs, images, rows in _faces(start, vectors, stores, library, per_photo):
             stores.vectors.upsert(ids, rows, [face_payload(doc) for doc in docs])
             stores.meta.write_faces(docs)
             stores.meta.write_images(images)
@@ -117,8 +125,8 @@ def write_library(stores: Connection, start: int, vectors: NDArray[np.float32]) 
 
 
 def shards(stores: Connection) -> dict[str, dict[str, Any]] | None:
-    """Each embedded shard's points, unindexed points and whether its index is being built, from its owner;
-    None on a server (or an owner that builds no index of its own)."""
+    """Each embedded shard's points, unindexed points, whether its index is being built and whether a build is
+    due, from its owner; None on a server (or an owner that builds no index of its own)."""
     status = getattr(getattr(stores.own_vectors, "owner", None), "status", None)
     if status is None:
         return None
@@ -129,11 +137,9 @@ def shards(stores: Connection) -> dict[str, dict[str, Any]] | None:
 
 def settle_index(stores: Connection, timeout_s: float = 3600) -> None:
     """Wait until the embedded store's owner has built the index it is due to build (no-op on a server)."""
-    from facecluster.store.owner import INDEX_THRESHOLD
-
     deadline, said = time.monotonic() + timeout_s, time.monotonic()
     while time.monotonic() < deadline and (state := shards(stores)) is not None:
-        pending = {k: v for k, v in state.items() if v["building"] or v["unindexed"] >= INDEX_THRESHOLD}
+        pending = {k: v for k, v in state.items() if v["building"] or v["due"]}
         if not pending:
             return
         if time.monotonic() - said >= 10:
@@ -148,11 +154,11 @@ def unindexed(stores: Connection) -> int | None:
     return None if state is None else sum(int(shard["unindexed"]) for shard in state.values())
 
 
-def bcubed(stores: Connection, truth: dict[str, str]) -> float:
+def bcubed(stores: Connection, truth: dict[str, str], library: str = LIBRARY) -> float:
     """BCubed F of the library's clusters and persons against the true identities."""
     labels: dict[str, int] = {}
     predicted = []
-    for face in stores.meta.iter_faces(LIBRARY, ["cluster_id", "person_id"]):
+    for face in stores.meta.iter_faces(library, ["cluster_id", "person_id"]):
         who = face.get("person_id") or face.get("cluster_id")
         predicted.append((face["_id"], -1 if who is None else labels.setdefault(str(who), len(labels))))
     known = [(truth[face], label) for face, label in predicted if face in truth]

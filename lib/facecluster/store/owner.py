@@ -97,7 +97,12 @@ class LocalVectorsOwner:
         """Each open shard's points, unindexed points and whether its index is being built."""
         with self.lock:
             return {
-                name: {"points": s.store.count(), "unindexed": s.store.unindexed(), "building": s.build is not None}
+                name: {
+                    "points": s.store.count(),
+                    "unindexed": s.store.unindexed(),
+                    "building": s.build is not None,
+                    "due": s.build is None and self._due(s),
+                }
                 for name, s in self.shards.items()
             }
 
@@ -118,6 +123,12 @@ class LocalVectorsOwner:
                     except Exception:  # the shard keeps serving without its index; the next round tries again
                         log.exception("housekeeping of %s failed", shard.store.folder)
 
+    @staticmethod
+    def _due(shard: _Shard) -> bool:
+        """Whether the shard has gained enough points outside its index since the last build to build it again
+        (a small shard's points stay outside: the engine searches them by brute force)."""
+        return bool(shard.written_at) and shard.store.unindexed() - shard.left_unindexed >= INDEX_THRESHOLD
+
     def _tend(self, shard: _Shard) -> None:
         """Swap in a finished index, start a due one, flush what was written since the last flush."""
         now = time.monotonic()
@@ -133,7 +144,8 @@ class LocalVectorsOwner:
                     shard.store.finish_indexing()
                     shard.flushed_at = now
                     shard.left_unindexed = shard.store.unindexed()
-        elif shard.written_at and (unindexed := shard.store.unindexed()) - shard.left_unindexed >= INDEX_THRESHOLD:
+        elif self._due(shard):
+            unindexed = shard.store.unindexed()
             quiet = now - shard.written_at >= INDEX_QUIET_S
             forced = unindexed >= INDEX_FORCE and now - shard.abandoned_at >= INDEX_BACKOFF_S
             if quiet or forced:
