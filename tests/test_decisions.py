@@ -45,10 +45,11 @@ def test_after_a_run_human_labels_stay_and_machine_labels_lapse_unless_renewed()
         face("clustered", cluster_id="clu_old"),
     ]
     states = next_states(faces, {"renewed": ("per_2", 0.91)}, {"clu_new": ["clustered"]})
-    assert states["h"] == {"cluster_id": None, "person_id": "per_1", "label_source": "human"}
+    # Every face the run considered is no longer new (`pending`) for an incremental run.
+    assert states["h"] == {"cluster_id": None, "person_id": "per_1", "label_source": "human", "pending": None}
     assert states["auto"]["person_id"] is None and states["auto"]["label_source"] is None
     assert states["renewed"] == {
-        "cluster_id": None, "person_id": "per_2", "label_source": "auto", "person_similarity": 0.91
+        "cluster_id": None, "person_id": "per_2", "label_source": "auto", "person_similarity": 0.91, "pending": None
     }  # fmt: skip
     assert states["clustered"]["cluster_id"] == "clu_new"
 

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.fast
     ("kind", "options"),
     [
         ("cluster-dual", ClusterJob(library="a/b", cluster=ClusterOptions(method="dual", person_threshold=0.6))),
+        ("cluster-incremental", ClusterJob(library="a/b", cluster=ClusterOptions(method="graph", incremental=True))),
         ("train", TrainOptions(epochs=3, margin=0.3, library="a/b")),
         ("assign-batch", AssignJob(libraries=["a/b", "c/d"], strategy="vote", overwrite=True)),
         ("cluster-bucket-persons", PipelineJob(source="s3://a/b/", library="a/b", force=True)),
@@ -25,7 +26,7 @@ def test_options_cross_the_command_line_unchanged(kind: str, options: object) ->
 
 
 def test_every_kind_is_registered_with_its_options_and_function() -> None:
-    assert set(KINDS) == {"cluster-dual", "train", "assign-batch", "cluster-bucket-persons"}
+    assert set(KINDS) == {"cluster-dual", "cluster-incremental", "train", "assign-batch", "cluster-bucket-persons"}
     for kind in KINDS.values():
         assert callable(kind.run) and kind.what
 

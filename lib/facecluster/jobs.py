@@ -47,6 +47,11 @@ class ClusterOptions(Options):
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     max_faces: int | None = Field(default=None, ge=1, le=1_000_000_000)
     min_quality: float | None = Field(default=None, ge=0.0, le=1.0)
+    incremental: bool | None = Field(
+        default=None,
+        description="cluster only the faces stored since the last run into the library's clustering "
+        "(default: yes in a pipeline once the library has a run, no in a clustering run)",
+    )
 
 
 class TrainOptions(Options):
@@ -91,6 +96,11 @@ def run_cluster_job(settings: Settings, options: ClusterJob, progress: Progress)
     return run_cluster(settings, options.library, report=progress, **options.cluster.model_dump()).to_dict()
 
 
+def run_incremental_job(settings: Settings, options: ClusterJob, progress: Progress) -> dict[str, Any]:
+    cluster = options.cluster.model_copy(update={"incremental": True})
+    return run_cluster_job(settings, options.model_copy(update={"cluster": cluster}), progress)
+
+
 def run_train_job(settings: Settings, options: TrainOptions, progress: Progress) -> dict[str, Any]:
     from facecluster.train.job import run_train
 
@@ -116,7 +126,8 @@ def run_pipeline(settings: Settings, options: PipelineJob, progress: Progress) -
         progress=progress,
     )
     library = ingest.library
-    overrides = {**options.cluster.model_dump(), "report": progress}
+    incremental = options.cluster.incremental is not False
+    overrides = {**options.cluster.model_dump(), "incremental": incremental, "report": progress}
     result: dict[str, Any] = {
         "ingest": ingest.to_dict(),
         "cluster": run_cluster(settings, library, **overrides).to_dict(),
@@ -130,7 +141,7 @@ def run_pipeline(settings: Settings, options: PipelineJob, progress: Progress) -
             result["train"] = {"skipped": str(exc)}
         else:
             result["train"] = trained.to_dict()
-            result["recluster"] = run_cluster(settings, library, **overrides).to_dict()
+            result["recluster"] = run_cluster(settings, library, **{**overrides, "incremental": False}).to_dict()
     result["stats"] = library_stats(open_meta(settings), library)
     return result
 
@@ -181,6 +192,9 @@ class JobKind:
 
 KINDS: dict[str, JobKind] = {
     "cluster-dual": JobKind(ClusterJob, run_cluster_job, "dual-mode clustering of a library"),
+    "cluster-incremental": JobKind(
+        ClusterJob, run_incremental_job, "incremental clustering of the faces stored since a library's last run"
+    ),
     "train": JobKind(TrainOptions, run_train_job, "triplet fine-tuning, re-projection and switch"),
     "assign-batch": JobKind(AssignJob, run_assign_job, "cluster-to-profile assignment of several libraries"),
     "cluster-bucket-persons": JobKind(PipelineJob, run_pipeline, "ingest, cluster and count a library"),

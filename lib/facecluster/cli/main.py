@@ -74,11 +74,18 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="cosine similarity threshold")
     parser.add_argument("--max-faces", type=int, default=None)
     parser.add_argument("--min-quality", type=float, default=None, help="quality gate: faces below are not clustered")
+    parser.add_argument(
+        "--incremental",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cluster only the faces stored since the last run into the library's clustering "
+        "(default: yes in a pipeline once the library has a run, no in `cluster`)",
+    )
 
 
 def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("method", "person_threshold", "unknown_method", "min_cluster_size", "eps", "threshold", "max_faces")
-    return {name: getattr(args, name) for name in (*names, "min_quality")}
+    return {name: getattr(args, name) for name in (*names, "min_quality", "incremental")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiling.add_argument("--tiles", type=_batch_sizes, default=[1, 2, 3])
     listing = bench_actions.add_parser("listing", help="the ingest driver's memory listing S3 vs a manifest")
     listing.add_argument("--sizes", type=_batch_sizes, default=[2_000, 20_000], help="bucket sizes, in keys")
+    arriving = bench_actions.add_parser(
+        "incremental", help="faces arriving in increments: incremental clustering against one full run"
+    )
+    arriving.add_argument("--images", type=_existing_path, required=True, help="photos whose faces seed the set")
+    arriving.add_argument("--faces", type=int, default=0, help="grow the set to N faces (default: the photos')")
+    arriving.add_argument("--initial", type=float, default=0.5, help="share clustered by a full run first")
+    arriving.add_argument("--increments", type=int, default=5, help="parts the rest arrives in")
+    arriving.add_argument("--pool", type=int, default=0, help="unclustered distractor faces in the library")
+    arriving.add_argument("--no-match", action="store_true", help="skip the `match` baseline")
     scale = bench_actions.add_parser("scale", help="every library-wide operation on a library of N faces")
     scale.add_argument("--faces", type=int, required=True, help="library size, e.g. 100000 or 1000000")
     scale.add_argument("--images", type=_existing_path, required=True, help="photos whose faces seed the set")
@@ -694,6 +710,16 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from facecluster.eval.bench_listing import bench_listing
 
         emit(bench_listing(settings, args.sizes))
+        return 0
+    if args.action == "incremental":
+        from facecluster.eval.bench_incremental import bench_incremental
+
+        emit(
+            bench_incremental(
+                settings, args.images, faces=args.faces, initial=args.initial, increments=args.increments,
+                pool=args.pool, match=not args.no_match,
+            )
+        )  # fmt: skip
         return 0
     if args.action == "scale":
         from facecluster.eval.bench_scale import bench_scale

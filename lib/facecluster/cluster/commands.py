@@ -11,6 +11,7 @@ import numpy as np
 import ray
 
 from facecluster.cluster.assignment import AssignReport, Strategy, assign_clusters, assign_options
+from facecluster.cluster.incremental import run_incremental
 from facecluster.cluster.knn import KnnGraph, knn_graph, knn_rows
 from facecluster.cluster.matching import MatchSummary, match_new_faces
 from facecluster.cluster.run import RunSummary, run_clustering, run_options
@@ -41,11 +42,14 @@ def run_cluster(
     shards: int = 1,
     stores: Connection | None = None,
     report: Callable[[str], None] | None = None,
+    incremental: bool | None = False,
     **overrides: Any,
 ) -> RunSummary:
     """Cluster a library's stored faces (`facecluster cluster`, the API's inline runs, jobs, whose `report`
-    records its progress); overrides as `run_options` takes. With `shards` > 1 the neighbour search runs as
-    that many Ray tasks. One run per library at a time: another one meanwhile is `Busy`."""
+    records its progress); overrides as `run_options` takes. `incremental` clusters only the faces stored since
+    the last run into the clustering the library has (a library without a run gets a full one). With `shards`
+    > 1 the neighbour search runs as that many Ray tasks. One run per library at a time: another one meanwhile
+    is `Busy`."""
     library = validate_library(library)
     stores = stores or connect(settings)
     options = run_options(settings, stores.embedder, stores.version, **overrides)
@@ -57,6 +61,8 @@ def run_cluster(
         stores.meta.library_lock(library, settings.clustering.cluster_lock_s),
         Progress(f"cluster {library}", settings.ingest.progress_interval_s, report) as progress,
     ):
+        if incremental and stores.meta.latest_run(library) is not None:
+            return run_incremental(stores.meta, stores.vectors, library, options, progress)
         return run_clustering(stores.meta, stores.vectors, library, options, neighbours, progress)
 
 

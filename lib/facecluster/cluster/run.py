@@ -66,12 +66,18 @@ class RunSummary:
     seconds: float
     kept: int = 0  # faces outside the run's limits (quality, max faces): left as they were
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step
+    incremental: bool = False
+    new_faces: int = 0  # faces stored since the last run (pending), the ones an incremental run clusters
+    born: int = 0  # incremental: clusters made of new and pool faces
+    merged: int = 0  # incremental: clusters merged into another
+    drift: float | None = None  # incremental: 1 - BCubed agreement with a fresh clustering of what changed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _quality(face: Mapping[str, Any]) -> float:
+def face_quality(face: Mapping[str, Any]) -> float:
+    """A face's quality score (0 when it has none)."""
     return float(face.get("quality", {}).get("score", 0.0))
 
 
@@ -86,8 +92,8 @@ def choose_faces(
     at or above `min_quality`, best first, so that there are at most `max_faces` in all; ties and the
     labelled faces in `_id` order, so a run does not depend on the order the store returns faces in."""
     human = sorted((f for f in faces if _labelled(f)), key=itemgetter("_id"))
-    others = [f for f in faces if not _labelled(f) and _quality(f) >= min_quality]
-    others.sort(key=lambda f: (-_quality(f), f["_id"]))
+    others = [f for f in faces if not _labelled(f) and face_quality(f) >= min_quality]
+    others.sort(key=lambda f: (-face_quality(f), f["_id"]))
     if max_faces is not None:
         others = others[: max(0, max_faces - len(human))]
     return human, others
@@ -131,7 +137,7 @@ def next_states(
     states: dict[str, Doc] = {}
     for face in faces:
         person, source = face.get("person_id"), face.get("label_source")
-        state: Doc = {"cluster_id": None, "person_id": person, "label_source": source}
+        state: Doc = {"cluster_id": None, "person_id": person, "label_source": source, "pending": None}
         if source == "auto":
             state.update(person_id=None, label_source=None, person_similarity=None)
         states[face["_id"]] = state
@@ -316,8 +322,7 @@ def cluster_docs(
     for cluster_id, group in zip(cluster_ids, groups, strict=True):
         images = {by_id[f]["image"] for f in group}
         multi = sum(1 for image in images if len(identities[image]) > 1)
-        owner = max(group, key=lambda f: _quality(by_id[f]))
-        centroid = unit(matrix[[row[f] for f in group]].sum(axis=0))
+        owner = max(group, key=lambda f: face_quality(by_id[f]))
         docs.append(
             {
                 "_id": cluster_id,
@@ -325,7 +330,7 @@ def cluster_docs(
                 "run_id": run_id,
                 "size": len(group),
                 "owner_face_id": owner,
-                "centroid": [round(float(v), 6) for v in centroid],
+                **centroid_fields(matrix[[row[f] for f in group]].sum(axis=0)),
                 "images": len(images),
                 "single_person_images": len(images) - multi,
                 "multi_person_images": multi,
@@ -333,6 +338,13 @@ def cluster_docs(
             }
         )
     return docs
+
+
+def centroid_fields(total: NDArray[np.floating]) -> Doc:
+    """A cluster's centroid (the direction of its faces' summed unit vectors) and the sum's length, from
+    which an incremental run rebuilds the sum to add faces to it."""
+    norm = float(np.linalg.norm(total))
+    return {"centroid": [round(float(v), 6) for v in total / max(norm, 1e-12)], "vector_sum_norm": round(norm, 4)}
 
 
 def mend_clusters(meta: MetaStore, vectors: Vectors, cluster_ids: Iterable[str]) -> int:
@@ -348,9 +360,9 @@ def mend_clusters(meta: MetaStore, vectors: Vectors, cluster_ids: Iterable[str])
             meta.put_cluster(cluster_id, None)
             gone += 1
             continue
-        centroid = unit(vectors.fetch([m["_id"] for m in members]).sum(axis=0))
+        total = unit(vectors.fetch([m["_id"] for m in members])).sum(axis=0)
         mended = {**doc, "size": len(members), "owner_face_id": members[0]["_id"]}
-        meta.put_cluster(cluster_id, {**mended, "centroid": [round(float(v), 6) for v in centroid]})
+        meta.put_cluster(cluster_id, {**mended, **centroid_fields(total)})
     return gone
 
 

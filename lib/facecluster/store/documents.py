@@ -70,6 +70,7 @@ class FaceDoc(_Document, total=False):
     rejected_persons: list[str]
     person_similarity: float | None
     redetected: bool
+    pending: bool | None  # stored since the last clustering run: an incremental run's new faces
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -89,6 +90,7 @@ class ClusterDoc(_Document, total=False):
     size: int
     owner_face_id: str
     centroid: list[float]
+    vector_sum_norm: float  # the length of its faces' summed unit vectors (the centroid is its direction)
     images: int
     single_person_images: int
     multi_person_images: int
@@ -100,9 +102,12 @@ class RunDoc(_Document, total=False):
     method: str
     params: dict[str, Any]
     model_version: str
-    counts: dict[str, int]
+    counts: dict[str, Any]
     started_at: dt.datetime
-    finished_at: dt.datetime
+    finished_at: dt.datetime | None  # None while an incremental run writes
+    incremental: bool
+    clusters: list[str]  # incremental: the clusters it changes, mended if it is interrupted
+    interrupted: bool
 
 
 class AuditDoc(_Document, total=False):
@@ -215,6 +220,7 @@ def face_document(
         "embedder": embedder,
         "collection": collection,
         "updated_at": at,
+        "pending": True,
         **{name: labels.get(name) for name in LABEL_FIELDS},
         "rejected_persons": labels.get("rejected_persons") or [],
     }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
-from pymongo import ASCENDING, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DeleteOne, ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from facecluster.errors import Conflict
@@ -58,6 +58,7 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
             self.db.faces.create_index([("library", ASCENDING), ("image", ASCENDING)])
             self.db.faces.create_index([("library", ASCENDING), ("person_id", ASCENDING)])
             self.db.faces.create_index([("library", ASCENDING), ("cluster_id", ASCENDING)])
+            self.db.faces.create_index([("library", ASCENDING), ("pending", ASCENDING)])
             self.db.jobs.create_index([("library", ASCENDING), ("started_at", ASCENDING)])
             self.db.clusters.create_index([("library", ASCENDING), ("size", ASCENDING)])
             self.db.runs.create_index([("library", ASCENDING), ("started_at", ASCENDING)])
@@ -174,15 +175,21 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         """What a clustering run reads of each face of a library, streamed and small (a million faces in
         about half a gigabyte): the quality score alone, photo and label ids shared between faces, no empty
         field."""
-        fields = ["image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id"]
+        fields = ["image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id", "pending"]
         for doc in self.iter_faces(library, fields):
             face: dict[str, Any] = {"_id": doc["_id"], "quality": {"score": doc.get("quality", {}).get("score", 0.0)}}
             for name in ("image", "person_id", "label_source", "cluster_id"):
                 if (value := doc.get(name)) is not None:
                     face[name] = sys.intern(str(value))
-            if rejected := doc.get("rejected_persons"):
-                face["rejected_persons"] = rejected
+            for name in ("rejected_persons", "pending"):
+                if value := doc.get(name):
+                    face[name] = value
             yield cast(FaceDoc, face)
+
+    def pending_faces(self, library: str) -> list[FaceDoc]:
+        """Faces stored since the last clustering run (`pending`), with what a run reads of them."""
+        fields = ["image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id", "pending"]
+        return cast(list[FaceDoc], self.find("faces", {"library": library, "pending": True}, fields))
 
     def library_lock(self, library: str, ttl_s: float = 60.0) -> AbstractContextManager[None]:
         """The lock every change to a library's faces, persons or clusters holds (clustering runs,
@@ -231,6 +238,13 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
 
     def record_run(self, doc: Doc) -> None:
         self.call(lambda: self.db.runs.insert_one(doc))
+
+    def finish_run(self, run_id: str, fields: Doc) -> None:
+        self.call(lambda: self.db.runs.update_one({"_id": run_id}, {"$set": fields}))
+
+    def unfinished_runs(self, library: str) -> list[RunDoc]:
+        """Incremental runs of the library that were recorded as started and never finished (interrupted)."""
+        return cast(list[RunDoc], self.find("runs", {"library": library, "incremental": True, "finished_at": None}))
 
     # Jobs.
     def start_job(self, job_id: str, kind: str, library: str, source: str, options: Doc) -> None:
@@ -349,18 +363,26 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
             list[FaceDoc], self.find("faces", query, sort=[("quality.score", -1), ("_id", 1)], limit=limit or 0)
         )
 
-    def human_labelled_faces(self, library: str | None) -> list[FaceDoc]:
-        """Faces a person named (`label_source: human`), of one library or of all, in id order."""
-        query: Doc = {"label_source": "human", "person_id": {"$ne": None}}
+    def human_labelled_faces(self, library: str | None, persons: Sequence[str] | None = None) -> list[FaceDoc]:
+        """Faces a person named (`label_source: human`), of one library or of all, of `persons` when given, in
+        id order."""
+        named: Doc = {"$ne": None} if persons is None else {"$in": list(persons)}
+        query: Doc = {"label_source": "human", "person_id": named}
         if library is not None:
             query["library"] = library
         return cast(list[FaceDoc], self.find("faces", query, ["person_id"], sort=[("_id", 1)]))
 
-    def clustered_faces(self, library: str, cluster_ids: Sequence[str] | None = None, limit: int = 0) -> list[FaceDoc]:
-        """Faces in a cluster (in one of `cluster_ids` when given), in id order: their ids and clusters."""
+    def clustered_faces(
+        self,
+        library: str,
+        cluster_ids: Sequence[str] | None = None,
+        limit: int = 0,
+        fields: Sequence[str] = ("cluster_id",),
+    ) -> list[FaceDoc]:
+        """Faces in a cluster (in one of `cluster_ids` when given), in id order: their ids and `fields`."""
         members: Doc = {"$ne": None} if cluster_ids is None else {"$in": list(cluster_ids)}
         query = {"library": library, "cluster_id": members}
-        return cast(list[FaceDoc], self.find("faces", query, ["cluster_id"], sort=[("_id", 1)], limit=limit))
+        return cast(list[FaceDoc], self.find("faces", query, list(fields), sort=[("_id", 1)], limit=limit))
 
     def images(self, library: str, status: str | None = None) -> list[ImageDoc]:
         query = {"library": library} if status is None else {"library": library, "status": status}
@@ -390,6 +412,19 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         for doc in found:
             doc.pop("centroid", None)
         return self.count("clusters", query), cast(list[ClusterDoc], found)
+
+    def clusters_by_id(self, cluster_ids: Sequence[str]) -> list[ClusterDoc]:
+        """The clusters of `cluster_ids` that exist, with their centroids."""
+        if not cluster_ids:
+            return []
+        return cast(list[ClusterDoc], self.find("clusters", {"_id": {"$in": list(cluster_ids)}}))
+
+    def write_clusters(self, docs: Sequence[Doc], gone: Sequence[str] = ()) -> None:
+        """Replace (or insert) the clusters `docs` and delete the clusters `gone`, in one bulk write."""
+        operations: list[ReplaceOne[Doc] | DeleteOne] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
+        operations += [DeleteOne({"_id": cluster_id}) for cluster_id in gone]
+        if operations:
+            self.call(lambda: self.db.clusters.bulk_write(operations, ordered=False))
 
     def put_cluster(self, cluster_id: str, doc: Mapping[str, Any] | None) -> None:
         self.put("clusters", cluster_id, doc)

@@ -70,6 +70,11 @@ class DualRequest(BaseModel):
     unknown_method: Method | None = None
     unknown_min_size: int | None = Field(default=None, ge=2, le=10_000)
     max_faces: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    incremental: bool = Field(
+        default=False,
+        description="cluster only the faces stored since the last run into the library's clustering "
+        "(a library without a run gets a full one)",
+    )
     queue: bool = Field(default=True, description="run as a Ray job; false clusters in this request")
 
 
@@ -88,7 +93,8 @@ def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
             min_cluster_size=body.unknown_min_size,
             max_faces=body.max_faces,
         )
-        job_id = services.jobs.submit(services.meta, "cluster-dual", ClusterJob(library=library, cluster=cluster))
+        kind = "cluster-incremental" if body.incremental else "cluster-dual"
+        job_id = services.jobs.submit(services.meta, kind, ClusterJob(library=library, cluster=cluster))
         return {"queued": True, "job_id": job_id, "library": library, "status_url": f"/api/v1/jobs/{job_id}"}
     summary = run_cluster(
         services.settings,
@@ -99,6 +105,7 @@ def cluster_dual(services: Deps, body: DualRequest) -> dict[str, Any]:
         person_threshold=body.person_threshold,
         min_cluster_size=body.unknown_min_size,
         max_faces=body.max_faces,
+        incremental=body.incremental,
     )
     return {"queued": False, "library": library, **summary.to_dict()}
 
