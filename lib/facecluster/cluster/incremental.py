@@ -276,18 +276,18 @@ def run_incremental(
 
     progress.step("writing labels")
     into = {old: target for target, olds in outcome.absorbed.items() for old in olds}
-    moved = meta.clustered_faces(library, sorted(into)) if into else []
+    moved = meta.clustered_faces(library, sorted(into), fields=["cluster_id", "person_id"]) if into else []
     faces: dict[str, Mapping[str, Any]] = {f["_id"]: f for f in [*pending, *local.faces, *moved]}
     # Pending faces lose the flag and keep what labels they have; the others change only where a group took them.
     states: dict[str, Doc] = {f["_id"]: {"pending": None, **face_labels(f)} for f in pending}
     for face in moved:
-        states[face["_id"]] = {"cluster_id": into[str(face["cluster_id"])], "person_id": None}
+        states[face["_id"]] = {"cluster_id": into[str(face["cluster_id"])], "person_id": face.get("person_id")}
     for row, (person, similarity) in auto.items():
         states.setdefault(ids[row], {}).update(
             cluster_id=None, person_id=person, label_source="auto", person_similarity=similarity
         )
-    for cluster_id, rows in outcome.members.items():
-        for row in rows:
+    for cluster_id, gained in outcome.members.items():
+        for row in gained:
             states.setdefault(ids[row], {}).update(cluster_id=cluster_id, person_id=None)
     docs = _cluster_docs(meta, library, run_id, now, local, cluster_docs, outcome, photos, states)
     meta.record_run(
