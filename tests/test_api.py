@@ -295,6 +295,10 @@ def test_split_and_cluster_dual_inline(client: TestClient) -> None:
     ran = client.post("/api/v1/faces/cluster/dual", json={"library": LIBRARY, "person_threshold": 0.4, "queue": False})
     assert ran.status_code == 200, ran.text
     assert ran.json()["persons"] >= 1
+    # Incrementally, after a full run that left nothing pending: a run that finds no new faces.
+    again = client.post("/api/v1/faces/cluster/dual", json={"library": LIBRARY, "incremental": True, "queue": False})
+    assert again.status_code == 200, again.text
+    assert again.json()["incremental"] and again.json()["new_faces"] == 0 and again.json()["merged"] == 0
     cluster = _clusters(client)[0]
     split = client.post(
         f"/api/v1/faces/clusters/{cluster['cluster_id']}/split", json={"threshold": 0.99, "min_cluster_size": 2}
