@@ -48,6 +48,10 @@ class IdentityCounts:
     multi_identity_photos: int = 0
 
 
+#: What a clustering run reads of a face, full or incremental.
+RUN_FIELDS = ("image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id", "pending")
+
+
 class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
     """Every MongoDB collection of facecluster, through named methods."""
 
@@ -175,8 +179,7 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         """What a clustering run reads of each face of a library, streamed and small (a million faces in
         about half a gigabyte): the quality score alone, photo and label ids shared between faces, no empty
         field."""
-        fields = ["image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id", "pending"]
-        for doc in self.iter_faces(library, fields):
+        for doc in self.iter_faces(library, RUN_FIELDS):
             face: dict[str, Any] = {"_id": doc["_id"], "quality": {"score": doc.get("quality", {}).get("score", 0.0)}}
             for name in ("image", "person_id", "label_source", "cluster_id"):
                 if (value := doc.get(name)) is not None:
@@ -188,8 +191,7 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
 
     def pending_faces(self, library: str) -> list[FaceDoc]:
         """Faces stored since the last clustering run (`pending`), with what a run reads of them."""
-        fields = ["image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id", "pending"]
-        return cast(list[FaceDoc], self.find("faces", {"library": library, "pending": True}, fields))
+        return cast(list[FaceDoc], self.find("faces", {"library": library, "pending": True}, RUN_FIELDS))
 
     def library_lock(self, library: str, ttl_s: float = 60.0) -> AbstractContextManager[None]:
         """The lock every change to a library's faces, persons or clusters holds (clustering runs,
