@@ -308,7 +308,7 @@ def test_split_and_cluster_dual_inline(client: TestClient) -> None:
     assert client.get(f"/api/v1/faces/clusters/{cluster['cluster_id']}").status_code == 404
 
 
-def test_search_finds_the_person_and_the_profile(client: TestClient, photos_dir: Path) -> None:
+def test_search_finds_the_person_and_the_profile(client: TestClient, services: Services, photos_dir: Path) -> None:
     photo = sorted((photos_dir / "enrol" / "kit_harington").iterdir())[-1]
     found = client.post("/api/v1/faces/search", files=upload(photo), data={"library": LIBRARY, "limit": 5}).json()
     assert len(found["faces"]) == 1
@@ -316,6 +316,14 @@ def test_search_finds_the_person_and_the_profile(client: TestClient, photos_dir:
     assert face["faces"][0]["similarity"] > 0.99  # the photo itself is in the library
     assert all(hit["image"].startswith("kit_harington/") for hit in face["faces"][:2])
     assert face["profiles"][0]["user_id"] == "kit_harington"
+    # The hits' clusters and persons are MongoDB's (the vectors hold no labels).
+    stored = {f["_id"]: f for f in services.meta.faces_by_id([hit["face_id"] for hit in face["faces"]])}
+    assert any(hit["cluster_id"] or hit["person_id"] for hit in face["faces"])
+    for hit in face["faces"]:
+        assert (hit["cluster_id"], hit["person_id"]) == (
+            stored[hit["face_id"]].get("cluster_id"),
+            stored[hit["face_id"]].get("person_id"),
+        )
 
 
 def test_one_clustering_run_per_library_at_a_time(client: TestClient, services: Services) -> None:

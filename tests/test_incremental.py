@@ -121,7 +121,6 @@ def test_new_faces_join_persons_grow_clusters_and_found_new_ones(
     anna = arrivals["known"][0]
     named = [f for f in first if truth[f] == anna]
     stores.meta.update_faces([(f, {"person_id": "per_anna", "label_source": "human"}) for f in named])
-    stores.vectors.set_payloads([({"person_id": "per_anna", "cluster_id": before[named[0]]["cluster_id"]}, named)])
 
     second = _arrive(stores, arrivals, truth, 1, len(first))
     summary = run_cluster(store_settings, LIBRARY, stores=stores, incremental=True, method="dual")
@@ -162,9 +161,9 @@ def test_an_interrupted_run_leaves_a_consistent_library_that_the_next_run_comple
     second = _arrive(stores, arrivals, truth, 1, len(first))
     written = incremental.write_labels
 
-    def killed(meta: Any, vectors: Any, faces: Any, states: dict[str, Any], progress: Any = None) -> None:
+    def killed(meta: Any, faces: Any, states: dict[str, Any], progress: Any = None) -> None:
         half = dict(list(states.items())[: len(states) // 2])
-        written(meta, vectors, [f for f in faces if f["_id"] in half], half)
+        written(meta, [f for f in faces if f["_id"] in half], half)
         raise RuntimeError("killed half way")
 
     monkeypatch.setattr(incremental, "write_labels", killed)

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,7 +44,7 @@ from facecluster.cluster.run import (
 from facecluster.engine.projection import unit
 from facecluster.logs import Progress
 from facecluster.store.documents import ClusterDoc, FaceDoc
-from facecluster.store.meta import Doc, MetaStore
+from facecluster.store.meta import RUN_FIELDS, Doc, MetaStore
 from facecluster.store.vectors import Hit, Vectors
 
 #: Rounds of centroid merging after the edges are joined (a full run repeats until none merge; here the
@@ -173,15 +173,26 @@ class LocalGraph:
 
 @dataclass
 class Neighbourhood:
-    """The local faces (new faces first, then pool faces), their documents and vectors, and the hits of each."""
+    """The local faces (new faces first, then pool faces), their documents and vectors, the hits of each, and
+    what a run reads of every face hit (its labels among it: MongoDB holds them, the vectors do not)."""
 
     faces: list[FaceDoc]
     vectors: NDArray[np.float32]
     hits: list[list[Hit]]
+    seen: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[str]:
         return [f["_id"] for f in self.faces]
+
+    def read(self, meta: MetaStore, hits: Iterable[Sequence[Hit]]) -> None:
+        """Read the faces of `hits` not read yet, in pages by `_id`."""
+        missing = sorted({hit.id for row in hits for hit in row} - self.seen.keys())
+        self.seen.update((f["_id"], f) for f in meta.faces_by_id(missing, RUN_FIELDS))
+
+    def labelled(self, hits: Iterable[Sequence[Hit]], field: str) -> list[str]:
+        """The clusters or persons (`field`) of the faces hit, as read."""
+        return sorted({str(v) for row in hits for hit in row if (v := self.seen.get(hit.id, {}).get(field))})
 
 
 def gather(
@@ -194,27 +205,28 @@ def gather(
 ) -> Neighbourhood:
     """The new faces' neighbourhoods: their hits, the pool faces among them at `threshold` or more, the hits
     of those in turn and the pool faces among these (two hops: a pool face links new faces to the pool beyond)."""
-    faces = list(new)
     matrix = read_vectors(vectors, [f["_id"] for f in new]) if new else np.zeros((0, 1), np.float32)
-    hits = vectors.search(matrix, k + 1, library) if new else []
-    frontier, known = hits, {f["_id"] for f in faces}
+    local = Neighbourhood(list(new), matrix, vectors.search(matrix, k + 1, library) if new else [])
+    frontier, known = local.hits, {f["_id"] for f in new}
     for hop in (1, 2):
+        local.read(meta, frontier)
         pool = {
             hit.id
             for row in frontier
             for hit in row
-            if hit.similarity >= threshold and hit.id not in known and not _has_label(hit.payload)
+            if hit.similarity >= threshold and hit.id not in known and hit.id in local.seen
         }
-        found = sorted((f for f in meta.faces_by_id(sorted(pool)) if not _has_label(f)), key=lambda f: f["_id"])
+        found = [cast(FaceDoc, local.seen[f]) for f in sorted(pool) if not _has_label(local.seen[f])]
         if not found:
             break
         more = read_vectors(vectors, [f["_id"] for f in found])
-        faces += found
+        local.faces += found
         known.update(f["_id"] for f in found)
-        matrix = np.concatenate([matrix, more]).astype(np.float32)
+        local.vectors = np.concatenate([local.vectors, more]).astype(np.float32)
         frontier = vectors.search(more, k + 1, library) if hop == 1 else [[] for _ in found]
-        hits += frontier
-    return Neighbourhood(faces, matrix, hits)
+        local.hits += frontier
+    local.read(meta, frontier)
+    return local
 
 
 def _has_label(face: Mapping[str, Any]) -> bool:
@@ -256,7 +268,7 @@ def run_incremental(
     barred = held_in_photo(photos, [local.faces[row] for row in rows], "cluster_id")
     members = partial(meta.clustered_faces, library, fields=["cluster_id", "image"])
     graph = LocalGraph(local.vectors[rows], [images[row] for row in rows], barred, members)
-    cluster_docs = {d["_id"]: d for d in meta.clusters_by_id(_hit_clusters(local.hits))}
+    cluster_docs = {d["_id"]: d for d in meta.clusters_by_id(local.labelled(local.hits, "cluster_id"))}
     for doc in cluster_docs.values():
         graph.add_cluster(doc)
     edges: list[tuple[int, int, float]] = []
@@ -267,11 +279,11 @@ def run_incremental(
             other = row_of.get(hit.id)
             if other is not None and other != row and other in node_of:
                 edges.append((node, node_of[other], hit.similarity))
-            elif other is None and (cluster_id := hit.payload.get("cluster_id")) in graph.of_cluster:
+            elif other is None and (cluster_id := local.seen.get(hit.id, {}).get("cluster_id")) in graph.of_cluster:
                 edges.append((node, graph.of_cluster[str(cluster_id)], hit.similarity))
     graph.join_edges(edges, params.threshold, clusters_meet=False)
     progress.step("merging close groups")
-    _merge(meta, vectors, library, graph, cluster_docs, params.merge_threshold, params.k)
+    _merge(meta, vectors, library, local, graph, cluster_docs, params.merge_threshold, params.k)
     outcome = _outcome(graph, cluster_docs, params.min_cluster_size, rows)
 
     progress.step("writing labels")
@@ -302,7 +314,7 @@ def run_incremental(
     # Clusters first, then faces, then the merged clusters go: a run stopped anywhere leaves no face in a
     # cluster that does not exist, and the next run mends the sizes of the clusters recorded above.
     meta.write_clusters(list(docs.values()))
-    write_labels(meta, vectors, [faces[f] for f in states], states, progress)
+    write_labels(meta, [faces[f] for f in states], states, progress)
     meta.write_clusters([], gone=sorted(into))
 
     progress.step("measuring drift")
@@ -328,10 +340,6 @@ def run_incremental(
     return summary
 
 
-def _hit_clusters(hits: Iterable[Sequence[Hit]]) -> list[str]:
-    return sorted({str(c) for row in hits for hit in row if (c := hit.payload.get("cluster_id"))})
-
-
 def _match_persons(
     meta: MetaStore,
     vectors: Vectors,
@@ -342,7 +350,7 @@ def _match_persons(
 ) -> dict[int, tuple[str, float]]:
     """Dual mode's first phase over the local faces, against the persons among their neighbours: row →
     (person, similarity)."""
-    candidates = sorted({str(p) for row in local.hits for hit in row if (p := hit.payload.get("person_id"))})
+    candidates = local.labelled(local.hits, "person_id")
     human = meta.human_labelled_faces(library, candidates) if candidates else []
     if not human:
         return {}
@@ -363,6 +371,7 @@ def _merge(
     meta: MetaStore,
     vectors: Vectors,
     library: str,
+    local: Neighbourhood,
     graph: LocalGraph,
     cluster_docs: dict[str, ClusterDoc],
     threshold: float,
@@ -377,7 +386,9 @@ def _merge(
         # The clusters near a lone face are among its hits already; a grown group's centroid has moved.
         grown = [r for r in changed if graph.nodes[r].weight > 1]
         centroids = unit(np.stack([graph.nodes[r].total for r in grown])).astype(np.float32) if grown else None
-        near = _hit_clusters(vectors.search(centroids, k, library)) if centroids is not None else []
+        hits = vectors.search(centroids, k, library) if centroids is not None else []
+        local.read(meta, hits)
+        near = local.labelled(hits, "cluster_id")
         for doc in meta.clusters_by_id([c for c in near if c not in cluster_docs]):
             cluster_docs[doc["_id"]] = doc
             graph.add_cluster(doc)

@@ -81,7 +81,7 @@ def match_new_faces(
         cluster_id = clusters[int(to_cluster[offset])]["_id"]
         states[pending[int(rest[offset])]["_id"]] = {"cluster_id": cluster_id, "person_id": None}
         grown.add(cluster_id)
-    write_labels(meta, vectors, [f for f in pending if f["_id"] in states], states)
+    write_labels(meta, [f for f in pending if f["_id"] in states], states)
     meta.recount_clusters(grown)
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     return MatchSummary(

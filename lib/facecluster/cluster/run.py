@@ -207,7 +207,7 @@ def run_clustering(
     }
     new_state = next_states(considered, auto, dict(zip(cluster_ids, groups, strict=True)))
     progress.step("writing labels")
-    write_labels(meta, vectors, considered, new_state, progress)
+    write_labels(meta, considered, new_state, progress)
     progress.step("writing clusters")
 
     now = dt.datetime.now(dt.UTC)
@@ -272,12 +272,11 @@ def read_vectors(vectors: Vectors, ids: Sequence[str], progress: Progress | None
 
 def write_labels(
     meta: MetaStore,
-    vectors: Vectors,
     faces: Sequence[Mapping[str, Any]],
     new_state: dict[str, dict[str, Any]],
     progress: Progress | None = None,
 ) -> None:
-    """Write only what changed, to MongoDB and to the Qdrant payloads, `LABEL_CHUNK` faces at a time."""
+    """Write only what changed to MongoDB (the one home of labels), `LABEL_CHUNK` faces at a time."""
     changed: list[tuple[str, dict[str, Any]]] = []
     for face in faces:
         state = new_state[face["_id"]]
@@ -286,15 +285,6 @@ def write_labels(
     for start in range(0, len(changed), LABEL_CHUNK):
         chunk = changed[start : start + LABEL_CHUNK]
         meta.update_faces(chunk)
-        by_payload: dict[tuple[Any, Any], list[str]] = defaultdict(list)
-        for face_id, state in chunk:
-            by_payload[(state["cluster_id"], state["person_id"])].append(face_id)
-        vectors.set_payloads(
-            [
-                ({"cluster_id": cluster_id, "person_id": person_id}, ids)
-                for (cluster_id, person_id), ids in by_payload.items()
-            ]
-        )
         if progress:
             progress.advance(len(chunk))
 

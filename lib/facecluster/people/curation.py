@@ -131,7 +131,7 @@ class Curator:
         )
         self.meta.record_audit(entry)
         full = {f["_id"]: {**face_state(f), **new_states[f["_id"]]} for f in faces if f["_id"] in new_states}
-        write_labels(self.meta, self.vectors, [f for f in faces if f["_id"] in full], full)
+        write_labels(self.meta, [f for f in faces if f["_id"] in full], full)
         for person_id, doc in persons.items():
             self.meta.put_person(person_id, doc)
         for cluster_id, doc in clusters.items():

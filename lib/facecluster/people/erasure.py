@@ -189,13 +189,12 @@ def cleanup_clustering(
     *,
     clustering_id: str | None = None,
     assignments: bool = True,
-    qdrant: bool = True,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Undo one clustering run of a library (default: the latest): its clusters go, their faces become
     unclustered, the machine's person labels go when it is the latest run, and (with `assignments`) the
-    run's cluster→user assignments. Ingested faces and human labels are never touched. With `qdrant` the
-    vectors' payloads follow; `dry_run` only counts."""
+    run's cluster→user assignments. Ingested faces and human labels are never touched; the vectors hold no
+    labels, so Qdrant has nothing to undo. `dry_run` only counts."""
     meta = stores.meta
     run = meta.run(clustering_id, library) if clustering_id else meta.latest_run(library)
     if run is None:
@@ -220,10 +219,6 @@ def cleanup_clustering(
         return {"library": library, "clustering_id": run["_id"], "dry_run": dry_run, "removed": removed}
     with meta.library_lock(library):
         meta.update_faces(list(states.items()))
-        if qdrant:
-            for collection in stores.every_version("faces"):
-                collection.set_payloads([({"cluster_id": None, "person_id": None}, [f["_id"] for f in auto])])
-                collection.set_payloads([({"cluster_id": None}, [f["_id"] for f in members])])
         for cluster_id in clusters:
             meta.put_cluster(cluster_id, None)
         if assignments:

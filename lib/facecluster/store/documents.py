@@ -227,7 +227,8 @@ def face_document(
 
 
 def face_payload(face: Mapping[str, Any]) -> dict[str, Any]:
-    """The Qdrant payload of a stored face document: typed fields, the indexed ones included."""
+    """The Qdrant payload of a stored face document: the fields that never change once it is stored (its
+    cluster and person live in MongoDB alone; see `store.vectors.INDEXED_FIELDS`)."""
     return {
         "library": face["library"],
         "image": face["image"],
@@ -235,8 +236,6 @@ def face_payload(face: Mapping[str, Any]) -> dict[str, Any]:
         "score": face["score"],
         "quality": face["quality"]["score"],
         "face_size": face["quality"]["face_size"],
-        "person_id": face.get("person_id"),
-        "cluster_id": face.get("cluster_id"),
         "detector": face["detector"],
         "embedder": face["embedder"],
     }

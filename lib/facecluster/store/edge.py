@@ -108,8 +108,8 @@ class EdgeVectors:
         self.folder = Path(config.path) / config.collection
         self._shard: edge.EdgeShard | None = None
         self.pending: list[edge.UpdateOperation] | None = None
-        # Points written since the shard's index was built: Qdrant Edge moves every upserted point and every
-        # point whose payload is set (a label) out of the HNSW segment, and its `indexed_vectors_count` keeps
+        # Points written since the shard's index was built: Qdrant Edge moves every upserted point (a new
+        # face, or a stored one written again) out of the HNSW segment, and its `indexed_vectors_count` keeps
         # counting them there. Kept beside the shard across restarts (as of the last flush).
         self.moved_file = self.folder.with_name(self.folder.name + MOVED_SUFFIX)
         self.moved = int(self.moved_file.read_text()) if self.moved_file.exists() else 0
@@ -206,16 +206,6 @@ class EdgeVectors:
         """The vectors of `ids`, in order; a missing one is an error that names it."""
         found = {str(record.id): record.vector for record in self._found(ids, vectors=True)}
         return in_order(found, ids, self.config.dim)
-
-    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
-        """Set payload fields on groups of points: [(fields, point ids), …]; points not stored are passed over."""
-        if self._opened() is None:
-            return
-        for fields, points in updates:
-            present = [str(record.id) for record in self._found(points, vectors=False)]
-            if present:
-                self._update(edge.UpdateOperation.set_payload(present, fields))  # type: ignore[arg-type]
-                self.moved += len(present)
 
     def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
         """The `limit` nearest points of each query vector, planned as one batch."""

@@ -48,6 +48,8 @@ class IdentityCounts:
     multi_identity_photos: int = 0
 
 
+#: Ids in one `$in` query: the embedded MongoDB-wire server answers it from its `_id` index.
+ID_CHUNK = 5_000
 #: What a clustering run reads of a face, full or incremental.
 RUN_FIELDS = ("image", "quality", "person_id", "label_source", "rejected_persons", "cluster_id", "pending")
 
@@ -172,8 +174,12 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
                 return
             start += len(page) - 1
 
-    def faces_by_id(self, ids: Sequence[str]) -> list[FaceDoc]:
-        return cast(list[FaceDoc], self.call(lambda: list(self.db.faces.find({"_id": {"$in": list(ids)}}))))
+    def faces_by_id(self, ids: Sequence[str], fields: Sequence[str] | None = None) -> list[FaceDoc]:
+        """The faces of `ids` that are stored (only `fields` where given), `ID_CHUNK` ids a query."""
+        found: list[Doc] = []
+        for start in range(0, len(ids), ID_CHUNK):
+            found += self.find("faces", {"_id": {"$in": list(ids[start : start + ID_CHUNK])}}, fields)
+        return cast(list[FaceDoc], found)
 
     def clustering_faces(self, library: str) -> Iterator[FaceDoc]:
         """What a clustering run reads of each face of a library, streamed and small (a million faces in

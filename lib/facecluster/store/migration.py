@@ -1,6 +1,7 @@
 """A data directory from before Qdrant Edge kept its vectors in qdrant-client's local mode (`qdrant/`). On
 the first start of the vector store's owner every such collection is copied into a shard of its own,
-counted and sampled against the original, and the old folder is removed once every collection matches
+counted and sampled against the original (the payloads' labels left behind: MongoDB holds them), and the
+old folder is removed once every collection matches
 (an erased face must not live on in a copy). A migration that is interrupted resumes where it stopped."""
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ LEGACY_FOLDER = "qdrant"
 MIGRATING_FOLDER = "qdrant-local-mode.migrating"
 _DONE = "migrated.json"
 _SAMPLE = 256
+#: Labels the local mode's payloads carried; MongoDB holds them, and the copies leave them behind.
+_LABELS = ("cluster_id", "person_id")
 
 
 class MigrationMismatch(RuntimeError):
@@ -79,7 +82,8 @@ def _copy(client: QdrantClient, collection: str, root: Path, progress_s: float) 
             points, offset = client.scroll(collection, limit=1024, offset=offset, with_payload=True, with_vectors=True)
             if points:
                 vectors = np.array([p.vector for p in points], dtype=np.float32).reshape(len(points), dim)
-                store.upsert([str(p.id) for p in points], vectors, [dict(p.payload or {}) for p in points])
+                payloads = [{k: v for k, v in (p.payload or {}).items() if k not in _LABELS} for p in points]
+                store.upsert([str(p.id) for p in points], vectors, payloads)
                 copied += len(points)
             if time.monotonic() - said >= progress_s:
                 log.info("progress: %s: %d points copied", collection, copied)

@@ -34,7 +34,7 @@ INDEX_BACKOFF_S = 300.0
 #: Writes kept for replay on the copy being indexed; past this the build is dropped.
 MAX_PENDING_OPERATIONS = 512
 FLUSH_EVERY_S = 30.0
-_WRITES = {"upsert", "delete", "set_payloads", "delete_library"}
+_WRITES = {"upsert", "delete", "delete_library"}
 
 
 @ray.remote(num_cpus=1, max_retries=0, max_calls=1)  # its worker exits after: a 1M-point build leaves 1 GB behind
@@ -205,9 +205,6 @@ class OwnedVectors:
 
     def fetch(self, ids: Any) -> Any:
         return self._call("fetch", ids)
-
-    def set_payloads(self, updates: Any) -> None:
-        self._call("set_payloads", updates)
 
     def search(self, queries: Any, limit: int, library: str | None = None) -> Any:
         return self._call("search", queries, limit, library)

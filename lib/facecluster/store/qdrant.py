@@ -130,19 +130,6 @@ class QdrantVectors:
             found.update({str(p.id): p.vector for p in points})  # type: ignore[misc]
         return in_order(found, ids, self.config.dim)
 
-    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
-        """Set payload fields on groups of points: [(fields, point ids), …], in batched requests."""
-        operations = [
-            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=list(points)))
-            for fields, points in updates
-            if points
-        ]
-        if not operations or not self._exists():
-            return
-        for start in range(0, len(operations), 256):
-            chunk = operations[start : start + 256]
-            self._call(partial(self.client.batch_update_points, self.config.collection, chunk, wait=True))
-
     def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
         """The `limit` nearest points of each query vector, in batched requests."""
         if limit <= 0 or len(queries) == 0:

@@ -20,11 +20,12 @@ class MissingVectors(Conflict):
 
 
 #: Payload fields every vector store indexes, and their kinds: the filters searches, scrolls and deletions use.
+#: A face's cluster and person are not among them, nor in its payload: labels live in MongoDB alone, since
+#: writing a payload moves the point out of Qdrant's HNSW index (a clustering run's labels emptied the index of
+#: a million faces, and searches scanned them until it was rebuilt).
 INDEXED_FIELDS: dict[str, str] = {
     "library": "keyword",
     "image": "keyword",
-    "person_id": "keyword",
-    "cluster_id": "keyword",
     "quality": "float",
 }
 
@@ -79,6 +80,5 @@ class Vectors(Protocol):
     def ids(self, library: str | None = None) -> set[str]: ...
     def count(self) -> int: ...
     def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]: ...
-    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None: ...
     def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]: ...
     def delete_library(self, library: str) -> int: ...

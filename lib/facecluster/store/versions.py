@@ -127,11 +127,6 @@ class VersionedVectors:
     def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]:
         return self.active.fetch(ids)
 
-    def set_payloads(self, updates: Sequence[tuple[dict[str, Any], list[str]]]) -> None:
-        """Labels go to both collections, so a rollback to the embedder's own vectors finds them current."""
-        self.base.set_payloads(updates)
-        self.active.set_payloads(updates)
-
     def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
         return self.active.search(queries, limit, library)
 

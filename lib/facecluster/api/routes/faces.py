@@ -4,6 +4,7 @@ incremental assignment and search. Human changes are audited and can be undone."
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from facecluster.cluster.run import run_options
 from facecluster.ingest.sources import validate_library
 from facecluster.jobs import ClusterJob, ClusterOptions, TrainOptions, run_train_job
 from facecluster.people.curation import Curator
+from facecluster.store.vectors import Hit
 from facecluster.store.versions import list_versions
 
 log = logging.getLogger(__name__)
@@ -439,12 +441,12 @@ async def search(
     stores = services.stores
     queries = stores.space.project(np.stack([f.vector for f in faces]))
     face_hits, profile_hits = await run_in_threadpool(stores.nearest, queries, limit, name)
-    persons = await run_in_threadpool(_person_names, services, face_hits)
+    labels, persons = await run_in_threadpool(_labels_and_names, services, face_hits)
     out = []
     for face, hits, profiles in zip(faces, face_hits, profile_hits, strict=True):
         best: dict[str, float] = {}
         for hit in hits:
-            person = hit.payload.get("person_id")
+            person = labels.get(hit.id, {}).get("person_id")
             if person and hit.similarity > best.get(person, -2.0):
                 best[person] = hit.similarity
         out.append(
@@ -459,8 +461,8 @@ async def search(
                         "face_id": h.id,
                         "image": h.payload.get("image"),
                         "library": h.payload.get("library"),
-                        "person_id": h.payload.get("person_id"),
-                        "cluster_id": h.payload.get("cluster_id"),
+                        "person_id": labels.get(h.id, {}).get("person_id"),
+                        "cluster_id": labels.get(h.id, {}).get("cluster_id"),
                         "similarity": round(h.similarity, 4),
                     }
                     for h in hits
@@ -473,6 +475,8 @@ async def search(
     return {"faces": out}
 
 
-def _person_names(services: Services, hits: list[Any]) -> dict[str, str]:
-    ids = {h.payload.get("person_id") for face in hits for h in face if h.payload.get("person_id")}
-    return services.meta.person_names(ids)
+def _labels_and_names(services: Services, hits: list[list[Hit]]) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
+    """The cluster and person of each hit (MongoDB holds the labels, the vectors do not) and the persons' names."""
+    faces = services.meta.faces_by_id(sorted({h.id for face in hits for h in face}), ["cluster_id", "person_id"])
+    labels: dict[str, Mapping[str, Any]] = {f["_id"]: f for f in faces}
+    return labels, services.meta.person_names({str(p) for f in faces if (p := f.get("person_id"))})

@@ -139,7 +139,6 @@ def cleanup_person_data(
     sub: Sub,
     clustering_id: Annotated[str | None, Query(pattern=RUN_ID, description="default: the latest run")] = None,
     cleanup_assignments: Annotated[bool, Query(description="also delete the run's assignments")] = True,
-    cleanup_qdrant: Annotated[bool, Query(description="also clear the labels in the vectors' payloads")] = True,
     dry_run: Annotated[bool, Query(description="only count what would go")] = False,
 ) -> dict[str, Any]:
     return cleanup_clustering(
@@ -147,6 +146,5 @@ def cleanup_person_data(
         library_of(bucket, sub),
         clustering_id=clustering_id,
         assignments=cleanup_assignments,
-        qdrant=cleanup_qdrant,
         dry_run=dry_run,
     )
