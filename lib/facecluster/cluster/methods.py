@@ -52,13 +52,17 @@ class ClusterParams:
         return self.min_samples if self.min_samples is not None else max(1, self.min_cluster_size - 1)
 
 
-class _Groups:
-    """Union-find over faces that tracks each group's vector sum and photos."""
+class Groups:
+    """Union-find over faces (or groups of faces) that tracks each group's vector sum and photos."""
 
-    def __init__(self, vectors: NDArray[np.float32], images: Sequence[str]) -> None:
-        self.parent = np.arange(len(vectors))
-        self.sums = vectors.astype(np.float32, copy=True)  # float32: 1M faces in 0.5 GB
-        self.images: list[set[str]] = [{image} for image in images]
+    def __init__(self, sums: NDArray[np.float32], images: list[set[str]]) -> None:
+        self.parent = np.arange(len(sums))
+        self.sums = sums  # float32: 1M faces in 0.5 GB
+        self.images = images
+
+    @classmethod
+    def of_faces(cls, vectors: NDArray[np.float32], images: Sequence[str]) -> Groups:
+        return cls(vectors.astype(np.float32, copy=True), [{image} for image in images])
 
     def find(self, i: int) -> int:
         root = i
@@ -83,6 +87,32 @@ class _Groups:
         self.images[a] |= self.images[b]
         self.images[b] = set()
 
+    def join_edges(
+        self, first: NDArray[np.int64], second: NDArray[np.int64], sims: NDArray[np.float32], min_similarity: float
+    ) -> int:
+        """Join along the edges, strongest first, where the rules allow; how many joins."""
+        joined = 0
+        for index in np.argsort(-sims, kind="stable"):
+            a, b = self.find(int(first[index])), self.find(int(second[index]))
+            if a != b and self.can_join(a, b, min_similarity):
+                self.join(a, b)
+                joined += 1
+        return joined
+
+    def merge_close(self, params: ClusterParams) -> None:
+        """Groups whose centroids are close merge, repeatedly, until none do."""
+        while True:
+            roots = self.roots()
+            if len(roots) < 2:
+                return
+            centroids = unit(self.sums[roots]).astype(np.float32)
+            a, b, scores = knn_graph(centroids, min(params.k, len(roots) - 1)).edges(params.merge_threshold)
+            if not self.join_edges(roots[a], roots[b], scores, params.merge_threshold):
+                return
+
+    def roots(self) -> NDArray[np.int64]:
+        return np.array(sorted({self.find(i) for i in range(len(self.parent))}), dtype=np.int64)
+
     def labels(self) -> Labels:
         roots = np.array([self.find(i) for i in range(len(self.parent))])
         return np.unique(roots, return_inverse=True)[1].astype(np.int64)
@@ -92,27 +122,9 @@ def graph_labels(vectors: NDArray[np.float32], images: Sequence[str], knn: KnnGr
     """The graph method: edges above the threshold are joined strongest
     first, only while the two groups' centroids stay above it too (no single-link chaining) and
     they share no photo; then groups whose centroids are close merge, repeatedly, until none do."""
-    groups = _Groups(vectors, images)
-    first, second, sims = knn.edges(params.threshold)
-    for index in np.argsort(-sims, kind="stable"):
-        a, b = groups.find(int(first[index])), groups.find(int(second[index]))
-        if a != b and groups.can_join(a, b, params.threshold):
-            groups.join(a, b)
-    while True:
-        roots = np.array(sorted({groups.find(i) for i in range(len(vectors))}))
-        if len(roots) < 2:
-            break
-        centroids = unit(groups.sums[roots]).astype(np.float32)
-        between = knn_graph(centroids, min(params.k, len(roots) - 1))
-        a_idx, b_idx, scores = between.edges(params.merge_threshold)
-        merged = 0
-        for index in np.argsort(-scores, kind="stable"):
-            a, b = groups.find(int(roots[a_idx[index]])), groups.find(int(roots[b_idx[index]]))
-            if a != b and groups.can_join(a, b, params.merge_threshold):
-                groups.join(a, b)
-                merged += 1
-        if not merged:
-            break
+    groups = Groups.of_faces(vectors, images)
+    groups.join_edges(*knn.edges(params.threshold), params.threshold)
+    groups.merge_close(params)
     return groups.labels()
 
 
@@ -206,9 +218,14 @@ def enforce_rules(labels: Labels, vectors: NDArray[np.float32], images: Sequence
             if len(faces) > 1:
                 best = max(faces, key=lambda f: float(vectors[f] @ centroid))
                 labels[[f for f in faces if f != best]] = UNCLUSTERED
+    return ranked(labels, min_cluster_size)
+
+
+def ranked(labels: Labels, min_cluster_size: int) -> Labels:
+    """Labels renumbered 0..C-1 by decreasing size, UNCLUSTERED for those under `min_cluster_size` faces."""
     sizes = Counter(labels[labels >= 0].tolist())
-    ranked = [value for value, size in sizes.most_common() if size >= min_cluster_size]
-    mapping = {value: rank for rank, value in enumerate(ranked)}
+    kept = [value for value, size in sizes.most_common() if size >= min_cluster_size]
+    mapping = {value: rank for rank, value in enumerate(kept)}
     return np.array([mapping.get(int(v), UNCLUSTERED) for v in labels], dtype=np.int64)
 
 
@@ -249,6 +266,12 @@ def match_known(
     best = scores.argmax(axis=1)
     similarity = scores[np.arange(len(vectors)), best].astype(np.float32)
     assigned = np.where(similarity >= threshold, best, UNCLUSTERED).astype(np.int64)
+    return one_face_per_photo(assigned, similarity, images), similarity
+
+
+def one_face_per_photo(assigned: Labels, similarity: NDArray[np.float32], images: Sequence[str]) -> Labels:
+    """`assigned` with at most one face of a photo per person: the most similar keeps it."""
+    assigned = assigned.copy()
     claimed: dict[tuple[str, int], int] = {}
     for face in np.flatnonzero(assigned >= 0).tolist():
         key = (images[face], int(assigned[face]))
@@ -259,7 +282,7 @@ def match_known(
             claimed[key] = face
         else:
             assigned[face] = UNCLUSTERED
-    return assigned, similarity
+    return assigned
 
 
 def stable_ids(previous: dict[str, set[str]], groups: Sequence[Sequence[str]]) -> list[str]:
