@@ -52,32 +52,39 @@ class KnnGraph:
         return matrix.tocsr()
 
 
+def _exact(
+    base: NDArray[np.float32], queries: NDArray[np.float32], k: int, own: int | None, block_bytes: int
+) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The k best rows of `base` for each query, exactly, in blocks of queries whose score matrix fits
+    `block_bytes`; with `own`, query i is row `own + i` of `base` and never its own neighbour. torch's top-k
+    picks the neighbours (with numpy's argpartition instead, 100k faces took 158 s rather than 34 s)."""
+    import torch
+
+    indices = np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
+    similarities = np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32)
+    if k <= 0 or len(queries) == 0:
+        return indices, similarities
+    everything = torch.from_numpy(np.require(base, np.float32, ["C", "W"]))
+    asked = torch.from_numpy(np.require(queries, np.float32, ["C", "W"]))  # a copy where Ray gave it read-only
+    block = max(1, block_bytes // (4 * len(base)))
+    with torch.inference_mode():
+        for first in range(0, len(queries), block):
+            last = min(first + block, len(queries))
+            scores = asked[first:last] @ everything.T  # (block, N): the only large array
+            if own is not None:
+                scores[torch.arange(last - first), torch.arange(own + first, own + last)] = float("-inf")
+            top = torch.topk(scores, k, dim=1)  # sorted, best first
+            indices[first:last] = top.indices.numpy()
+            similarities[first:last] = top.values.numpy()
+    return indices, similarities
+
+
 def knn_rows(
     vectors: NDArray[np.float32], rows: slice, k: int, *, block_bytes: int = 512 * 2**20
 ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """The k nearest neighbours of `vectors[rows]` among all `vectors` (one shard of the graph).
-
-    Rows go in blocks whose score matrix fits `block_bytes`; torch's top-k picks the neighbours
-    (with numpy's argpartition instead, 100k faces took 158 s rather than 34 s; BENCHMARKS.md)."""
-    import torch
-
+    """The k nearest neighbours of `vectors[rows]` among all `vectors`, exactly."""
     start, stop, _ = rows.indices(len(vectors))
-    k = min(k, len(vectors) - 1)
-    indices = np.full((stop - start, max(k, 0)), -1, dtype=np.int64)
-    similarities = np.full((stop - start, max(k, 0)), -np.inf, dtype=np.float32)
-    if k <= 0:
-        return indices, similarities
-    everything = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    block = max(1, block_bytes // (4 * len(vectors)))
-    with torch.inference_mode():
-        for first in range(start, stop, block):
-            last = min(first + block, stop)
-            scores = everything[first:last] @ everything.T  # (block, N): the only large array
-            scores[torch.arange(last - first), torch.arange(first, last)] = float("-inf")  # not itself
-            top = torch.topk(scores, k, dim=1)  # sorted, best first
-            indices[first - start : last - start] = top.indices.numpy()
-            similarities[first - start : last - start] = top.values.numpy()
-    return indices, similarities
+    return _exact(vectors, vectors[start:stop], min(k, len(vectors) - 1), start, block_bytes)
 
 
 def knn_graph(vectors: NDArray[np.float32], k: int, *, exact_max: int = EXACT_MAX) -> KnnGraph:
@@ -88,20 +95,46 @@ def knn_graph(vectors: NDArray[np.float32], k: int, *, exact_max: int = EXACT_MA
     return KnnGraph(indices, similarities)
 
 
-def hnsw_graph(vectors: NDArray[np.float32], k: int, *, links: int = 16, ef_construction: int = 100) -> KnnGraph:
-    """Approximate neighbours from an HNSW index on inner product (cosine on unit vectors): build
-    and search O(N log N). Each row's own point is dropped wherever the index returns it."""
-    import faiss
+class NeighbourIndex:
+    """Unit vectors to search for any query's nearest: exactly up to `exact_max` of them, through an HNSW
+    index on inner product (faiss; cosine on unit vectors) above, built and searched in O(N log N)."""
 
+    def __init__(
+        self, vectors: NDArray[np.float32], k: int, *, exact_max: int = EXACT_MAX, links: int = 16,
+        ef_construction: int = 100, block_bytes: int = 512 * 2**20,
+    ) -> None:  # fmt: skip
+        import faiss
+
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.block_bytes = block_bytes
+        self.hnsw: faiss.IndexHNSWFlat | None = None
+        if len(self.vectors) > exact_max:
+            self.hnsw = faiss.IndexHNSWFlat(self.vectors.shape[1], links, faiss.METRIC_INNER_PRODUCT)
+            self.hnsw.hnsw.efConstruction = ef_construction
+            self.hnsw.add(self.vectors)
+            self.hnsw.hnsw.efSearch = max(64, 2 * k)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """The `k` nearest rows for each query, best first; -1 and -inf where there are fewer."""
+        k = min(k, len(self.vectors))
+        if self.hnsw is None:
+            return _exact(self.vectors, queries, k, None, self.block_bytes)
+        similarities, indices = self.hnsw.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return indices.astype(np.int64), np.where(indices >= 0, similarities, -np.inf).astype(np.float32)
+
+
+def hnsw_graph(vectors: NDArray[np.float32], k: int, *, links: int = 16, ef_construction: int = 100) -> KnnGraph:
+    """Approximate neighbours from an HNSW index (`NeighbourIndex`). Each row's own point is dropped wherever
+    the index returns it."""
     points = np.ascontiguousarray(vectors, dtype=np.float32)
     k = min(k, len(points) - 1)
     if k <= 0:
         return KnnGraph(np.zeros((len(points), 0), np.int64), np.zeros((len(points), 0), np.float32))
-    index = faiss.IndexHNSWFlat(points.shape[1], links, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = ef_construction
-    index.add(points)
-    index.hnsw.efSearch = max(64, 2 * k)
-    similarities, indices = index.search(points, k + 1)
+    index = NeighbourIndex(points, k, exact_max=0, links=links, ef_construction=ef_construction)
+    indices, similarities = index.search(points, k + 1)
     own = indices == np.arange(len(points))[:, None]
     keep = ~own
     keep[~own.any(axis=1), -1] = False  # rows without themselves lose their farthest instead
