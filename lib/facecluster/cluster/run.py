@@ -15,16 +15,18 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
-from facecluster.cluster.knn import KnnGraph, knn_graph
+from facecluster.cluster.knn import knn_graph
 from facecluster.cluster.methods import (
     UNCLUSTERED,
     ClusterParams,
+    Labels,
     Method,
     cluster,
     label_members,
@@ -149,16 +151,65 @@ def next_states(
     return states
 
 
+@dataclass
+class Labelled:
+    """What a run's labelling step gives for the faces it is handed: each one's known person (dual mode; rows of
+    the persons' centroids) with its similarity, and the clusters of the others (rows of the faces given) with
+    each cluster's sum of unit vectors."""
+
+    assigned: Labels
+    similarity: NDArray[np.float32]
+    groups: list[list[int]]
+    totals: list[NDArray[np.float32]]
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    """What a run's labelling step is handed: the faces (ids and photos), the known persons' centroids, the
+    threshold to match them at (None: no matching), the persons each face may not join, and the parameters
+    of the unknown-face method."""
+
+    ids: Sequence[str]
+    images: Sequence[str]
+    centroids: NDArray[np.float32]
+    person_threshold: float | None
+    rejected: Sequence[AbstractSet[int]]
+    params: ClusterParams
+
+
+#: A run's labelling step: in this process (`label_in_process`) or across a Ray cluster (`cluster.sharded`).
+Labeller: TypeAlias = Callable[[LabelTask, Progress], Labelled]
+
+
+def label_in_process(vectors: Vectors, task: LabelTask, progress: Progress) -> Labelled:
+    """The labelling step in this process: every vector read, persons matched, the rest clustered."""
+    progress.step("reading vectors")
+    matrix = read_vectors(vectors, task.ids, progress)
+    assigned = np.full(len(task.ids), UNCLUSTERED, dtype=np.int64)
+    similarity = np.zeros(len(task.ids), np.float32)
+    if task.person_threshold is not None:
+        progress.step("matching known persons")
+        assigned, similarity = match_known(matrix, task.images, task.centroids, task.person_threshold, task.rejected)
+    unknown = np.flatnonzero(assigned == UNCLUSTERED)
+    unknown_vectors, params = matrix[unknown], task.params
+    progress.step("building the k-NN graph")
+    graph = knn_graph(unknown_vectors, params.k) if len(unknown) > 1 else None
+    progress.step(f"clustering ({params.method})")
+    labels = cluster(unknown_vectors, [task.images[i] for i in unknown.tolist()], params, knn=graph)
+    groups = [unknown[members].tolist() for members in label_members(labels)]
+    return Labelled(assigned, similarity, groups, [matrix[g].sum(axis=0) for g in groups])
+
+
 def run_clustering(
     meta: MetaStore,
     vectors: Vectors,
     library: str,
     options: RunOptions,
-    neighbours: Callable[[NDArray[np.float32], int], KnnGraph] = knn_graph,
     progress: Progress | None = None,
+    label: Labeller | None = None,
 ) -> RunSummary:
-    """One run; `neighbours` builds the k-NN graph (a Ray job passes a sharded builder); `progress` hears
-    each step."""
+    """One run; `label` is its labelling step (in this process unless a sharded one is given); `progress`
+    hears each step."""
     started = time.monotonic()
     run_id = f"run_{uuid.uuid4().hex[:12]}"
     progress = progress or Progress(f"cluster {library}")
@@ -166,33 +217,26 @@ def run_clustering(
     faces = list(progress.counted(meta.clustering_faces(library)))
     human, others = choose_faces(faces, options.min_quality, options.max_faces)
     considered = human + others
-    ids = [f["_id"] for f in considered]
-    chosen = set(ids)
+    chosen = {f["_id"] for f in considered}
     untouched = [f for f in faces if f["_id"] not in chosen]  # outside the limits: they keep their labels
-    progress.step("reading vectors")
-    matrix = read_vectors(vectors, ids, progress)
-    human_vectors, other_vectors = matrix[: len(human)], matrix[len(human) :]
-    other_images = [f["image"] for f in others]
-
-    person_ids, centroids = person_centroids([str(f["person_id"]) for f in human], human_vectors)
+    person_ids, centroids = person_centroids(
+        [str(f["person_id"]) for f in human], read_vectors(vectors, [f["_id"] for f in human])
+    )
     position = {p: i for i, p in enumerate(person_ids)}
     # Never a person a human said the face is not, nor one another face of its photo already is.
     taken = held_in_photo([*human, *untouched], others, "person_id")
     rejected = barred_persons(others, taken, position)
-
-    assigned = np.full(len(others), UNCLUSTERED, dtype=np.int64)
-    similarity = np.zeros(len(others), np.float32)
-    if options.method == "dual":
-        progress.step("matching known persons")
-        assigned, similarity = match_known(other_vectors, other_images, centroids, options.person_threshold, rejected)
-    unknown = np.flatnonzero(assigned == UNCLUSTERED)
-    unknown_vectors = other_vectors[unknown]
-    progress.step("building the k-NN graph")
-    graph = neighbours(unknown_vectors, options.unknown.k) if len(unknown) > 1 else None
-    progress.step(f"clustering ({options.unknown.method})")
-    labels = cluster(unknown_vectors, [other_images[i] for i in unknown], options.unknown, knn=graph)
-
-    groups = [[others[unknown[i]]["_id"] for i in members.tolist()] for members in label_members(labels)]
+    task = LabelTask(
+        [f["_id"] for f in others],
+        [f["image"] for f in others],
+        centroids,
+        options.person_threshold if options.method == "dual" else None,
+        rejected,
+        options.unknown,
+    )
+    labelled = (label or partial(label_in_process, vectors))(task, progress)
+    assigned, similarity = labelled.assigned, labelled.similarity
+    groups = [[others[i]["_id"] for i in members] for members in labelled.groups]
     # A cluster with faces outside the limits keeps them and its id; new groups never take it over.
     kept = {str(f["cluster_id"]) for f in untouched if f.get("cluster_id")}
     previous: dict[str, set[str]] = defaultdict(set)
@@ -212,7 +256,7 @@ def run_clustering(
 
     now = dt.datetime.now(dt.UTC)
     everyone = {**{f["_id"]: face_labels(f) for f in untouched}, **new_state}
-    docs = cluster_docs(library, run_id, cluster_ids, groups, faces, ids, matrix, everyone, now)
+    docs = cluster_docs(library, run_id, cluster_ids, groups, faces, labelled.totals, everyone, now)
     meta.replace_clusters(library, docs, keep=Counter(str(f["cluster_id"]) for f in untouched if f.get("cluster_id")))
     persons = {s["person_id"] for s in new_state.values() if s.get("person_id")}
     unclustered = sum(1 for s in new_state.values() if not s["person_id"] and not s["cluster_id"])
@@ -295,21 +339,20 @@ def cluster_docs(
     cluster_ids: list[str],
     groups: list[list[str]],
     faces: Sequence[Mapping[str, Any]],
-    ids: list[str],
-    matrix: NDArray[np.float32],
+    totals: Sequence[NDArray[np.floating]],
     new_state: dict[str, dict[str, Any]],
     now: dt.datetime,
 ) -> list[dict[str, Any]]:
-    """Per cluster: size, owner face (best quality), normalised centroid, and photo statistics."""
+    """Per cluster: size, owner face (best quality), normalised centroid (from `totals`, each group's sum of
+    unit vectors), and photo statistics."""
     by_id = {f["_id"]: f for f in faces}
-    row = {face_id: i for i, face_id in enumerate(ids)}
     identities: dict[str, set[str]] = defaultdict(set)  # image -> the clusters and persons in it
     for face_id, state in new_state.items():
         who = state["cluster_id"] or state["person_id"]
         if who:
             identities[by_id[face_id]["image"]].add(who)
     docs = []
-    for cluster_id, group in zip(cluster_ids, groups, strict=True):
+    for cluster_id, group, total in zip(cluster_ids, groups, totals, strict=True):
         images = {by_id[f]["image"] for f in group}
         multi = sum(1 for image in images if len(identities[image]) > 1)
         owner = max(group, key=lambda f: face_quality(by_id[f]))
@@ -320,7 +363,7 @@ def cluster_docs(
                 "run_id": run_id,
                 "size": len(group),
                 "owner_face_id": owner,
-                **centroid_fields(matrix[[row[f] for f in group]].sum(axis=0)),
+                **centroid_fields(total),
                 "images": len(images),
                 "single_person_images": len(images) - multi,
                 "multi_person_images": multi,
@@ -328,6 +371,14 @@ def cluster_docs(
             }
         )
     return docs
+
+
+def group_totals(
+    ids: Sequence[str], matrix: NDArray[np.float32], groups: Sequence[Sequence[str]]
+) -> list[NDArray[np.float32]]:
+    """Each group's sum of unit vectors, from the rows of `matrix` (one per id)."""
+    row = {face_id: i for i, face_id in enumerate(ids)}
+    return [matrix[[row[f] for f in group]].sum(axis=0) for group in groups]
 
 
 def centroid_fields(total: NDArray[np.floating]) -> Doc:

@@ -14,7 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import numpy as np
 
 from facecluster.cluster.methods import UNCLUSTERED, ClusterParams, cluster
-from facecluster.cluster.run import cluster_docs, write_labels
+from facecluster.cluster.run import cluster_docs, group_totals, write_labels
 from facecluster.engine.projection import unit
 from facecluster.errors import Conflict, NotFound
 from facecluster.people.decisions import changed_since, cleared, face_state, labelled, shared_photo
@@ -225,8 +225,7 @@ class Curator:
             new_ids,
             groups,
             [*faces, *[f for f in neighbours if f["_id"] not in states]],
-            ids,
-            matrix,
+            group_totals(ids, matrix, groups),
             context,
             now(),
         )
