@@ -1,7 +1,7 @@
 """`ray job submit --working-dir . -- python jobs/cluster.py --library L [--shards 16] [--method dual] …`.
 
-A thin entrypoint: the same code as `facecluster cluster`; `--shards` spreads the neighbour search
-of a large library over the cluster's workers.
+A thin entrypoint: the same code as `facecluster cluster`; `--shards` spreads a full run of a large
+library over the cluster's nodes, no process holding more than its shard's vectors.
 """
 
 import sys

@@ -188,15 +188,3 @@ def test_labels_survive_and_ids_stay_across_runs(store_settings: Settings, lfw_d
     run = meta.db.runs.find_one({"library": "family"}, sort=[("finished_at", -1)])
     assert run is not None and run["method"] == "dual"
     assert run["counts"]["faces"] == meta.db.faces.count_documents({"library": "family"}) > len(after)
-
-
-@pytest.mark.usefixtures("ray_cluster")
-def test_sharded_neighbour_search_equals_the_single_process_one(
-    lfw_people: tuple[np.ndarray, list[str], list[str]],
-) -> None:
-    from facecluster.cluster.commands import sharded_knn
-
-    vectors = lfw_people[0]
-    single, sharded = knn_graph(vectors, 7), sharded_knn(vectors, 7, shards=3)
-    assert np.array_equal(single.indices, sharded.indices)
-    assert np.allclose(single.similarities, sharded.similarities)

@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     clustering = commands.add_parser("cluster", help="cluster a library's faces into persons and unknown clusters")
     clustering.add_argument("--library", required=True)
-    clustering.add_argument("--shards", type=int, default=1, help="run the neighbour search as N Ray tasks")
+    clustering.add_argument(
+        "--shards", type=int, default=1, help="a full run across the Ray cluster in N shards (graph method)"
+    )
     _cluster_arguments(clustering)
 
     stats = commands.add_parser("stats", help="persons, clusters, unclustered faces, multi-person photos")
@@ -261,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     arriving.add_argument("--increments", type=int, default=5, help="parts the rest arrives in")
     arriving.add_argument("--pool", type=int, default=0, help="unclustered distractor faces in the library")
     arriving.add_argument("--no-match", action="store_true", help="skip the `match` baseline")
+    sharded = bench_actions.add_parser("sharded", help="a full clustering run in one process vs across the cluster")
+    sharded.add_argument("--faces", type=int, required=True, help="library size, e.g. 100000 or 1000000")
+    sharded.add_argument("--images", type=_existing_path, required=True, help="photos whose faces seed the set")
+    sharded.add_argument("--shards", type=int, default=3, help="shards of the distributed run")
     scale = bench_actions.add_parser("scale", help="every library-wide operation on a library of N faces")
     scale.add_argument("--faces", type=int, required=True, help="library size, e.g. 100000 or 1000000")
     scale.add_argument("--images", type=_existing_path, required=True, help="photos whose faces seed the set")
@@ -720,6 +726,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
                 pool=args.pool, match=not args.no_match,
             )
         )  # fmt: skip
+        return 0
+    if args.action == "sharded":
+        from facecluster.eval.bench_sharded import bench_sharded
+
+        emit(bench_sharded(settings, args.images, args.faces, args.shards))
         return 0
     if args.action == "scale":
         from facecluster.eval.bench_scale import bench_scale

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import numpy as np
-import ray
-
 from facecluster.cluster.assignment import AssignReport, Strategy, assign_clusters, assign_options
 from facecluster.cluster.incremental import run_incremental
-from facecluster.cluster.knn import KnnGraph, knn_graph, knn_rows
 from facecluster.cluster.matching import MatchSummary, match_new_faces
-from facecluster.cluster.run import RunSummary, run_clustering, run_options
+from facecluster.cluster.run import Labeller, RunSummary, run_clustering, run_options
+from facecluster.cluster.sharded import label_sharded
 from facecluster.deployment import init_ray
 from facecluster.ingest.sources import validate_library
 from facecluster.logs import Progress
 from facecluster.settings import Settings
 from facecluster.store.connection import Connection, connect
-
-
-@ray.remote
-def _knn_shard(vectors: Any, start: int, stop: int, k: int) -> tuple[Any, Any]:
-    return knn_rows(vectors, slice(start, stop), k)
-
-
-def sharded_knn(vectors: Any, k: int, shards: int) -> KnnGraph:
-    """The k-NN graph with its rows computed by `shards` Ray tasks sharing one copy of the vectors."""
-    shared = ray.put(vectors)
-    bounds = np.linspace(0, len(vectors), shards + 1, dtype=int).tolist()
-    parts = ray.get([_knn_shard.remote(shared, a, b, k) for a, b in itertools.pairwise(bounds) if b > a])
-    return KnnGraph(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
 def run_cluster(
@@ -48,22 +31,22 @@ def run_cluster(
     """Cluster a library's stored faces (`facecluster cluster`, the API's inline runs, jobs, whose `report`
     records its progress); overrides as `run_options` takes. `incremental` clusters only the faces stored since
     the last run into the clustering the library has (a library without a run gets a full one). With `shards`
-    > 1 the neighbour search runs as that many Ray tasks. One run per library at a time: another one meanwhile
-    is `Busy`."""
+    > 1 a full run is spread over that many Ray actors and tasks across the cluster (`cluster.sharded`). One
+    run per library at a time: another one meanwhile is `Busy`."""
     library = validate_library(library)
     stores = stores or connect(settings)
     options = run_options(settings, stores.embedder, stores.version, **overrides)
-    neighbours: Callable[[Any, int], KnnGraph] = knn_graph
+    label: Labeller | None = None
     if shards > 1:
         init_ray(settings)
-        neighbours = partial(sharded_knn, shards=shards)
+        label = partial(label_sharded, settings, shards)
     with (
         stores.meta.library_lock(library, settings.clustering.cluster_lock_s),
         Progress(f"cluster {library}", settings.ingest.progress_interval_s, report) as progress,
     ):
         if incremental and stores.meta.latest_run(library) is not None:
             return run_incremental(stores.meta, stores.vectors, library, options, progress)
-        return run_clustering(stores.meta, stores.vectors, library, options, neighbours, progress)
+        return run_clustering(stores.meta, stores.vectors, library, options, progress, label)
 
 
 def run_match(
