@@ -264,14 +264,14 @@ class RayHead(NamedTuple):
 
 
 @contextmanager
-def started_head(**env_extra: str) -> Iterator[RayHead]:
-    """`ray start --head --block` on free loopback ports (4 logical CPUs: keeps actor pools from starving the
-    read tasks on 2 cores), `env_extra` in its environment, stopped by SIGTERM (never `ray stop`)."""
+def started_head(*, cpus: int = 4, **env_extra: str) -> Iterator[RayHead]:
+    """`ray start --head --block` on free loopback ports (4 logical CPUs by default: keeps actor pools from
+    starving the read tasks on 2 cores), `env_extra` in its environment, stopped by SIGTERM (never `ray stop`)."""
     dashboard, gcs = free_ports(2)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env |= env_extra
     env.pop("RAY_ADDRESS", None)
-    command = head_command(gcs, dashboard, cpus=4, object_store_bytes=512 * 1024**2)
+    command = head_command(gcs, dashboard, cpus=cpus, object_store_bytes=512 * 1024**2)
     head = subprocess.Popen(
         command,
         env=env,
@@ -302,6 +302,54 @@ def started_head(**env_extra: str) -> Iterator[RayHead]:
         except subprocess.TimeoutExpired:  # its graceful stop takes about 30 s; the test is over
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
+
+
+@contextmanager
+def three_nodes() -> Iterator[RayHead]:
+    """A Ray cluster of three nodes on this machine, one logical CPU each: a head (`started_head`) and two
+    workers started with `ray start --address` on free ports, each stopped by its process group."""
+    from ray.util.state import list_nodes
+
+    from facecluster.runtime import free_ports
+
+    with started_head(cpus=1) as head:
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env |= {"RAY_raylet_start_wait_time_s": "60"}
+        env.pop("RAY_ADDRESS", None)
+        workers: list[subprocess.Popen[bytes]] = []
+        logs: list[Path] = []
+        try:
+            for joined in (2, 3):  # one at a time: two raylets registering at once on 2 cores time out
+                agent, agent_grpc, runtime_env_agent, metrics = free_ports(4)
+                command = [
+                    str(BIN / "ray"), "start", "--address", head.gcs, "--block", "--disable-usage-stats",
+                    "--num-cpus", "1", "--object-store-memory", str(256 * 1024**2),
+                    "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+                    "--runtime-env-agent-port", str(runtime_env_agent), "--metrics-export-port", str(metrics),
+                ]  # fmt: skip
+                log = tempfile.NamedTemporaryFile(prefix="ray-worker-", suffix=".log", delete=False)  # noqa: SIM115
+                logs.append(Path(log.name))
+                workers.append(
+                    subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                )
+                deadline = time.monotonic() + 120
+                while len(list_nodes(address=head.dashboard, filters=[("state", "=", "ALIVE")])) < joined:
+                    said = "".join(path.read_text()[-2000:] for path in logs)
+                    assert all(w.poll() is None for w in workers) and time.monotonic() < deadline, said
+                    time.sleep(1)
+            yield head
+        finally:
+            for worker in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.pid, signal.SIGTERM)
+            for path in logs:
+                path.unlink(missing_ok=True)
+            for worker in workers:
+                try:
+                    worker.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait(timeout=30)
 
 
 @pytest.fixture

@@ -101,25 +101,35 @@ class PeakMemory:
     runs), so a sample waits 20 times as long as the last one took: the measurement stays under 5 % of
     one core."""
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, interval: float = 0.5, *, ray_workers: bool = False) -> None:
         self.interval = interval
+        self.ray_workers = ray_workers  # also every Ray worker on the machine (nodes started apart)
         self.peak = 0.0
         self.parts: dict[str, float] = {}  # MiB per process name at the peak
+        self.largest = 0.0  # the largest one process held at any sample, MiB
+        self.largest_name = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> dict[str, float]:
+    def _processes(self) -> list[psutil.Process]:
         me = psutil.Process()
-        parts: dict[str, float] = defaultdict(float)
-        for process in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                parts[process.name()] += process.memory_full_info().pss / 2**20
-        return parts
+        found = {p.pid: p for p in [me, *me.children(recursive=True)]}
+        if self.ray_workers:
+            for process in psutil.process_iter(["name"]):
+                if str(process.info["name"]).startswith("ray::"):
+                    found.setdefault(process.pid, process)
+        return list(found.values())
 
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.perf_counter()
-            parts = self._sample()
+            parts: dict[str, float] = defaultdict(float)
+            for process in self._processes():
+                with contextlib.suppress(psutil.Error):
+                    mib = process.memory_full_info().pss / 2**20
+                    parts[process.name()] += mib
+                    if mib > self.largest:
+                        self.largest, self.largest_name = round(mib, 1), process.name()
             if (total := sum(parts.values())) > self.peak:
                 self.peak = total
                 self.parts = {name: round(mib, 1) for name, mib in sorted(parts.items(), key=lambda p: -p[1])}
