@@ -403,11 +403,9 @@ def _merge(
             for a, b, s in zip(first.tolist(), second.tolist(), scores.tolist(), strict=True)
             if roots[a] in moving or roots[b] in moving
         ]
-        # The clusters that may meet, read in one query rather than one per pair.
-        graph.read_photos(
-            c for a, b, _ in edges if graph.nodes[a].clusters and graph.nodes[b].clusters
-            for c in graph.nodes[a].clusters | graph.nodes[b].clusters
-        )  # fmt: skip
+        # The clusters that may meet (joins along these edges bring any of them together), read in one query
+        # rather than one per pair: each query on the faces' cluster ids costs a scan of the library.
+        graph.read_photos(c for a, b, _ in edges for c in graph.nodes[a].clusters | graph.nodes[b].clusters)
         if not graph.join_edges(edges, threshold, clusters_meet=True):
             return
 
