@@ -48,8 +48,7 @@ def bench_sharded(settings: Settings, images: Path, faces: int, shards: int) -> 
         results["nodes"] = len([node for node in ray.nodes() if node["Alive"]])  # type: ignore[no-untyped-call]
         for name, count in (("single", 1), ("sharded", shards)):
             # Each run starts from an unclustered library, so each writes every label.
-            stores.meta.db.faces.update_many({"library": LIBRARY}, {"$set": {"cluster_id": None, "pending": True}})
-            stores.meta.db.clusters.delete_many({"library": LIBRARY})
+            stores.meta.unclustered_again(LIBRARY)
             with PeakMemory(ray_workers=True) as peak:
                 summary = timed(results, name, partial(run_cluster, run, LIBRARY, stores=stores, shards=count))
             results[f"{name}_steps_seconds"] = summary.steps

@@ -244,6 +244,14 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         current = [doc["_id"] for doc in docs] + list(keep)
         self.call(lambda: self.db.clusters.delete_many({"library": library, "_id": {"$nin": current}}))
 
+    def unclustered_again(self, library: str) -> None:
+        """Every face of `library` out of its cluster and pending, its clusters gone: a library as an ingest
+        left it (benchmarks start each clustering run from there)."""
+        self.call(
+            lambda: self.db.faces.update_many({"library": library}, {"$set": {"cluster_id": None, "pending": True}})
+        )
+        self.delete("clusters", {"library": library})
+
     def record_run(self, doc: Doc) -> None:
         self.call(lambda: self.db.runs.insert_one(doc))
 
