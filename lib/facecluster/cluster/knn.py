@@ -15,6 +15,15 @@ from numpy.typing import NDArray
 EXACT_MAX = 20_000
 
 
+def unique_edges(
+    first: NDArray[np.int64], second: NDArray[np.int64], sims: NDArray[np.float32], size: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+    """Edges among `size` nodes as undirected pairs (i < j), each once, sorted by pair."""
+    low, high = np.minimum(first, second), np.maximum(first, second)
+    pairs, where = np.unique(low * max(size, 1) + high, return_index=True)
+    return pairs // max(size, 1), pairs % max(size, 1), sims[where]
+
+
 @dataclass(frozen=True, slots=True)
 class KnnGraph:
     """For each row, its k nearest other rows by cosine, best first."""
@@ -32,9 +41,7 @@ class KnnGraph:
         cols = self.indices.ravel()
         sims = self.similarities.ravel()
         keep = (sims >= min_similarity) & (cols >= 0) & (rows != cols)
-        first, second = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
-        pairs, where = np.unique(first * self.size + second, return_index=True)
-        return pairs // self.size, pairs % self.size, sims[keep][where]
+        return unique_edges(rows[keep], cols[keep], sims[keep], self.size)
 
     def distance_matrix(self, max_distance: float = np.inf) -> sp.csr_matrix:
         """Symmetric sparse matrix of Euclidean distances (sqrt(2 - 2 cos) on unit vectors)."""

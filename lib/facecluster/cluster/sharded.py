@@ -26,11 +26,12 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.sparse.csgraph import connected_components
 
-from facecluster.cluster.knn import NeighbourIndex
+from facecluster.cluster.knn import NeighbourIndex, unique_edges
 from facecluster.cluster.methods import (
     UNCLUSTERED,
     Groups,
     Labels,
+    label_members,
     match_known,
     one_face_per_photo,
     ranked,
@@ -176,16 +177,12 @@ def first_phase(threshold: float, *parts: Part) -> PartGroups:
     first = np.searchsorted(rows, np.concatenate([p.first for p in parts]))
     second = np.searchsorted(rows, np.concatenate([p.second for p in parts]))
     sims = np.concatenate([p.sims for p in parts])
-    # Each edge once, as one process sees it (i < j, sorted by pair), whichever shard found it.
-    low, high = np.minimum(first, second), np.maximum(first, second)
-    _, where = np.unique(low * max(len(rows), 1) + high, return_index=True)
     groups = Groups.of_faces(vectors, images)
-    groups.join_edges(low[where], high[where], sims[where], threshold)
+    # Each edge once, as one process sees it (i < j, sorted by pair), whichever shard found it.
+    groups.join_edges(*unique_edges(first, second, sims, len(rows)), threshold)
     roots = groups.roots()
     label = np.searchsorted(roots, [groups.find(i) for i in range(len(rows))])
-    order = np.argsort(label, kind="stable")
-    bounds = np.searchsorted(label[order], np.arange(len(roots) + 1))
-    members = [rows[order[a:b]] for a, b in itertools.pairwise(bounds)]
+    members = [rows[m] for m in label_members(label)]
     return PartGroups(members, groups.sums[roots], [groups.images[r] for r in roots.tolist()])
 
 
