@@ -81,6 +81,11 @@ def test_search_finds_the_nearest_within_a_library_with_payloads(vectors: Store)
     assert hits[0][0].payload == {"library": "a", "image": "2.jpg"}
     assert all(hit.payload["library"] == "a" for hit in hits[1])
     assert hits[0][0].similarity >= hits[0][1].similarity >= hits[0][2].similarity
+    bare = vectors.search(rows[[2, 3]], limit=3, library="a", payload=False)  # what a clustering run asks
+    assert [[(h.id, h.similarity) for h in row] for row in bare] == [
+        [(h.id, h.similarity) for h in row] for row in hits
+    ]
+    assert all(h.payload == {} for row in bare for h in row)
     assert vectors.search(rows[:2], limit=0) == [[], []]
     assert vectors.search(rows[:0], limit=3) == []
 

@@ -206,7 +206,7 @@ def gather(
     """The new faces' neighbourhoods: their hits, the pool faces among them at `threshold` or more, the hits
     of those in turn and the pool faces among these (two hops: a pool face links new faces to the pool beyond)."""
     matrix = read_vectors(vectors, [f["_id"] for f in new]) if new else np.zeros((0, 1), np.float32)
-    local = Neighbourhood(list(new), matrix, vectors.search(matrix, k + 1, library) if new else [])
+    local = Neighbourhood(list(new), matrix, vectors.search(matrix, k + 1, library, payload=False) if new else [])
     frontier, known = local.hits, {f["_id"] for f in new}
     for hop in (1, 2):
         local.read(meta, frontier)
@@ -223,7 +223,7 @@ def gather(
         local.faces += found
         known.update(f["_id"] for f in found)
         local.vectors = np.concatenate([local.vectors, more]).astype(np.float32)
-        frontier = vectors.search(more, k + 1, library) if hop == 1 else [[] for _ in found]
+        frontier = vectors.search(more, k + 1, library, payload=False) if hop == 1 else [[] for _ in found]
         local.hits += frontier
     local.read(meta, frontier)
     return local
@@ -386,7 +386,7 @@ def _merge(
         # The clusters near a lone face are among its hits already; a grown group's centroid has moved.
         grown = [r for r in changed if graph.nodes[r].weight > 1]
         centroids = unit(np.stack([graph.nodes[r].total for r in grown])).astype(np.float32) if grown else None
-        hits = vectors.search(centroids, k, library) if centroids is not None else []
+        hits = vectors.search(centroids, k, library, payload=False) if centroids is not None else []
         local.read(meta, hits)
         near = local.labelled(hits, "cluster_id")
         for doc in meta.clusters_by_id([c for c in near if c not in cluster_docs]):

@@ -207,14 +207,17 @@ class EdgeVectors:
         found = {str(record.id): record.vector for record in self._found(ids, vectors=True)}
         return in_order(found, ids, self.config.dim)
 
-    def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
-        """The `limit` nearest points of each query vector, planned as one batch."""
+    def search(
+        self, queries: NDArray[np.float32], limit: int, library: str | None = None, payload: bool = True
+    ) -> list[list[Hit]]:
+        """The `limit` nearest points of each query vector, planned as one batch; with their payloads unless
+        `payload` is False (an empty one each: a clustering run needs ids and similarities only)."""
         shard = self._opened()
         if shard is None or limit <= 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
         requests = [
             edge.QueryRequest(
-                limit=limit, query=edge.Query.Nearest(q), filter=_library_filter(library), with_payload=True
+                limit=limit, query=edge.Query.Nearest(q), filter=_library_filter(library), with_payload=payload
             )
             for q in np.asarray(queries, dtype=np.float32).tolist()
         ]

@@ -206,8 +206,8 @@ class OwnedVectors:
     def fetch(self, ids: Any) -> Any:
         return self._call("fetch", ids)
 
-    def search(self, queries: Any, limit: int, library: str | None = None) -> Any:
-        return self._call("search", queries, limit, library)
+    def search(self, queries: Any, limit: int, library: str | None = None, payload: bool = True) -> Any:
+        return self._call("search", queries, limit, library, payload)
 
     def delete_library(self, library: str) -> int:
         return int(self._call("delete_library", library))

@@ -130,12 +130,15 @@ class QdrantVectors:
             found.update({str(p.id): p.vector for p in points})  # type: ignore[misc]
         return in_order(found, ids, self.config.dim)
 
-    def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
-        """The `limit` nearest points of each query vector, in batched requests."""
+    def search(
+        self, queries: NDArray[np.float32], limit: int, library: str | None = None, payload: bool = True
+    ) -> list[list[Hit]]:
+        """The `limit` nearest points of each query vector, in batched requests; with their payloads unless
+        `payload` is False (an empty one each)."""
         if limit <= 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
         requests = [
-            models.QueryRequest(query=q.tolist(), limit=limit, filter=_library_filter(library), with_payload=True)
+            models.QueryRequest(query=q.tolist(), limit=limit, filter=_library_filter(library), with_payload=payload)
             for q in np.asarray(queries, dtype=np.float32)
         ]
         out: list[list[Hit]] = []

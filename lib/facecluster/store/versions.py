@@ -127,8 +127,10 @@ class VersionedVectors:
     def fetch(self, ids: Sequence[str]) -> NDArray[np.float32]:
         return self.active.fetch(ids)
 
-    def search(self, queries: NDArray[np.float32], limit: int, library: str | None = None) -> list[list[Hit]]:
-        return self.active.search(queries, limit, library)
+    def search(
+        self, queries: NDArray[np.float32], limit: int, library: str | None = None, payload: bool = True
+    ) -> list[list[Hit]]:
+        return self.active.search(queries, limit, library, payload=payload)
 
     def delete_library(self, library: str) -> int:
         return self.base.delete_library(library) + self.active.delete_library(library)
