@@ -304,10 +304,20 @@ def started_head(*, cpus: int = 4, **env_extra: str) -> Iterator[RayHead]:
             head.wait(timeout=30)
 
 
+class Nodes(NamedTuple):
+    head: RayHead
+    workers: dict[str, subprocess.Popen[bytes]]  # each worker node's custom resource (`node_2`, …) → `ray start`
+
+    def kill(self, resource: str) -> None:
+        """Kill a worker node as a lost machine goes: its raylet and every process of it at once."""
+        os.killpg(self.workers[resource].pid, signal.SIGKILL)
+
+
 @contextmanager
-def three_nodes() -> Iterator[RayHead]:
+def three_nodes() -> Iterator[Nodes]:
     """A Ray cluster of three nodes on this machine, one logical CPU each: a head (`started_head`) and two
-    workers started with `ray start --address` on free ports, each stopped by its process group."""
+    workers started with `ray start --address` on free ports (each with a resource that names it, `node_2`
+    and `node_3`), each stopped by its process group."""
     from ray.util.state import list_nodes
 
     from facecluster.runtime import free_ports
@@ -316,7 +326,7 @@ def three_nodes() -> Iterator[RayHead]:
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         env |= {"RAY_raylet_start_wait_time_s": "60"}
         env.pop("RAY_ADDRESS", None)
-        workers: list[subprocess.Popen[bytes]] = []
+        workers: dict[str, subprocess.Popen[bytes]] = {}
         logs: list[Path] = []
         try:
             for joined in (2, 3):  # one at a time: two raylets registering at once on 2 cores time out
@@ -324,27 +334,28 @@ def three_nodes() -> Iterator[RayHead]:
                 command = [
                     str(BIN / "ray"), "start", "--address", head.gcs, "--block", "--disable-usage-stats",
                     "--num-cpus", "1", "--object-store-memory", str(256 * 1024**2),
+                    "--resources", json.dumps({f"node_{joined}": 1}),
                     "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
                     "--runtime-env-agent-port", str(runtime_env_agent), "--metrics-export-port", str(metrics),
                 ]  # fmt: skip
                 log = tempfile.NamedTemporaryFile(prefix="ray-worker-", suffix=".log", delete=False)  # noqa: SIM115
                 logs.append(Path(log.name))
-                workers.append(
-                    subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                workers[f"node_{joined}"] = subprocess.Popen(
+                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
                 deadline = time.monotonic() + 120
                 while len(list_nodes(address=head.dashboard, filters=[("state", "=", "ALIVE")])) < joined:
                     said = "".join(path.read_text()[-2000:] for path in logs)
-                    assert all(w.poll() is None for w in workers) and time.monotonic() < deadline, said
+                    assert all(w.poll() is None for w in workers.values()) and time.monotonic() < deadline, said
                     time.sleep(1)
-            yield head
+            yield Nodes(head, workers)
         finally:
-            for worker in workers:
+            for worker in workers.values():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(worker.pid, signal.SIGTERM)
             for path in logs:
                 path.unlink(missing_ok=True)
-            for worker in workers:
+            for worker in workers.values():
                 try:
                     worker.wait(timeout=10)
                 except subprocess.TimeoutExpired:
