@@ -108,6 +108,7 @@ class PeakMemory:
         self.parts: dict[str, float] = {}  # MiB per process name at the peak
         self.largest = 0.0  # the largest one process held at any sample, MiB
         self.largest_name = ""
+        self.largest_each: dict[str, float] = {}  # per process name, the most one such process held, MiB
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -128,6 +129,7 @@ class PeakMemory:
                 with contextlib.suppress(psutil.Error):
                     mib = process.memory_full_info().pss / 2**20
                     parts[process.name()] += mib
+                    self.largest_each[process.name()] = round(max(mib, self.largest_each.get(process.name(), 0.0)), 1)
                     if mib > self.largest:
                         self.largest, self.largest_name = round(mib, 1), process.name()
             if (total := sum(parts.values())) > self.peak:

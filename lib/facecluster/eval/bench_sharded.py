@@ -54,6 +54,7 @@ def bench_sharded(settings: Settings, images: Path, faces: int, shards: int) -> 
             results[f"{name}_steps_seconds"] = summary.steps
             results[f"{name}_largest_process_mib"] = peak.largest
             results[f"{name}_largest_process"] = peak.largest_name
+            results[f"{name}_largest_by_process_mib"] = dict(sorted(peak.largest_each.items(), key=lambda p: -p[1]))
             results[f"{name}_peak_pss_mib"] = round(peak.peak, 1)
             results[f"bcubed_f_{name}"] = bcubed(stores, truth)
             labels[name] = labels_of(stores, LIBRARY)
