@@ -5,7 +5,6 @@ interrupted, and the result is close to one full run of the same faces."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,12 @@ def test_the_local_graph_keeps_the_photo_rules() -> None:
     vectors = np.stack([same, same, _unit(0, 1, 0), _unit(0, 1, 0.05)]).astype(np.float32)
     asked: list[list[str]] = []
 
-    def members(clusters: list[str]) -> Iterable[FaceDoc]:
+    def photos_of(clusters: list[str]) -> dict[str, set[str]]:
         asked.append(clusters)
-        return [FaceDoc(_id=f"x{c}", cluster_id=c, image="shared.jpg") for c in clusters]
+        return {c: {"shared.jpg"} for c in clusters}
 
     # Faces 0 and 1 are one photo; face 2's photo has a face in cluster c2.
-    graph = LocalGraph(vectors, ["a.jpg", "a.jpg", "b.jpg", "d.jpg"], [[], [], ["c2"], []], members)
+    graph = LocalGraph(vectors, ["a.jpg", "a.jpg", "b.jpg", "d.jpg"], [[], [], ["c2"], []], photos_of)
     c1 = graph.add_cluster({"_id": "c1", "centroid": same.tolist(), "size": 5, "vector_sum_norm": 4.0})
     c2 = graph.add_cluster({"_id": "c2", "centroid": _unit(0, 1, 0).tolist(), "size": 5})
     joined = graph.join_edges([(0, 1, 1.0), (0, c1, 0.99), (1, c1, 0.98), (2, c2, 0.99), (3, c2, 0.9)], 0.5,

@@ -1,4 +1,5 @@
-"""Library statistics on the real MongoDB-wire server agree with the same counts taken in Python."""
+"""Library statistics and grouped reads on the real MongoDB-wire server agree with the same counts taken in
+Python."""
 
 from __future__ import annotations
 
@@ -52,6 +53,24 @@ def test_statistics_match_a_count_in_python(store_settings: Settings) -> None:
     meta.write_faces(faces)
     for library in ("a", "b", None):
         assert library_stats(meta, library) == expected(faces, library)
+
+
+def test_the_photos_of_clusters_are_grouped_by_the_server(store_settings: Settings) -> None:
+    rng = random.Random(3)
+    faces = [
+        {"_id": f"f{n:04d}", "library": rng.choice(["a", "b"]), "image": f"p{rng.randrange(300):03d}.jpg",
+         "cluster_id": f"clu_{rng.randrange(40)}" if rng.random() < 0.9 else None}
+        for n in range(800)
+    ]  # fmt: skip
+    meta = open_meta(store_settings)
+    meta.write_faces(faces)
+    wanted = ["clu_1", "clu_7", "clu_39", "clu_nobody"]
+    photos: dict[str, set[str]] = {cluster: set() for cluster in wanted}
+    for face in faces:
+        if face["library"] == "a" and face["cluster_id"] in photos:
+            photos[face["cluster_id"]].add(face["image"])
+    assert meta.cluster_photos("a", wanted) == photos
+    assert meta.cluster_photos("a", []) == {}
 
 
 def test_faces_are_read_in_pages_each_once_while_faces_come_and_go(

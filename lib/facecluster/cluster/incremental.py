@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -77,24 +78,24 @@ class _Node:
 
 class LocalGraph:
     """Union-find over the local faces and the clusters they touch, with the rules of `methods.graph_labels`.
-    Two groups that both hold clusters join only when those clusters share no photo (read from the store
-    when first needed)."""
+    Two groups that both hold clusters join only when those clusters share no photo (`photos_of` reads them
+    from the store when first needed)."""
 
     def __init__(
         self,
         vectors: NDArray[np.float32],
         photos: Sequence[str],
         barred: Sequence[Iterable[str]],
-        members: Callable[[list[str]], Iterable[FaceDoc]],
+        photos_of: Callable[[list[str]], Mapping[str, AbstractSet[str]]],
     ) -> None:
-        self.members = members  # the faces (ids, clusters, photos) of some clusters, from the store
+        self.photos_of = photos_of  # the photos of some clusters, from the store
         self.nodes = [
             _Node(np.asarray(v, np.float64), [row], set(), {photo}, set(held))
             for row, (v, photo, held) in enumerate(zip(vectors, photos, barred, strict=True))
         ]
         self.parent = list(range(len(self.nodes)))
         self.of_cluster: dict[str, int] = {}
-        self.cluster_photos: dict[str, set[str]] = {}
+        self.cluster_photos: dict[str, AbstractSet[str]] = {}
 
     def add_cluster(self, doc: ClusterDoc) -> int:
         """The node of an existing cluster, its sum of unit vectors rebuilt from its centroid."""
@@ -133,11 +134,9 @@ class LocalGraph:
 
     def read_photos(self, clusters: Iterable[str]) -> None:
         """The photos of `clusters` not read yet, in one query."""
-        missing = sorted(c for c in clusters if c not in self.cluster_photos)
-        for cluster_id in missing:
-            self.cluster_photos[cluster_id] = set()
-        for face in self.members(missing) if missing else []:
-            self.cluster_photos[str(face["cluster_id"])].add(str(face["image"]))
+        missing = sorted({c for c in clusters if c not in self.cluster_photos})
+        if missing:
+            self.cluster_photos.update(self.photos_of(missing))
 
     def join(self, a: int, b: int) -> None:
         if len(self.nodes[a].rows) + len(self.nodes[a].clusters) < len(self.nodes[b].rows) + len(
@@ -266,8 +265,9 @@ def run_incremental(
     rows = [row for row in range(len(ids)) if row not in auto]
     node_of = {row: node for node, row in enumerate(rows)}
     barred = held_in_photo(photos, [local.faces[row] for row in rows], "cluster_id")
-    members = partial(meta.clustered_faces, library, fields=["cluster_id", "image"])
-    graph = LocalGraph(local.vectors[rows], [images[row] for row in rows], barred, members)
+    graph = LocalGraph(
+        local.vectors[rows], [images[row] for row in rows], barred, partial(meta.cluster_photos, library)
+    )
     cluster_docs = {d["_id"]: d for d in meta.clusters_by_id(local.labelled(local.hits, "cluster_id"))}
     for doc in cluster_docs.values():
         graph.add_cluster(doc)

@@ -402,6 +402,20 @@ class MetaStore(PeopleDocs, ProfileDocs, MongoCollections):
         query = {"library": library, "cluster_id": members}
         return cast(list[FaceDoc], self.find("faces", query, list(fields), sort=[("_id", 1)], limit=limit))
 
+    def cluster_photos(self, library: str, cluster_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The photos of each of `cluster_ids`, grouped by the server: one row a cluster, not one a face (on
+        the embedded MongoDB-wire server, one scan of the library in SQL for any number of clusters)."""
+        photos: dict[str, set[str]] = {str(c): set() for c in cluster_ids}
+        if not photos:
+            return photos
+        pipeline: list[Doc] = [
+            {"$match": {"library": library, "cluster_id": {"$in": sorted(photos)}}},
+            {"$group": {"_id": "$cluster_id", "images": {"$addToSet": "$image"}}},
+        ]
+        for row in self.call(lambda: self.db.faces.aggregate(pipeline, batchSize=10_000)):
+            photos[str(row["_id"])] = {str(image) for image in row["images"]}
+        return photos
+
     def images(self, library: str, status: str | None = None) -> list[ImageDoc]:
         query = {"library": library} if status is None else {"library": library, "status": status}
         return cast(list[ImageDoc], self.find("images", query))
