@@ -2,11 +2,14 @@
 cluster (`cluster --shards N`), one after the other: the seconds of each, the largest process's peak memory
 (Ray workers of nodes started apart included), BCubed F of each against the true identities and of one
 against the other, and the nodes the shards ran on. Run it with `RAY_ADDRESS` set to a multi-node cluster to
-measure a real one; without, it runs on the data directory's own head (one node)."""
+measure a real one; without, it runs on the data directory's own head (one node). The run in one process
+gets the machine's cores for its k-NN index, as outside Ray (a job's driver would have one thread)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,20 @@ def shard_nodes() -> list[str]:
     return sorted({str(a.node_id) for a in actors if a.node_id})
 
 
+@contextlib.contextmanager
+def machine_threads() -> Iterator[int]:
+    """The machine's cores for the k-NN index of a run in this process, as `facecluster cluster` has them
+    outside Ray: a Ray job's driver starts with one OpenMP thread (`OMP_NUM_THREADS=1`)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield faiss.omp_get_max_threads()
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def bench_sharded(settings: Settings, images: Path, faces: int, shards: int) -> dict[str, Any]:
     """Build the library, cluster it both ways and compare; see the module's docstring."""
     from facecluster.cluster.commands import run_cluster
@@ -49,8 +66,9 @@ def bench_sharded(settings: Settings, images: Path, faces: int, shards: int) -> 
         for name, count in (("single", 1), ("sharded", shards)):
             # Each run starts from an unclustered library, so each writes every label.
             stores.meta.unclustered_again(LIBRARY)
-            with PeakMemory(ray_workers=True) as peak:
+            with PeakMemory(ray_workers=True) as peak, machine_threads() as threads:
                 summary = timed(results, name, partial(run_cluster, run, LIBRARY, stores=stores, shards=count))
+            results[f"{name}_driver_threads"] = threads
             results[f"{name}_steps_seconds"] = summary.steps
             results[f"{name}_largest_process_mib"] = peak.largest
             results[f"{name}_largest_process"] = peak.largest_name
