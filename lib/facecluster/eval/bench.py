@@ -106,8 +106,6 @@ class PeakMemory:
         self.ray_workers = ray_workers  # also every Ray worker on the machine (nodes started apart)
         self.peak = 0.0
         self.parts: dict[str, float] = {}  # MiB per process name at the peak
-        self.largest = 0.0  # the largest one process held at any sample, MiB
-        self.largest_name = ""
         self.largest_each: dict[str, float] = {}  # per process name, the most one such process held, MiB
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -130,12 +128,20 @@ class PeakMemory:
                     mib = process.memory_full_info().pss / 2**20
                     parts[process.name()] += mib
                     self.largest_each[process.name()] = round(max(mib, self.largest_each.get(process.name(), 0.0)), 1)
-                    if mib > self.largest:
-                        self.largest, self.largest_name = round(mib, 1), process.name()
             if (total := sum(parts.values())) > self.peak:
                 self.peak = total
                 self.parts = {name: round(mib, 1) for name, mib in sorted(parts.items(), key=lambda p: -p[1])}
             self._stop.wait(max(self.interval, 20 * (time.perf_counter() - started)))
+
+    @property
+    def largest_name(self) -> str:
+        """The kind of process that held the most at any sample ("" before any)."""
+        return max(self.largest_each, key=self.largest_each.__getitem__, default="")
+
+    @property
+    def largest(self) -> float:
+        """The most one process held at any sample, MiB."""
+        return self.largest_each.get(self.largest_name, 0.0)
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
