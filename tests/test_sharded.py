@@ -79,11 +79,18 @@ def _labels(printed: str) -> dict[str, tuple[str | None, str | None]]:
     return {r["face_id"]: (r["cluster_id"], r["person_id"]) for r in records}
 
 
-def test_a_sharded_run_on_three_nodes_agrees_with_one_process(
-    nodes: Nodes, people: Path, models_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def env(tmp_path: Path, models_dir: Path) -> Iterator[dict[str, str]]:
+    """A job's environment: a data directory the test's jobs share, whose MongoDB-wire server (started by a
+    job) stops after the test."""
+    from facecluster.store.embedded import stop_mongo
+
+    yield {"FACECLUSTER_DATA_DIR": str(tmp_path / "data"), "FACECLUSTER_MODELS_DIR": str(models_dir)}
+    stop_mongo(tmp_path / "data")
+
+
+def test_a_sharded_run_on_three_nodes_agrees_with_one_process(nodes: Nodes, people: Path, env: dict[str, str]) -> None:
     # A few LFW people's photos seed a library of 3,000 faces whose identities are known.
-    env = {"FACECLUSTER_DATA_DIR": str(tmp_path / "data"), "FACECLUSTER_MODELS_DIR": str(models_dir)}
     printed = _submit(nodes, env, f"facecluster bench sharded --faces 3000 --images {people} --shards 3")
     result = json.loads(next(line for line in reversed(printed.splitlines()) if line.startswith("{")))
     assert result["nodes"] == 3 and result["shard_nodes"] == 3  # the shards ran on every node
@@ -91,22 +98,12 @@ def test_a_sharded_run_on_three_nodes_agrees_with_one_process(
     assert result["bcubed_f_sharded"] >= result["bcubed_f_single"] - 0.01
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A data directory the jobs share; its MongoDB-wire server (started by the first job) stops after."""
-    from facecluster.store.embedded import stop_mongo
-
-    yield tmp_path / "data"
-    stop_mongo(tmp_path / "data")
-
-
 def test_a_node_lost_during_a_sharded_run_fails_it_and_the_library_keeps_its_clustering(
-    nodes: Nodes, people: Path, models_dir: Path, data_dir: Path
+    nodes: Nodes, people: Path, env: dict[str, str]
 ) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors, list_nodes
 
-    env = {"FACECLUSTER_DATA_DIR": str(data_dir), "FACECLUSTER_MODELS_DIR": str(models_dir)}
     before = _labels(
         _submit(
             nodes,
@@ -118,7 +115,7 @@ def test_a_node_lost_during_a_sharded_run_fails_it_and_the_library_keeps_its_clu
     assert len(before) >= 100 and any(cluster for cluster, _ in before.values())
     # The node to lose: a worker that does not hold this data directory's vector store (its owner actor).
     address = nodes.head.dashboard
-    name = owner_name(str(data_dir / "vectors"))
+    name = owner_name(str(Path(env["FACECLUSTER_DATA_DIR"]) / "vectors"))
     held = {str(a.node_id) for a in list_actors(address=address, filters=[("name", "=", name)], detail=True)}
     assert held
     victim = next(
