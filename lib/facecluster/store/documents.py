@@ -206,7 +206,8 @@ def face_document(
     """A face as the ingest stores it: where it is, the labels it carries over from the face it replaces (none
     for a new one), what the detector saw and the model versions (detector, embedder, collection). The fields
     every library-wide query reads come first: the embedded MongoDB-wire server scans its stored documents
-    from the start for each one (a fifth less time for `stats` at 200,000 faces than with them last)."""
+    from the start for each one (stats' two queries on 200,000 such documents in neosqlite: 1.49 s, against
+    1.86 s with these fields last)."""
     detector, embedder, collection = versions
     return {
         "_id": face_id,
